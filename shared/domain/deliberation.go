@@ -1,0 +1,269 @@
+package domain
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+	"unicode/utf8"
+)
+
+// Kind tells the two kinds of deliberation apart; it travels in the Ray job metadata.
+type Kind string
+
+const (
+	KindDeliberation  Kind = "deliberation"
+	KindBacklogReview Kind = "backlog_review"
+)
+
+// Defaults applied when a request leaves a constraint at zero (COMPAT.md).
+const (
+	DefaultTimeoutSeconds = 300
+	DefaultMaxRetries     = 3
+)
+
+// Agent is one LLM participant of a deliberation.
+type Agent struct {
+	ID             string `json:"id"`
+	Role           string `json:"role"`
+	Model          string `json:"model"`
+	PromptTemplate string `json:"prompt_template"`
+	// VLLMURL overrides the request's endpoint for this agent when set.
+	VLLMURL string `json:"vllm_url"`
+}
+
+// Constraints bound a deliberation. Backlog reviews have no plan.
+type Constraints struct {
+	StoryID        string            `json:"story_id"`
+	PlanID         string            `json:"plan_id"`
+	TimeoutSeconds int32             `json:"timeout_seconds"`
+	MaxRetries     int32             `json:"max_retries"`
+	Metadata       map[string]string `json:"metadata"`
+}
+
+// Request is a deliberation as callers submit it, either kind.
+type Request struct {
+	Kind            Kind
+	TaskID          string
+	TaskDescription string
+	Role            string
+	Constraints     Constraints
+	Agents          []Agent
+	VLLMURL         string
+	VLLMModel       string
+}
+
+// TaskType is the metadata entry that routes compatible NATS subjects (COMPAT.md).
+func (r Request) TaskType() string { return r.Constraints.Metadata["task_type"] }
+
+// Limits are the bounds the original lacked. Zero values mean "use the default".
+type Limits struct {
+	MaxAgents              int
+	MaxDescriptionBytes    int
+	MaxMetadataBytes       int // keys and values of constraints.metadata, summed
+	MaxPromptTemplateBytes int
+	MaxTimeoutSeconds      int32
+	MaxRetries             int32
+}
+
+// DefaultLimits are generous for real deliberations and small enough that a request always
+// fits in a Ray job's runtime_env and a NATS message.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxAgents:              32,
+		MaxDescriptionBytes:    64 << 10,
+		MaxMetadataBytes:       16 << 10,
+		MaxPromptTemplateBytes: 16 << 10,
+		MaxTimeoutSeconds:      3600,
+		MaxRetries:             10,
+	}
+}
+
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
+	if l.MaxAgents <= 0 {
+		l.MaxAgents = d.MaxAgents
+	}
+	if l.MaxDescriptionBytes <= 0 {
+		l.MaxDescriptionBytes = d.MaxDescriptionBytes
+	}
+	if l.MaxMetadataBytes <= 0 {
+		l.MaxMetadataBytes = d.MaxMetadataBytes
+	}
+	if l.MaxPromptTemplateBytes <= 0 {
+		l.MaxPromptTemplateBytes = d.MaxPromptTemplateBytes
+	}
+	if l.MaxTimeoutSeconds <= 0 {
+		l.MaxTimeoutSeconds = d.MaxTimeoutSeconds
+	}
+	if l.MaxRetries <= 0 {
+		l.MaxRetries = d.MaxRetries
+	}
+	return l
+}
+
+// ValidationError lists every rule a request broke, each naming its field. It wraps
+// ErrInvalid.
+type ValidationError struct {
+	Problems []string
+}
+
+func (e *ValidationError) Error() string {
+	return "invalid request: " + strings.Join(e.Problems, "; ")
+}
+
+func (e *ValidationError) Unwrap() error { return ErrInvalid }
+
+func (e *ValidationError) add(format string, args ...any) {
+	e.Problems = append(e.Problems, fmt.Sprintf(format, args...))
+}
+
+// backlogTaskID is the shape the backlog-review processor parses (COMPAT.md).
+var backlogTaskID = regexp.MustCompile(`^ceremony-[^:\s]+:story-[^:\s]+:role-[^:\s]+$`)
+
+// Normalize validates r against the original's rules and the limits, and applies the
+// defaults (timeout 300 s, retries 3; a backlog review's story_id copied into metadata). It
+// returns a *ValidationError (wrapping ErrInvalid) naming every offending field.
+func Normalize(r *Request, limits Limits) error {
+	limits = limits.withDefaults()
+	v := &ValidationError{}
+	required := func(field, value string) {
+		if strings.TrimSpace(value) == "" {
+			v.add("%s is required", field)
+		}
+	}
+	required("task_id", r.TaskID)
+	required("task_description", r.TaskDescription)
+	required("role", r.Role)
+	required("vllm_url", r.VLLMURL)
+	required("vllm_model", r.VLLMModel)
+	required("constraints.story_id", r.Constraints.StoryID)
+	for field, s := range map[string]string{
+		"task_id": r.TaskID, "task_description": r.TaskDescription, "role": r.Role,
+		"vllm_url": r.VLLMURL, "vllm_model": r.VLLMModel,
+		"constraints.story_id": r.Constraints.StoryID, "constraints.plan_id": r.Constraints.PlanID,
+	} {
+		if !utf8.ValidString(s) {
+			v.add("%s is not valid UTF-8", field)
+		}
+	}
+	if r.VLLMURL != "" {
+		if err := checkEndpoint(r.VLLMURL); err != nil {
+			v.add("vllm_url %v", err)
+		}
+	}
+	if n := len(r.TaskDescription); n > limits.MaxDescriptionBytes {
+		v.add("task_description is %d bytes, more than the limit of %d", n, limits.MaxDescriptionBytes)
+	}
+
+	c := &r.Constraints
+	switch {
+	case c.TimeoutSeconds < 0:
+		v.add("constraints.timeout_seconds must not be negative, got %d", c.TimeoutSeconds)
+	case c.TimeoutSeconds > limits.MaxTimeoutSeconds:
+		v.add("constraints.timeout_seconds is %d, more than the limit of %d", c.TimeoutSeconds, limits.MaxTimeoutSeconds)
+	case c.TimeoutSeconds == 0:
+		c.TimeoutSeconds = DefaultTimeoutSeconds
+	}
+	switch {
+	case c.MaxRetries < 0:
+		v.add("constraints.max_retries must not be negative, got %d", c.MaxRetries)
+	case c.MaxRetries > limits.MaxRetries:
+		v.add("constraints.max_retries is %d, more than the limit of %d", c.MaxRetries, limits.MaxRetries)
+	case c.MaxRetries == 0:
+		c.MaxRetries = DefaultMaxRetries
+	}
+	metaBytes := 0
+	for k, val := range c.Metadata {
+		metaBytes += len(k) + len(val)
+		if k == "" {
+			v.add("constraints.metadata has an empty key")
+		}
+		if !utf8.ValidString(k) || !utf8.ValidString(val) {
+			v.add("constraints.metadata[%q] is not valid UTF-8", k)
+		}
+	}
+	if metaBytes > limits.MaxMetadataBytes {
+		v.add("constraints.metadata is %d bytes, more than the limit of %d", metaBytes, limits.MaxMetadataBytes)
+	}
+
+	switch r.Kind {
+	case KindDeliberation:
+	case KindBacklogReview:
+		if r.TaskID != "" && !backlogTaskID.MatchString(r.TaskID) {
+			v.add("task_id must look like ceremony-<c>:story-<s>:role-<r> for a backlog review, got %q", r.TaskID)
+		}
+		if c.PlanID != "" {
+			v.add("constraints.plan_id must be empty for a backlog review")
+		}
+	default:
+		v.add("kind %q is unknown", r.Kind)
+	}
+
+	if len(r.Agents) == 0 {
+		v.add("agents must name at least one agent")
+	}
+	if len(r.Agents) > limits.MaxAgents {
+		v.add("agents has %d entries, more than the limit of %d", len(r.Agents), limits.MaxAgents)
+	} else {
+		seen := make(map[string]int, len(r.Agents))
+		for i, a := range r.Agents {
+			required(fmt.Sprintf("agents[%d].id", i), a.ID)
+			required(fmt.Sprintf("agents[%d].role", i), a.Role)
+			required(fmt.Sprintf("agents[%d].model", i), a.Model)
+			if j, dup := seen[a.ID]; dup && a.ID != "" {
+				v.add("agents[%d].id %q repeats agents[%d].id", i, a.ID, j)
+			}
+			seen[a.ID] = i
+			if n := len(a.PromptTemplate); n > limits.MaxPromptTemplateBytes {
+				v.add("agents[%d].prompt_template is %d bytes, more than the limit of %d", i, n, limits.MaxPromptTemplateBytes)
+			}
+			if a.VLLMURL != "" {
+				if err := checkEndpoint(a.VLLMURL); err != nil {
+					v.add("agents[%d].vllm_url %v", i, err)
+				}
+			}
+			for field, s := range map[string]string{"id": a.ID, "role": a.Role, "model": a.Model, "prompt_template": a.PromptTemplate} {
+				if !utf8.ValidString(s) {
+					v.add("agents[%d].%s is not valid UTF-8", i, field)
+				}
+			}
+		}
+	}
+
+	if len(v.Problems) > 0 {
+		sort.Strings(v.Problems) // maps above iterate in random order; keep messages stable
+		return v
+	}
+	if r.Kind == KindBacklogReview {
+		if _, ok := c.Metadata["story_id"]; !ok {
+			if c.Metadata == nil {
+				c.Metadata = map[string]string{}
+			}
+			c.Metadata["story_id"] = c.StoryID
+		}
+	}
+	return nil
+}
+
+// checkEndpoint accepts an absolute http(s) URL with a host and no credentials or query.
+func checkEndpoint(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("is not a URL: %v", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("must be an http or https URL, got scheme %q", u.Scheme)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("must name a host")
+	}
+	if u.User != nil {
+		return fmt.Errorf("must not carry credentials")
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("must not have a query or fragment")
+	}
+	return nil
+}

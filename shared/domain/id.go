@@ -1,0 +1,48 @@
+package domain
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+)
+
+// Deliberation IDs are the Ray submission_id, the CloudEvent subject and a NATS subject
+// token, so they are restricted to lower-case letters, digits and '-': valid in all three
+// (no '.', '*', '>' or white space, which NATS reserves) and safe in Ray's log file names.
+const idPrefix = "delib-"
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`)
+
+var lowerBase32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// NewDeliberationID returns a random ID (128 bits), for requests without an idempotency key.
+func NewDeliberationID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("domain: crypto/rand failed: %v", err)) // never happens on Linux
+	}
+	return idPrefix + lowerBase32.EncodeToString(b[:])
+}
+
+// DeliberationIDForKey derives the ID from an idempotency key, so every retry of a request
+// names the same deliberation. The key is hashed: any bytes are allowed in it and none of
+// them reach Ray, NATS or a log file name.
+func DeliberationIDForKey(key string) string {
+	sum := sha256.Sum256([]byte("ray-executor/deliberation/v1\x00" + key))
+	return idPrefix + "k" + hex.EncodeToString(sum[:16])
+}
+
+// CheckDeliberationID rejects IDs that could not have been minted here or by a caller-chosen
+// Ray submission; it wraps ErrInvalid.
+func CheckDeliberationID(id string) error {
+	if id == "" {
+		return fmt.Errorf("deliberation_id is required: %w", ErrInvalid)
+	}
+	if !idPattern.MatchString(id) {
+		return fmt.Errorf("deliberation_id must be 1 to 128 characters of A-Z, a-z, 0-9, '_' and '-', not starting with '_' or '-': %w", ErrInvalid)
+	}
+	return nil
+}

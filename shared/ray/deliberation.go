@@ -1,0 +1,157 @@
+package ray
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+)
+
+// ResultMarker starts the one stdout line on which the payload reports a deliberation's
+// outcome as JSON; status reads it back from the job log.
+const ResultMarker = "RAY_EXECUTOR_RESULT "
+
+// PayloadRequestPrefix marks the env var's value as base64 of the request JSON.
+const PayloadRequestPrefix = "base64:"
+
+// PayloadRequest is the JSON the payload reads from the PayloadRequestEnv variable. It is
+// the contract between the Go side and shared/ray/payload; change both together.
+type PayloadRequest struct {
+	Version         int               `json:"version"`
+	DeliberationID  string            `json:"deliberation_id"`
+	Kind            domain.Kind       `json:"kind"`
+	TaskID          string            `json:"task_id"`
+	TaskDescription string            `json:"task_description"`
+	Role            string            `json:"role"`
+	StoryID         string            `json:"story_id"`
+	PlanID          string            `json:"plan_id"`
+	TimeoutSeconds  int32             `json:"timeout_seconds"`
+	MaxRetries      int32             `json:"max_retries"`
+	Metadata        map[string]string `json:"metadata"`
+	VLLMURL         string            `json:"vllm_url"`
+	VLLMModel       string            `json:"vllm_model"`
+	Agents          []domain.Agent    `json:"agents"`
+	AgentNumCPUs    float64           `json:"agent_num_cpus,omitempty"`
+	Traceparent     string            `json:"traceparent,omitempty"`
+}
+
+// JobOptions are the operator's choices for every deliberation job.
+type JobOptions struct {
+	// WorkingDir is the payload package URI (Packager.WorkingDir).
+	WorkingDir string
+	// AgentNumCPUs is reserved per agent task; LLM calls are I/O bound, so 0 by default.
+	AgentNumCPUs float64
+	// EnvVars are passed to the payload besides the request (NATS settings, API keys).
+	EnvVars map[string]string
+}
+
+// RequestHash identifies a normalized request's content, to tell a retried request from a
+// different request that reuses an idempotency key.
+func RequestHash(r domain.Request) string {
+	b, _ := json.Marshal(r) // maps marshal with sorted keys: stable
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+// DeliberationJob builds the Ray submission for a validated, normalized request. The
+// request travels as JSON in runtime_env.env_vars, never in the entrypoint command, so no
+// caller text ever reaches a shell.
+func DeliberationJob(id string, r domain.Request, traceparent string, opts JobOptions) (SubmitRequest, error) {
+	pr := PayloadRequest{
+		Version:         1,
+		DeliberationID:  id,
+		Kind:            r.Kind,
+		TaskID:          r.TaskID,
+		TaskDescription: r.TaskDescription,
+		Role:            r.Role,
+		StoryID:         r.Constraints.StoryID,
+		PlanID:          r.Constraints.PlanID,
+		TimeoutSeconds:  r.Constraints.TimeoutSeconds,
+		MaxRetries:      r.Constraints.MaxRetries,
+		Metadata:        r.Constraints.Metadata,
+		VLLMURL:         r.VLLMURL,
+		VLLMModel:       r.VLLMModel,
+		Agents:          r.Agents,
+		AgentNumCPUs:    opts.AgentNumCPUs,
+		Traceparent:     traceparent,
+	}
+	if pr.Metadata == nil {
+		pr.Metadata = map[string]string{}
+	}
+	body, err := json.Marshal(pr)
+	if err != nil {
+		return SubmitRequest{}, fmt.Errorf("ray: encode payload request: %w", err)
+	}
+	env := make(map[string]string, len(opts.EnvVars)+1)
+	for k, v := range opts.EnvVars {
+		env[k] = v
+	}
+	// Ray expands $NAME and ${NAME} inside runtime_env env_vars values, which would rewrite
+	// any caller text that contains them (found by the shell-metacharacter test). Base64
+	// has no '$', so the request reaches the payload byte for byte.
+	env[PayloadRequestEnv] = PayloadRequestPrefix + base64.StdEncoding.EncodeToString(body)
+	meta := domain.JobMeta{
+		DeliberationID: id,
+		Kind:           r.Kind,
+		TaskID:         r.TaskID,
+		Role:           r.Role,
+		StoryID:        r.Constraints.StoryID,
+		PlanID:         r.Constraints.PlanID,
+		NumAgents:      len(r.Agents),
+		TaskType:       r.TaskType(),
+		RequestHash:    RequestHash(r),
+		Traceparent:    traceparent,
+	}
+	return SubmitRequest{
+		Entrypoint:   PayloadEntrypoint,
+		SubmissionID: id,
+		RuntimeEnv: map[string]any{
+			"working_dir": opts.WorkingDir,
+			"env_vars":    env,
+		},
+		Metadata: meta.Map(),
+	}, nil
+}
+
+// ParseResult finds the payload's result line in a job log. ok is false when the log has
+// none (the driver has not finished, or died before reporting). The last marked line wins;
+// the payload prints JSON on one line, so no text inside it can start a line of its own.
+func ParseResult(logs string) (out domain.Outcome, ok bool, err error) {
+	idx := strings.LastIndex(logs, "\n"+ResultMarker)
+	start := idx + 1
+	if idx < 0 {
+		if !strings.HasPrefix(logs, ResultMarker) {
+			return domain.Outcome{}, false, nil
+		}
+		start = 0
+	}
+	line := logs[start+len(ResultMarker):]
+	if end := strings.IndexByte(line, '\n'); end >= 0 {
+		line = line[:end]
+	}
+	if err := json.Unmarshal([]byte(strings.TrimRight(line, "\r")), &out); err != nil {
+		return domain.Outcome{}, false, fmt.Errorf("ray: result line is not valid JSON: %w", err)
+	}
+	return out, true, nil
+}
+
+// DeliberationStatus maps a Ray job status to a deliberation status, before the payload's
+// result is considered (a SUCCEEDED job whose every agent failed is still "failed").
+func DeliberationStatus(s JobStatus) domain.Status {
+	switch s {
+	case StatusPending:
+		return domain.StatusPending
+	case StatusRunning:
+		return domain.StatusRunning
+	case StatusSucceeded:
+		return domain.StatusCompleted
+	case StatusStopped:
+		return domain.StatusCancelled
+	default:
+		return domain.StatusFailed
+	}
+}
