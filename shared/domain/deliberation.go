@@ -224,7 +224,7 @@ func Normalize(r *Request, limits Limits) error {
 					v.add("agents[%d].vllm_url %v", i, err)
 				}
 			}
-			for field, s := range map[string]string{"id": a.ID, "role": a.Role, "model": a.Model, "prompt_template": a.PromptTemplate} {
+			for field, s := range map[string]string{"id": a.ID, "role": a.Role, "model": a.Model, "prompt_template": a.PromptTemplate, "vllm_url": a.VLLMURL} {
 				if !utf8.ValidString(s) {
 					v.add("agents[%d].%s is not valid UTF-8", i, field)
 				}
@@ -256,7 +256,7 @@ func checkEndpoint(raw string) error {
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("must be an http or https URL, got scheme %q", u.Scheme)
 	}
-	if u.Host == "" {
+	if u.Hostname() == "" { // "http://:8000" has a Host but no host name
 		return fmt.Errorf("must name a host")
 	}
 	if u.User != nil {

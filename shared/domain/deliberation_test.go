@@ -324,6 +324,7 @@ func TestNormalizeLimits(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := validRequest(KindDeliberation)
 			r.TaskDescription = "short"
+			r.Constraints.TimeoutSeconds = 30 // within the custom limit too
 			r.Constraints.Metadata = nil
 			r.Agents[0].PromptTemplate = ""
 			tt.mutate(&r)

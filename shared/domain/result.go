@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"math"
 	"strconv"
 )
 
@@ -54,7 +55,7 @@ type Summary struct {
 
 // Summarize picks the compatible result; ok is false when no agent completed.
 func (o Outcome) Summarize() (s Summary, ok bool) {
-	best := -1
+	best, bestScore := -1, 0.0
 	var completed, failed int
 	var scoreSum float64
 	for i, a := range o.Agents {
@@ -63,15 +64,20 @@ func (o Outcome) Summarize() (s Summary, ok bool) {
 			continue
 		}
 		completed++
-		scoreSum += a.Score
-		if best < 0 || a.Score > o.Agents[best].Score {
-			best = i
+		score := a.Score
+		if math.IsNaN(score) || math.IsInf(score, 0) {
+			score = 0 // a broken score never wins nor poisons the average
+		}
+		scoreSum += score
+		if best < 0 || score > bestScore {
+			best, bestScore = i, score
 		}
 	}
 	if best < 0 {
 		return Summary{}, false
 	}
 	s.Best = o.Agents[best]
+	s.Best.Score = bestScore
 	if len(o.Agents) > 1 {
 		s.Metadata = map[string]string{
 			"total_agents":     strconv.Itoa(len(o.Agents)),

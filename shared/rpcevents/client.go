@@ -1,0 +1,151 @@
+package rpcevents
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/event"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+)
+
+// Client sends request events to a function and decodes its reply event.
+type Client struct {
+	HTTP   *http.Client
+	Source string // the sender's URI reference, e.g. "ray-executor/ingress"
+}
+
+// CallOptions are the attributes of one request event.
+type CallOptions struct {
+	// ID of the event; a random one when empty. A caller that retries reuses it.
+	ID             string
+	Subject        string
+	IdempotencyKey string
+	Traceparent    string
+}
+
+// Call posts req as a binary-mode CloudEvent of type ceType to url and decodes the reply
+// event's data into resp. Errors wrap the domain sentinels: the function's 400/413 ->
+// ErrInvalid, 404 -> ErrNotFound, 409 -> ErrConflict, 429, 502, 503 (and other 5xx but 500)
+// and an unreachable function -> ErrUnavailable (a 502 means Ray refused the gateway's own
+// credentials: for the caller the service is unavailable), 504 or an expired ctx ->
+// ErrDeadline. A 500 wraps no sentinel: it is the unrecognised, *StatusError carries it.
+func (c *Client) Call(ctx context.Context, url, ceType string, req proto.Message, opts CallOptions, resp proto.Message) error {
+	data, err := marshalOptions.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("rpcevents: marshal %s: %w", ceType, err)
+	}
+	ev := event.New()
+	if opts.ID == "" {
+		opts.ID = uuid.NewString()
+	}
+	ev.SetID(opts.ID)
+	ev.SetSource(c.Source)
+	ev.SetType(ceType)
+	if opts.Subject != "" {
+		ev.SetSubject(opts.Subject)
+	}
+	if opts.IdempotencyKey != "" {
+		ev.SetExtension(ExtIdempotencyKey, opts.IdempotencyKey)
+	}
+	if opts.Traceparent != "" {
+		ev.SetExtension(ExtTraceparent, opts.Traceparent)
+	}
+	if err := ev.SetData(event.ApplicationJSON, json.RawMessage(data)); err != nil {
+		return fmt.Errorf("rpcevents: %w", err)
+	}
+	httpReq, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		return fmt.Errorf("rpcevents: %s: %w", url, err)
+	}
+	if err := cehttp.WriteRequest(ctx, binding.ToMessage(&ev), httpReq); err != nil {
+		return fmt.Errorf("rpcevents: encode %s: %w", ceType, err)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	httpResp, err := hc.Do(httpReq)
+	if err != nil {
+		return transportError(ctx, url, err)
+	}
+	defer httpResp.Body.Close()
+	if httpResp.StatusCode != http.StatusOK {
+		return statusError(httpResp)
+	}
+	reply, err := cehttp.NewEventFromHTTPResponse(httpResp)
+	if err != nil {
+		return fmt.Errorf("rpcevents: reply from %s is not a CloudEvent: %w", url, err)
+	}
+	if want := ReplyType(resp); reply.Type() != want {
+		return fmt.Errorf("rpcevents: reply type %q, want %q", reply.Type(), want)
+	}
+	if err := unmarshalOptions.Unmarshal(reply.Data(), resp); err != nil {
+		return fmt.Errorf("rpcevents: reply data: %w", err)
+	}
+	return nil
+}
+
+func transportError(ctx context.Context, url string, err error) error {
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("rpcevents: %s: %w", url, domain.ErrDeadline)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("rpcevents: %s: %w", url, ctx.Err())
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) && netErr.Timeout() {
+		return fmt.Errorf("rpcevents: %s: %v: %w", url, err, domain.ErrDeadline)
+	}
+	return fmt.Errorf("rpcevents: %s unreachable: %v: %w", url, err, domain.ErrUnavailable)
+}
+
+// StatusError is a function's non-2xx answer; it wraps the matching domain sentinel.
+type StatusError struct {
+	HTTPStatus int
+	Code       string
+	Message    string
+	sentinel   error
+}
+
+func (e *StatusError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("function answered %d", e.HTTPStatus)
+	}
+	return e.Message
+}
+
+func (e *StatusError) Unwrap() error { return e.sentinel }
+
+func statusError(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	e := &StatusError{HTTPStatus: resp.StatusCode}
+	var eb ErrorBody
+	if json.Unmarshal(body, &eb) == nil && eb.Error.Message != "" {
+		e.Code, e.Message = eb.Error.Code, eb.Error.Message
+	} else {
+		e.Message = fmt.Sprintf("function answered %s", resp.Status)
+	}
+	switch {
+	case resp.StatusCode == http.StatusBadRequest, resp.StatusCode == http.StatusRequestEntityTooLarge:
+		e.sentinel = domain.ErrInvalid
+	case resp.StatusCode == http.StatusNotFound:
+		e.sentinel = domain.ErrNotFound
+	case resp.StatusCode == http.StatusConflict:
+		e.sentinel = domain.ErrConflict
+	case resp.StatusCode == http.StatusGatewayTimeout:
+		e.sentinel = domain.ErrDeadline
+	case resp.StatusCode == http.StatusTooManyRequests, resp.StatusCode >= 500 && resp.StatusCode != http.StatusInternalServerError:
+		e.sentinel = domain.ErrUnavailable
+	}
+	return e
+}

@@ -1,0 +1,57 @@
+// Package rpcevents carries the RayExecutorService RPCs as CloudEvents over HTTP: the
+// catalogue of event types (specs/cloudevents.md describes it for people), the server side
+// every function uses to decode a request event and reply with a response event, and the
+// client side the ingress uses. A request event's data is the RPC's request message as
+// protobuf JSON; the reply's type is the response message's full name and its data the
+// response as protobuf JSON.
+package rpcevents
+
+import (
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+)
+
+// TypePrefix starts every request type; the RPC name follows it.
+const TypePrefix = "fleet.ray_executor.v1."
+
+// Request event types, one per RPC a function handles.
+const (
+	TypeExecuteDeliberation              = TypePrefix + "ExecuteDeliberation"
+	TypeExecuteBacklogReviewDeliberation = TypePrefix + "ExecuteBacklogReviewDeliberation"
+	TypeCancelDeliberation               = TypePrefix + "CancelDeliberation"
+	TypeGetDeliberationStatus            = TypePrefix + "GetDeliberationStatus"
+	TypeGetActiveJobs                    = TypePrefix + "GetActiveJobs"
+	TypeGetStatus                        = TypePrefix + "GetStatus"
+)
+
+// Extension attributes a request may carry (CloudEvents attribute names are lower-case
+// alphanumerics only).
+const (
+	// ExtIdempotencyKey overrides source+id as the key that makes a submission idempotent.
+	ExtIdempotencyKey = "idempotencykey"
+	// ExtTraceparent is the W3C trace context (CloudEvents distributed-tracing extension).
+	ExtTraceparent = "traceparent"
+)
+
+// ReplyType is the CloudEvent type of a reply carrying msg: its full protobuf name.
+func ReplyType(msg proto.Message) string {
+	return string(msg.ProtoReflect().Descriptor().FullName())
+}
+
+// Marshalling options. Requests tolerate unknown fields so that a newer caller's additions
+// reach an older function without being refused (protobuf's own rule); replies emit the
+// original field names (task_id, not taskId), the form callers of the original expect.
+var (
+	unmarshalOptions = protojson.UnmarshalOptions{DiscardUnknown: true}
+	marshalOptions   = protojson.MarshalOptions{UseProtoNames: true}
+)
+
+// KeyFor returns the idempotency key of a request event: its idempotencykey extension when
+// set, otherwise its source and id, which CloudEvents requires to be unique per event, so a
+// redelivery of the same event (Knative delivers at least once) names the same key.
+func KeyFor(source, id, idempotencyKey string) string {
+	if idempotencyKey != "" {
+		return "key\x00" + idempotencyKey
+	}
+	return "event\x00" + source + "\x00" + id
+}

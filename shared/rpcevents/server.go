@@ -1,0 +1,220 @@
+package rpcevents
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/event"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+)
+
+// DefaultMaxBodyBytes bounds a request event. Domain limits (64 KiB description, 32 agents)
+// keep real requests far below it.
+const DefaultMaxBodyBytes = 1 << 20
+
+// Handler answers one decoded request event.
+type Handler func(ctx context.Context, req *Request) (proto.Message, error)
+
+// Request is a decoded request event.
+type Request struct {
+	Event *event.Event
+	// Logger carries the event's id and type; handlers add the deliberation id.
+	Logger *slog.Logger
+}
+
+// IdempotencyKey is the request's key (see KeyFor).
+func (r *Request) IdempotencyKey() string {
+	key, _ := r.Event.Extensions()[ExtIdempotencyKey].(string)
+	return KeyFor(r.Event.Source(), r.Event.ID(), key)
+}
+
+// Traceparent is the request's W3C trace context, if it carried one.
+func (r *Request) Traceparent() string {
+	tp, _ := r.Event.Extensions()[ExtTraceparent].(string)
+	return tp
+}
+
+// Route builds a Handler that decodes the event's data into a fresh Req and calls h.
+func Route[Req proto.Message](newReq func() Req, h func(ctx context.Context, r *Request, req Req) (proto.Message, error)) Handler {
+	return func(ctx context.Context, r *Request) (proto.Message, error) {
+		req := newReq()
+		if err := decodeData(r.Event, req); err != nil {
+			return nil, err
+		}
+		return h(ctx, r, req)
+	}
+}
+
+func decodeData(ev *event.Event, into proto.Message) error {
+	if ct := ev.DataContentType(); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return fmt.Errorf("datacontenttype must be application/json, got %q: %w", ct, domain.ErrInvalid)
+		}
+	}
+	data := ev.Data()
+	if len(data) == 0 {
+		data = []byte("{}")
+	}
+	if err := unmarshalOptions.Unmarshal(data, into); err != nil {
+		return fmt.Errorf("data is not a valid %s in protobuf JSON: %v: %w",
+			into.ProtoReflect().Descriptor().FullName(), err, domain.ErrInvalid)
+	}
+	return nil
+}
+
+// Server is the HTTP side of a function: it accepts request events in binary and structured
+// mode, dispatches them by type and replies with a CloudEvent in binary mode.
+type Server struct {
+	source       string
+	logger       *slog.Logger
+	maxBodyBytes int64
+	routes       map[string]Handler
+}
+
+// NewServer returns a server whose replies name source (the function's URI reference, e.g.
+// "ray-executor/execute").
+func NewServer(source string, logger *slog.Logger, maxBodyBytes int64) *Server {
+	if maxBodyBytes <= 0 {
+		maxBodyBytes = DefaultMaxBodyBytes
+	}
+	return &Server{source: source, logger: logger, maxBodyBytes: maxBodyBytes, routes: map[string]Handler{}}
+}
+
+// Handle routes request events of type ceType to h.
+func (s *Server) Handle(ceType string, h Handler) { s.routes[ceType] = h }
+
+// Types lists the request types the server handles, sorted.
+func (s *Server) Types() []string {
+	types := make([]string, 0, len(s.routes))
+	for t := range s.routes {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	return types
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "send CloudEvents with POST")
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.maxBodyBytes)
+	ev, err := cehttp.NewEventFromHTTPRequest(r)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large",
+				fmt.Sprintf("request is larger than %d bytes", s.maxBodyBytes))
+			return
+		}
+		writeError(w, http.StatusBadRequest, "invalid_argument", "not a valid CloudEvent: "+err.Error())
+		return
+	}
+	if err := ev.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "not a valid CloudEvent: "+err.Error())
+		return
+	}
+	logger := s.logger.With("ce_id", ev.ID(), "ce_type", ev.Type(), "ce_source", ev.Source())
+	h, ok := s.routes[ev.Type()]
+	if !ok {
+		writeError(w, http.StatusBadRequest, "invalid_argument",
+			fmt.Sprintf("CloudEvent type %q is not handled here; this function handles %s",
+				ev.Type(), strings.Join(s.Types(), ", ")))
+		return
+	}
+	resp, err := h(r.Context(), &Request{Event: ev, Logger: logger})
+	if err != nil {
+		code, name := HTTPStatus(err)
+		msg := err.Error()
+		if code == http.StatusInternalServerError {
+			msg = "internal error"
+		}
+		if code >= 500 {
+			logger.Error("request failed", "status", code, "error", err.Error())
+		} else {
+			logger.Info("request refused", "status", code, "error", err.Error())
+		}
+		writeError(w, code, name, msg)
+		return
+	}
+	if err := s.reply(r.Context(), w, ev, resp); err != nil {
+		logger.Error("writing reply failed", "error", err.Error())
+	}
+}
+
+func (s *Server) reply(ctx context.Context, w http.ResponseWriter, req *event.Event, resp proto.Message) error {
+	data, err := marshalOptions.Marshal(resp)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", "internal error")
+		return fmt.Errorf("marshal reply: %w", err)
+	}
+	out := event.New()
+	out.SetID(uuid.NewString())
+	out.SetSource(s.source)
+	out.SetType(ReplyType(resp))
+	if subj := req.Subject(); subj != "" {
+		out.SetSubject(subj)
+	}
+	if tp, ok := req.Extensions()[ExtTraceparent].(string); ok && tp != "" {
+		out.SetExtension(ExtTraceparent, tp)
+	}
+	if err := out.SetData(event.ApplicationJSON, json.RawMessage(data)); err != nil {
+		return err
+	}
+	return cehttp.WriteResponseWriter(ctx, binding.ToMessage(&out), http.StatusOK, w)
+}
+
+// ErrorBody is the JSON body of every non-2xx answer.
+type ErrorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var body ErrorBody
+	body.Error.Code = code
+	body.Error.Message = msg
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// HTTPStatus is the functions' one mapping from error to HTTP status, following Knative
+// delivery rules: 4xx for what a retry cannot fix (not retried), 5xx and 429 for what it can.
+func HTTPStatus(err error) (int, string) {
+	switch {
+	case errors.Is(err, domain.ErrInvalid):
+		return http.StatusBadRequest, "invalid_argument"
+	case errors.Is(err, domain.ErrNotFound):
+		return http.StatusNotFound, "not_found"
+	case errors.Is(err, domain.ErrConflict), errors.Is(err, domain.ErrAlreadyExists):
+		return http.StatusConflict, "conflict"
+	case errors.Is(err, domain.ErrUnavailable):
+		return http.StatusServiceUnavailable, "unavailable"
+	case errors.Is(err, domain.ErrDeadline), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, "deadline_exceeded"
+	case errors.Is(err, domain.ErrUnauthenticated):
+		// Ray refused this gateway's credentials: the gateway's fault, not the caller's.
+		return http.StatusBadGateway, "upstream_unauthenticated"
+	case errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable, "cancelled"
+	default:
+		return http.StatusInternalServerError, "internal"
+	}
+}
