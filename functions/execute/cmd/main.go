@@ -1,0 +1,47 @@
+// Command execute serves the execute function: it submits deliberations to Ray.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/fleet-ai/ray-executor/functions/execute"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/serving"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "execute:", err)
+		os.Exit(1)
+	}
+}
+
+// run wires the function from its configuration and serves until ctx is done.
+func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	cfg, err := execute.LoadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	logger := serving.NewLogger(stdout, cfg.Serving, "execute")
+	client, err := ray.New(ray.Config{Address: cfg.Ray.Address, Token: cfg.Ray.Token, Timeout: cfg.Ray.Timeout})
+	if err != nil {
+		return err
+	}
+	name, zip := ray.PayloadPackage()
+	svc := &execute.Service{
+		Jobs:        client,
+		WorkingDirs: ray.NewPackager(client, name, zip, cfg.PackageFreshFor),
+		Limits:      cfg.Limits,
+		JobOptions:  ray.JobOptions{AgentNumCPUs: cfg.AgentNumCPUs},
+	}
+	h := execute.NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
+	ready := func(ctx context.Context) error { _, err := client.Version(ctx); return err }
+	return serving.Run(ctx, cfg.Serving, h, logger, serving.Options{Ready: ready})
+}

@@ -1,0 +1,53 @@
+package execute
+
+import (
+	"time"
+
+	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+)
+
+// Config is everything the execute function reads from its environment.
+type Config struct {
+	Serving config.Serving
+	Ray     config.Ray
+	// Limits: MAX_AGENTS, MAX_DESCRIPTION_BYTES, MAX_METADATA_BYTES,
+	// MAX_PROMPT_TEMPLATE_BYTES, MAX_TIMEOUT_SECONDS, MAX_RETRIES.
+	Limits domain.Limits
+	// AgentNumCPUs (AGENT_NUM_CPUS) is reserved on the cluster per agent task.
+	AgentNumCPUs float64
+	// PackageFreshFor (PAYLOAD_PACKAGE_RECHECK) is how long a confirmed payload upload is
+	// trusted before the next submission checks Ray still has it.
+	PackageFreshFor time.Duration
+	// MaxBodyBytes (MAX_BODY_BYTES) bounds a request event.
+	MaxBodyBytes int64
+	// Source (CE_SOURCE) names this function in reply events.
+	Source string
+}
+
+// LoadConfig reads and checks the configuration.
+func LoadConfig(getenv func(string) string) (Config, error) {
+	r := config.NewReader(getenv)
+	cfg := Config{
+		Serving: config.ReadServing(r, 8081),
+		Ray:     config.ReadRay(r),
+		Limits: domain.Limits{
+			MaxAgents:              r.Int("MAX_AGENTS", 0),
+			MaxDescriptionBytes:    r.Int("MAX_DESCRIPTION_BYTES", 0),
+			MaxMetadataBytes:       r.Int("MAX_METADATA_BYTES", 0),
+			MaxPromptTemplateBytes: r.Int("MAX_PROMPT_TEMPLATE_BYTES", 0),
+			MaxTimeoutSeconds:      int32(r.Int("MAX_TIMEOUT_SECONDS", 0)),
+			MaxRetries:             int32(r.Int("MAX_RETRIES", 0)),
+		},
+		AgentNumCPUs:    r.Float("AGENT_NUM_CPUS", 0),
+		PackageFreshFor: r.Duration("PAYLOAD_PACKAGE_RECHECK", ray.DefaultFreshFor),
+		MaxBodyBytes:    int64(r.Int("MAX_BODY_BYTES", rpcevents.DefaultMaxBodyBytes)),
+		Source:          r.String("CE_SOURCE", "ray-executor/execute"),
+	}
+	if cfg.AgentNumCPUs < 0 {
+		r.Fail("AGENT_NUM_CPUS must not be negative")
+	}
+	return cfg, r.Err()
+}

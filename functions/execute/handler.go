@@ -1,0 +1,116 @@
+package execute
+
+import (
+	"context"
+	"log/slog"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+)
+
+// NewHandler returns the function's HTTP handler: ExecuteDeliberation,
+// ExecuteBacklogReviewDeliberation and CancelDeliberation request events in, reply events
+// out.
+func NewHandler(svc *Service, source string, maxBodyBytes int64, logger *slog.Logger) *rpcevents.Server {
+	srv := rpcevents.NewServer(source, logger, maxBodyBytes)
+	srv.Handle(rpcevents.TypeExecuteDeliberation, rpcevents.Route(
+		func() *pb.ExecuteDeliberationRequest { return &pb.ExecuteDeliberationRequest{} },
+		func(ctx context.Context, r *rpcevents.Request, req *pb.ExecuteDeliberationRequest) (proto.Message, error) {
+			return svc.respond(ctx, r, deliberationRequest(req))
+		}))
+	srv.Handle(rpcevents.TypeExecuteBacklogReviewDeliberation, rpcevents.Route(
+		func() *pb.ExecuteBacklogReviewDeliberationRequest {
+			return &pb.ExecuteBacklogReviewDeliberationRequest{}
+		},
+		func(ctx context.Context, r *rpcevents.Request, req *pb.ExecuteBacklogReviewDeliberationRequest) (proto.Message, error) {
+			return svc.respond(ctx, r, backlogRequest(req))
+		}))
+	srv.Handle(rpcevents.TypeCancelDeliberation, rpcevents.Route(
+		func() *pb.CancelDeliberationRequest { return &pb.CancelDeliberationRequest{} },
+		func(ctx context.Context, r *rpcevents.Request, req *pb.CancelDeliberationRequest) (proto.Message, error) {
+			c, err := svc.Cancel(ctx, req.GetDeliberationId(), r.Logger)
+			if err != nil {
+				return nil, err
+			}
+			return &pb.CancelDeliberationResponse{
+				DeliberationId: req.GetDeliberationId(),
+				Status:         string(c.Status),
+				Message:        c.Message,
+			}, nil
+		}))
+	return srv
+}
+
+func (s *Service) respond(ctx context.Context, r *rpcevents.Request, req domain.Request) (proto.Message, error) {
+	sub, err := s.Execute(ctx, req, r.IdempotencyKey(), r.Traceparent(), r.Logger)
+	if err != nil {
+		return nil, err
+	}
+	msg := "deliberation submitted to Ray"
+	if sub.Duplicate {
+		msg = "deliberation already submitted with this idempotency key"
+	}
+	return &pb.ExecuteDeliberationResponse{
+		TaskId:         req.TaskID,
+		DeliberationId: sub.DeliberationID,
+		Status:         "submitted",
+		Message:        msg,
+		Duplicate:      sub.Duplicate,
+	}, nil
+}
+
+func agents(in []*pb.Agent) []domain.Agent {
+	out := make([]domain.Agent, len(in))
+	for i, a := range in {
+		out[i] = domain.Agent{
+			ID:             a.GetId(),
+			Role:           a.GetRole(),
+			Model:          a.GetModel(),
+			PromptTemplate: a.GetPromptTemplate(),
+			VLLMURL:        a.GetVllmUrl(),
+		}
+	}
+	return out
+}
+
+func deliberationRequest(req *pb.ExecuteDeliberationRequest) domain.Request {
+	c := req.GetConstraints()
+	return domain.Request{
+		Kind:            domain.KindDeliberation,
+		TaskID:          req.GetTaskId(),
+		TaskDescription: req.GetTaskDescription(),
+		Role:            req.GetRole(),
+		Constraints: domain.Constraints{
+			StoryID:        c.GetStoryId(),
+			PlanID:         c.GetPlanId(),
+			TimeoutSeconds: c.GetTimeoutSeconds(),
+			MaxRetries:     c.GetMaxRetries(),
+			Metadata:       c.GetMetadata(),
+		},
+		Agents:    agents(req.GetAgents()),
+		VLLMURL:   req.GetVllmUrl(),
+		VLLMModel: req.GetVllmModel(),
+	}
+}
+
+func backlogRequest(req *pb.ExecuteBacklogReviewDeliberationRequest) domain.Request {
+	c := req.GetConstraints()
+	return domain.Request{
+		Kind:            domain.KindBacklogReview,
+		TaskID:          req.GetTaskId(),
+		TaskDescription: req.GetTaskDescription(),
+		Role:            req.GetRole(),
+		Constraints: domain.Constraints{
+			StoryID:        c.GetStoryId(),
+			TimeoutSeconds: c.GetTimeoutSeconds(),
+			MaxRetries:     c.GetMaxRetries(),
+			Metadata:       c.GetMetadata(),
+		},
+		Agents:    agents(req.GetAgents()),
+		VLLMURL:   req.GetVllmUrl(),
+		VLLMModel: req.GetVllmModel(),
+	}
+}

@@ -1,0 +1,137 @@
+// Package execute is the function that submits deliberations to Ray and cancels them. It
+// keeps no state: the deliberation ID is the Ray submission_id, and everything status and
+// list need travels in the Ray job metadata.
+package execute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+)
+
+// Jobs is the part of the Ray Jobs API execute needs. Errors wrap the domain sentinels:
+// ErrNotFound for an unknown job, ErrAlreadyExists for a submission_id Ray has seen,
+// ErrUnavailable/ErrDeadline when Ray cannot answer.
+type Jobs interface {
+	Submit(ctx context.Context, req ray.SubmitRequest) (string, error)
+	Job(ctx context.Context, id string) (ray.JobDetails, error)
+	Stop(ctx context.Context, id string) (bool, error)
+}
+
+// WorkingDirs yields the URI of the payload package, uploading it when Ray lacks it.
+type WorkingDirs interface {
+	WorkingDir(ctx context.Context) (string, error)
+}
+
+// Service decides how a deliberation is submitted or cancelled.
+type Service struct {
+	Jobs        Jobs
+	WorkingDirs WorkingDirs
+	Limits      domain.Limits
+	JobOptions  ray.JobOptions // WorkingDir is filled per submission
+}
+
+// Submission is the outcome of Execute.
+type Submission struct {
+	DeliberationID string
+	// Duplicate is true when the idempotency key named a deliberation that already existed.
+	Duplicate bool
+}
+
+// Execute validates and submits r. With a non-empty key the deliberation ID derives from
+// it, and a repeat (concurrent or later, from any replica) returns the existing
+// deliberation without a second Ray job; the same key with a different request is
+// ErrConflict. Errors: ErrInvalid (with every offending field named), ErrConflict,
+// ErrUnavailable/ErrDeadline when Ray cannot take the job now (safe to retry with the same
+// key).
+func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparent string, logger *slog.Logger) (Submission, error) {
+	if err := domain.Normalize(&r, s.Limits); err != nil {
+		return Submission{}, err
+	}
+	id := domain.NewDeliberationID()
+	if key != "" {
+		id = domain.DeliberationIDForKey(key)
+	}
+	hash := ray.RequestHash(r)
+	if key != "" {
+		// Most retries find the job already there: one cheap GET, no upload, no submit.
+		job, err := s.Jobs.Job(ctx, id)
+		switch {
+		case err == nil:
+			return s.existing(id, hash, job)
+		case !errors.Is(err, domain.ErrNotFound):
+			return Submission{}, fmt.Errorf("execute: look up %s: %w", id, err)
+		}
+	}
+	opts := s.JobOptions
+	wd, err := s.WorkingDirs.WorkingDir(ctx)
+	if err != nil {
+		return Submission{}, fmt.Errorf("execute: payload package: %w", err)
+	}
+	opts.WorkingDir = wd
+	sub, err := ray.DeliberationJob(id, r, traceparent, opts)
+	if err != nil {
+		return Submission{}, err
+	}
+	if _, err := s.Jobs.Submit(ctx, sub); err != nil {
+		if !errors.Is(err, domain.ErrAlreadyExists) {
+			return Submission{}, fmt.Errorf("execute: submit %s: %w", id, err)
+		}
+		// A concurrent request with the same key won the race; Ray keeps one job per
+		// submission_id, so answer with that one.
+		job, gerr := s.Jobs.Job(ctx, id)
+		if gerr != nil {
+			return Submission{}, fmt.Errorf("execute: look up %s after duplicate submit: %w", id, gerr)
+		}
+		return s.existing(id, hash, job)
+	}
+	logger.Info("deliberation submitted", "deliberation_id", id, "task_id", r.TaskID,
+		"kind", string(r.Kind), "agents", len(r.Agents))
+	return Submission{DeliberationID: id}, nil
+}
+
+func (s *Service) existing(id, hash string, job ray.JobDetails) (Submission, error) {
+	meta, ours := domain.ParseJobMeta(job.Metadata)
+	if !ours {
+		return Submission{}, fmt.Errorf("execute: Ray job %s exists and was not submitted by ray-executor: %w", id, domain.ErrConflict)
+	}
+	if meta.RequestHash != hash {
+		return Submission{}, fmt.Errorf("execute: idempotency key already used for a different request (deliberation %s): %w", id, domain.ErrConflict)
+	}
+	return Submission{DeliberationID: id, Duplicate: true}, nil
+}
+
+// Cancellation is the outcome of Cancel.
+type Cancellation struct {
+	Status  domain.Status
+	Message string
+}
+
+// Cancel stops a deliberation's Ray job. Cancelling a finished deliberation changes nothing
+// and reports its final status. Errors: ErrInvalid for a malformed id, ErrNotFound for an
+// unknown one, ErrUnavailable/ErrDeadline when Ray cannot answer.
+func (s *Service) Cancel(ctx context.Context, id string, logger *slog.Logger) (Cancellation, error) {
+	if err := domain.CheckDeliberationID(id); err != nil {
+		return Cancellation{}, err
+	}
+	job, err := s.Jobs.Job(ctx, id)
+	if err != nil {
+		return Cancellation{}, fmt.Errorf("execute: cancel %s: %w", id, err)
+	}
+	if _, ours := domain.ParseJobMeta(job.Metadata); !ours {
+		return Cancellation{}, fmt.Errorf("execute: cancel %s: %w", id, domain.ErrNotFound)
+	}
+	if job.Status.Terminal() {
+		st := ray.DeliberationStatus(job.Status)
+		return Cancellation{Status: st, Message: "deliberation had already finished: " + string(st)}, nil
+	}
+	if _, err := s.Jobs.Stop(ctx, id); err != nil {
+		return Cancellation{}, fmt.Errorf("execute: stop %s: %w", id, err)
+	}
+	logger.Info("deliberation cancelled", "deliberation_id", id)
+	return Cancellation{Status: domain.StatusCancelled, Message: "Ray job stopped"}, nil
+}

@@ -1,0 +1,215 @@
+package execute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+)
+
+// fakeJobs is a hand-written fake of the Ray port: each method delegates to its Fn field.
+type fakeJobs struct {
+	SubmitFn func(context.Context, ray.SubmitRequest) (string, error)
+	JobFn    func(context.Context, string) (ray.JobDetails, error)
+	StopFn   func(context.Context, string) (bool, error)
+}
+
+func (f *fakeJobs) Submit(ctx context.Context, r ray.SubmitRequest) (string, error) {
+	return f.SubmitFn(ctx, r)
+}
+func (f *fakeJobs) Job(ctx context.Context, id string) (ray.JobDetails, error) { return f.JobFn(ctx, id) }
+func (f *fakeJobs) Stop(ctx context.Context, id string) (bool, error)          { return f.StopFn(ctx, id) }
+
+type fakeWD struct{ err error }
+
+func (f fakeWD) WorkingDir(context.Context) (string, error) { return "gcs://_ray_pkg_test.zip", f.err }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func validRequest() domain.Request {
+	return domain.Request{
+		Kind: domain.KindDeliberation, TaskID: "t1", TaskDescription: "d", Role: "dev",
+		Constraints: domain.Constraints{StoryID: "s1"},
+		Agents:      []domain.Agent{{ID: "a1", Role: "dev", Model: "m"}},
+		VLLMURL:     "http://127.0.0.1:8000", VLLMModel: "m",
+	}
+}
+
+func notFound(context.Context, string) (ray.JobDetails, error) {
+	return ray.JobDetails{}, fmt.Errorf("ray: %w", domain.ErrNotFound)
+}
+
+func TestExecuteSubmitsWhatStatusAndListNeed(t *testing.T) {
+	var got ray.SubmitRequest
+	svc := &Service{
+		Jobs: &fakeJobs{JobFn: notFound, SubmitFn: func(_ context.Context, r ray.SubmitRequest) (string, error) {
+			got = r
+			return r.SubmissionID, nil
+		}},
+		WorkingDirs: fakeWD{},
+	}
+	sub, err := svc.Execute(context.Background(), validRequest(), "k1", "00-abc-def-01", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.DeliberationID != domain.DeliberationIDForKey("k1") || got.SubmissionID != sub.DeliberationID {
+		t.Errorf("got id %q submitted as %q, want both %q", sub.DeliberationID, got.SubmissionID, domain.DeliberationIDForKey("k1"))
+	}
+	meta, ours := domain.ParseJobMeta(got.Metadata)
+	if !ours || meta.TaskID != "t1" || meta.NumAgents != 1 || meta.StoryID != "s1" || meta.Traceparent != "00-abc-def-01" {
+		t.Errorf("got metadata %v, want ours with task t1, 1 agent, story s1 and the traceparent", got.Metadata)
+	}
+	if got.Entrypoint != ray.PayloadEntrypoint || strings.Contains(got.Entrypoint, "t1") {
+		t.Errorf("got entrypoint %q, want the fixed payload command with no request text", got.Entrypoint)
+	}
+	if wd := got.RuntimeEnv["working_dir"]; wd != "gcs://_ray_pkg_test.zip" {
+		t.Errorf("got working_dir %v", wd)
+	}
+}
+
+func TestExecuteErrors(t *testing.T) {
+	ours := func(req domain.Request) func(context.Context, string) (ray.JobDetails, error) {
+		return func(_ context.Context, id string) (ray.JobDetails, error) {
+			sub, _ := ray.DeliberationJob(id, req, "", ray.JobOptions{})
+			return ray.JobDetails{SubmissionID: id, Status: ray.StatusRunning, Metadata: sub.Metadata}, nil
+		}
+	}
+	normalized := validRequest()
+	if err := domain.Normalize(&normalized, domain.Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	other := normalized
+	other.TaskDescription = "something else"
+	noSubmit := func(context.Context, ray.SubmitRequest) (string, error) {
+		return "", errors.New("must not submit")
+	}
+	cases := []struct {
+		name     string
+		jobs     *fakeJobs
+		wd       fakeWD
+		key      string
+		want     error
+		wantDup  bool
+		wantCode int
+	}{
+		{"Ray down on lookup", &fakeJobs{JobFn: func(context.Context, string) (ray.JobDetails, error) {
+			return ray.JobDetails{}, domain.ErrUnavailable
+		}, SubmitFn: noSubmit}, fakeWD{}, "k", domain.ErrUnavailable, false, 503},
+		{"Ray down on submit", &fakeJobs{JobFn: notFound, SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) {
+			return "", fmt.Errorf("ray: %w", domain.ErrUnavailable)
+		}}, fakeWD{}, "", domain.ErrUnavailable, false, 503},
+		{"Ray slow", &fakeJobs{JobFn: notFound, SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) {
+			return "", domain.ErrDeadline
+		}}, fakeWD{}, "k", domain.ErrDeadline, false, 504},
+		{"Ray refuses our token", &fakeJobs{JobFn: notFound, SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) {
+			return "", domain.ErrUnauthenticated
+		}}, fakeWD{}, "k", domain.ErrUnauthenticated, false, 502},
+		{"package upload fails", &fakeJobs{JobFn: notFound, SubmitFn: noSubmit},
+			fakeWD{err: domain.ErrUnavailable}, "k", domain.ErrUnavailable, false, 503},
+		{"existing job, same request", &fakeJobs{JobFn: ours(normalized), SubmitFn: noSubmit}, fakeWD{}, "k", nil, true, 200},
+		{"existing job, other request", &fakeJobs{JobFn: ours(other), SubmitFn: noSubmit}, fakeWD{}, "k", domain.ErrConflict, false, 409},
+		{"existing foreign job", &fakeJobs{JobFn: func(_ context.Context, id string) (ray.JobDetails, error) {
+			return ray.JobDetails{SubmissionID: id, Metadata: map[string]string{"x": "y"}}, nil
+		}, SubmitFn: noSubmit}, fakeWD{}, "k", domain.ErrConflict, false, 409},
+		{"lost the race", &fakeJobs{
+			JobFn: func() func(context.Context, string) (ray.JobDetails, error) {
+				var n atomic.Int32
+				return func(ctx context.Context, id string) (ray.JobDetails, error) {
+					if n.Add(1) == 1 {
+						return notFound(ctx, id)
+					}
+					return ours(normalized)(ctx, id)
+				}
+			}(),
+			SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) { return "", domain.ErrAlreadyExists },
+		}, fakeWD{}, "k", nil, true, 200},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := &Service{Jobs: tc.jobs, WorkingDirs: tc.wd}
+			sub, err := svc.Execute(context.Background(), validRequest(), tc.key, "", quiet)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if sub.Duplicate != tc.wantDup {
+				t.Errorf("got duplicate %v, want %v", sub.Duplicate, tc.wantDup)
+			}
+			if err != nil {
+				if code, _ := rpcevents.HTTPStatus(err); code != tc.wantCode {
+					t.Errorf("got HTTP %d, want %d", code, tc.wantCode)
+				}
+			}
+		})
+	}
+}
+
+func TestInvalidRequestNeverReachesRay(t *testing.T) {
+	fail := &fakeJobs{
+		SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) { t.Error("submitted"); return "", nil },
+		JobFn:    func(context.Context, string) (ray.JobDetails, error) { t.Error("looked up"); return ray.JobDetails{}, nil },
+	}
+	h := NewHandler(&Service{Jobs: fail, WorkingDirs: fakeWD{}}, "test", 0, quiet)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	c := &rpcevents.Client{Source: "test"}
+	var resp pb.ExecuteDeliberationResponse
+	err := c.Call(context.Background(), srv.URL, rpcevents.TypeExecuteDeliberation,
+		&pb.ExecuteDeliberationRequest{TaskId: "t"}, rpcevents.CallOptions{IdempotencyKey: "k"}, &resp)
+	var se *rpcevents.StatusError
+	if !errors.As(err, &se) || se.HTTPStatus != http.StatusBadRequest {
+		t.Fatalf("got %v, want 400", err)
+	}
+	for _, field := range []string{"task_description", "role", "vllm_url", "vllm_model", "agents", "constraints.story_id"} {
+		if !strings.Contains(se.Message, field) {
+			t.Errorf("got %q, want it to name %s", se.Message, field)
+		}
+	}
+}
+
+func TestCancel(t *testing.T) {
+	running := func(st ray.JobStatus, md map[string]string) func(context.Context, string) (ray.JobDetails, error) {
+		return func(_ context.Context, id string) (ray.JobDetails, error) {
+			return ray.JobDetails{SubmissionID: id, Status: st, Metadata: md}, nil
+		}
+	}
+	ours := domain.JobMeta{DeliberationID: "d1"}.Map()
+	var stopped int
+	stop := func(context.Context, string) (bool, error) { stopped++; return true, nil }
+	cases := []struct {
+		name      string
+		job       func(context.Context, string) (ray.JobDetails, error)
+		want      domain.Status
+		wantErr   error
+		wantStops int
+	}{
+		{"running", running(ray.StatusRunning, ours), domain.StatusCancelled, nil, 1},
+		{"already succeeded", running(ray.StatusSucceeded, ours), domain.StatusCompleted, nil, 0},
+		{"already failed", running(ray.StatusFailed, ours), domain.StatusFailed, nil, 0},
+		{"unknown", notFound, "", domain.ErrNotFound, 0},
+		{"foreign", running(ray.StatusRunning, map[string]string{}), "", domain.ErrNotFound, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			stopped = 0
+			svc := &Service{Jobs: &fakeJobs{JobFn: tc.job, StopFn: stop}}
+			c, err := svc.Cancel(context.Background(), "d1", quiet)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && err != nil) {
+				t.Fatalf("got %v, want %v", err, tc.wantErr)
+			}
+			if c.Status != tc.want || stopped != tc.wantStops {
+				t.Errorf("got %q with %d stops, want %q with %d", c.Status, stopped, tc.want, tc.wantStops)
+			}
+		})
+	}
+}

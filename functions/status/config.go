@@ -1,0 +1,33 @@
+package status
+
+import (
+	"github.com/fleet-ai/ray-executor/shared/config"
+)
+
+// Config is everything the status function reads from its environment.
+type Config struct {
+	Serving config.Serving
+	Ray     config.Ray
+	// CacheSize (RESULT_CACHE_SIZE) is how many finished deliberations are kept in memory.
+	CacheSize int
+	// MaxBodyBytes (MAX_BODY_BYTES) bounds a request event.
+	MaxBodyBytes int64
+	// Source (CE_SOURCE) names this function in reply events.
+	Source string
+}
+
+// LoadConfig reads and checks the configuration.
+func LoadConfig(getenv func(string) string) (Config, error) {
+	r := config.NewReader(getenv)
+	cfg := Config{
+		Serving:      config.ReadServing(r, 8082),
+		Ray:          config.ReadRay(r),
+		CacheSize:    r.Int("RESULT_CACHE_SIZE", 1024),
+		MaxBodyBytes: int64(r.Int("MAX_BODY_BYTES", 64<<10)),
+		Source:       r.String("CE_SOURCE", "ray-executor/status"),
+	}
+	if cfg.CacheSize <= 0 {
+		r.Fail("RESULT_CACHE_SIZE must be positive")
+	}
+	return cfg, r.Err()
+}
