@@ -12,8 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 
-	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
@@ -28,8 +28,10 @@ type fakeJobs struct {
 func (f *fakeJobs) Submit(ctx context.Context, r ray.SubmitRequest) (string, error) {
 	return f.SubmitFn(ctx, r)
 }
-func (f *fakeJobs) Job(ctx context.Context, id string) (ray.JobDetails, error) { return f.JobFn(ctx, id) }
-func (f *fakeJobs) Stop(ctx context.Context, id string) (bool, error)          { return f.StopFn(ctx, id) }
+func (f *fakeJobs) Job(ctx context.Context, id string) (ray.JobDetails, error) {
+	return f.JobFn(ctx, id)
+}
+func (f *fakeJobs) Stop(ctx context.Context, id string) (bool, error) { return f.StopFn(ctx, id) }
 
 type fakeWD struct{ err error }
 
@@ -157,7 +159,10 @@ func TestExecuteErrors(t *testing.T) {
 func TestInvalidRequestNeverReachesRay(t *testing.T) {
 	fail := &fakeJobs{
 		SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) { t.Error("submitted"); return "", nil },
-		JobFn:    func(context.Context, string) (ray.JobDetails, error) { t.Error("looked up"); return ray.JobDetails{}, nil },
+		JobFn: func(context.Context, string) (ray.JobDetails, error) {
+			t.Error("looked up")
+			return ray.JobDetails{}, nil
+		},
 	}
 	h := NewHandler(&Service{Jobs: fail, WorkingDirs: fakeWD{}}, "test", 0, quiet)
 	srv := httptest.NewServer(h)

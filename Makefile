@@ -1,0 +1,77 @@
+# ray-executor. `make test` and `make run` install and start everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ROOT    := $(CURDIR)
+BIN     := $(ROOT)/bin
+VENV    := $(ROOT)/.venv
+PYTHON  ?= python3
+GO      ?= go
+
+# Pinned tool versions (installed from the Go module proxy into ./bin).
+BUF_VERSION                := v1.75.0
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+STATICCHECK_VERSION        := v0.8.2
+
+REQUIREMENTS := shared/ray/payload/requirements.txt
+VENV_STAMP   := $(VENV)/.installed
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+# --- tools -------------------------------------------------------------------------------
+$(BIN)/buf:
+	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+$(BIN)/protoc-gen-go:
+	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+$(BIN)/protoc-gen-go-grpc:
+	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+$(VENV_STAMP): $(REQUIREMENTS)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $(REQUIREMENTS)
+	touch $@
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## create .venv with the pinned Ray, nats-py and pytest
+
+# --- code generation ---------------------------------------------------------------------
+.PHONY: generate
+generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## regenerate shared/gen from specs/
+	$(BIN)/buf lint
+	$(BIN)/buf generate
+
+.PHONY: check-generate
+check-generate: generate ## fail if the committed generated code is stale
+	@git diff --exit-code --stat -- shared/gen || { echo "shared/gen is stale: run 'make generate' and commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- shared/gen)" || { echo "shared/gen has untracked files: run 'make generate' and commit" >&2; exit 1; }
+
+# --- checks ------------------------------------------------------------------------------
+.PHONY: lint
+lint: $(BIN)/staticcheck ## go vet, staticcheck and gofmt
+	@test -z "$$(gofmt -l functions shared)" || { gofmt -l functions shared; echo "gofmt needed" >&2; exit 1; }
+	$(GO) vet ./...
+	$(BIN)/staticcheck ./...
+
+.PHONY: ray-up ray-down
+ray-up: $(VENV_STAMP) ## start a local Ray head on 127.0.0.1:8265 (unless one runs)
+	scripts/ray-head.sh up
+ray-down: ## stop the local Ray head if ray-up started it
+	scripts/ray-head.sh down
+
+.PHONY: test
+test: $(VENV_STAMP) ## run every test against a real local Ray head (started and stopped here)
+	scripts/test.sh
+
+.PHONY: run
+run: $(VENV_STAMP) ## start Ray, the LLM stand-in and the functions locally, until Ctrl-C
+	scripts/run.sh
+
+.PHONY: build
+build: ## build every binary into ./bin
+	for f in execute status list; do $(GO) build -o $(BIN)/$$f ./functions/$$f/cmd || exit 1; done
+	$(GO) build -o $(BIN)/llm-standin ./shared/llmstub/cmd/llm-standin

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleet-ai/ray-executor/shared/testenv"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestRayClientAddressFailsAtStart(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), env(map[string]string{"RAY_ADDRESS": "ray://ray-head:10001"}), &out)
+	if err == nil || !strings.Contains(err.Error(), "8265") || !strings.Contains(err.Error(), "Python") {
+		t.Fatalf("got %v, want an error explaining Ray Client is Python-only and to use the dashboard :8265", err)
+	}
+}
+
+func TestBadConfigurationFailsAtStart(t *testing.T) {
+	err := run(context.Background(), env(map[string]string{"PORT": "http", "AGENT_NUM_CPUS": "-1", "RAY_TIMEOUT": "soon"}), &bytes.Buffer{})
+	for _, want := range []string{"PORT", "AGENT_NUM_CPUS", "RAY_TIMEOUT"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want it to name %s", err, want)
+		}
+	}
+}
+
+func TestRunServesUntilCancelled(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var out bytes.Buffer
+	go func() {
+		done <- run(ctx, env(map[string]string{"PORT": fmt.Sprint(port), "HOST": "127.0.0.1",
+			"RAY_ADDRESS": testenv.RayAddress(t), "K_SERVICE": "execute", "K_REVISION": "execute-00001"}), &out)
+	}()
+	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", port)
+	var ready bool
+	for deadline := time.Now().Add(10 * time.Second); !ready && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if resp, err := http.Get(url); err == nil {
+			ready = resp.StatusCode == http.StatusOK
+			resp.Body.Close()
+		}
+	}
+	if !ready {
+		t.Fatal("execute never became ready against the real Ray head")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run returned %v after cancel, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+	if !strings.Contains(out.String(), `"k_revision":"execute-00001"`) {
+		t.Errorf("logs lack the Knative revision: %s", out.String())
+	}
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# `make run`: the whole system on this machine, in the foreground until Ctrl-C (or SIGTERM),
+# then everything this script started is stopped again, the Ray head included.
+#   Ray head        127.0.0.1:8265 (dashboard / Jobs API)
+#   execute         127.0.0.1:8081
+#   status          127.0.0.1:8082
+#   list            127.0.0.1:8083
+#   LLM stand-in    127.0.0.1:8000, only when LLM_URL is unset
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+mkdir -p .run
+pids=()
+
+cleanup() {
+  trap - EXIT INT TERM
+  echo
+  echo "run: stopping"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  scripts/ray-head.sh down
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+make --no-print-directory build
+scripts/ray-head.sh up
+export RAY_ADDRESS="http://127.0.0.1:8265"
+export HOST=127.0.0.1
+
+if [ -z "${LLM_URL:-}" ]; then
+  bin/llm-standin -addr 127.0.0.1:8000 > .run/llm-standin.log 2>&1 &
+  pids+=($!)
+  LLM_URL=http://127.0.0.1:8000
+  cat <<'TXT'
+run: ***************************************************************************
+run: * No LLM_URL set: started the LLM STAND-IN on 127.0.0.1:8000.            *
+run: * Its answers are canned text, not a model's. Set LLM_URL to a real      *
+run: * OpenAI-compatible endpoint (vLLM) and use it as vllm_url in requests.  *
+run: ***************************************************************************
+TXT
+fi
+
+start() { # name port
+  PORT="$2" "bin/$1" > ".run/$1.log" 2>&1 &
+  pids+=($!)
+}
+start execute 8081
+start status 8082
+start list 8083
+
+for port in 8081 8082 8083; do
+  for _ in $(seq 1 100); do
+    curl -fsS -m 1 "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fsS -m 1 "http://127.0.0.1:$port/readyz" >/dev/null || { echo "run: function on :$port is not ready; see .run/*.log" >&2; exit 1; }
+done
+
+cat <<TXT
+run: up. Logs in .run/. LLM endpoint for requests: $LLM_URL
+run: try it (README.md, "Quick start"):
+  curl -s http://127.0.0.1:8081 -H 'ce-specversion: 1.0' -H 'ce-id: demo-1' -H 'ce-source: readme' \\
+    -H 'ce-type: fleet.ray_executor.v1.ExecuteDeliberation' -H 'content-type: application/json' \\
+    -d '{"task_id":"t1","task_description":"Pick a database","role":"architect",
+         "constraints":{"story_id":"s1"},"vllm_url":"$LLM_URL","vllm_model":"m",
+         "agents":[{"id":"a1","role":"architect","model":"m"}]}'
+run: Ctrl-C stops everything.
+TXT
+wait -n "${pids[@]}" || true
+echo "run: a process exited; see .run/*.log" >&2
+exit 1

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make test`: every Go and Python test, against a real local Ray head that this script
+# starts (unless one already runs) and stops again, pass or fail.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+trap 'scripts/ray-head.sh down' EXIT
+scripts/ray-head.sh up
+
+export RAY_ADDRESS="http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}"
+export PATH="$root/.venv/bin:$PATH"
+
+echo "== go test"
+go test -count=1 -timeout 20m ./...
+
+echo "== pytest (payload)"
+.venv/bin/python -m pytest -q shared/ray/payload/tests
