@@ -22,8 +22,9 @@ up)
   # Job drivers run `python` from the raylet's PATH: it must be the venv's, which has ray.
   export PATH="$venv/bin:$PATH"
   export RAY_USAGE_STATS_ENABLED=0
+  # The dashboard (all we talk to) listens on 127.0.0.1 only. Ray's own processes advertise
+  # the machine's address whatever --node-ip-address says: Ray rewrites 127.0.0.1 to it.
   "$venv/bin/ray" start --head \
-    --node-ip-address=127.0.0.1 \
     --dashboard-host=127.0.0.1 --dashboard-port="$port" \
     --include-dashboard=true --disable-usage-stats \
     --num-cpus="${RAY_NUM_CPUS:-4}" >"$root/.ray-head.log" 2>&1 || {

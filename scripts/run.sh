@@ -21,7 +21,7 @@ cleanup() {
   scripts/ray-head.sh down
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 0' INT TERM
 
 make --no-print-directory build
 scripts/ray-head.sh up
