@@ -13,7 +13,8 @@ import (
 )
 
 // NewHandler returns the function's HTTP handler: GetActiveJobs request events in,
-// GetActiveJobsResponse reply events out.
+// GetActiveJobsResponse reply events out; and GetStatus, answered with the statistics of
+// this system's Ray jobs (a reply means Ray answered: the "ray" component is healthy).
 func NewHandler(svc *Service, source string, maxBodyBytes int64, logger *slog.Logger) *rpcevents.Server {
 	srv := rpcevents.NewServer(source, logger, maxBodyBytes)
 	srv.Handle(rpcevents.TypeGetActiveJobs, rpcevents.Route(
@@ -33,7 +34,33 @@ func NewHandler(svc *Service, source string, maxBodyBytes int64, logger *slog.Lo
 			}
 			return resp, nil
 		}))
+	srv.Handle(rpcevents.TypeGetStatus, rpcevents.Route(
+		func() *pb.GetStatusRequest { return &pb.GetStatusRequest{} },
+		func(ctx context.Context, _ *rpcevents.Request, req *pb.GetStatusRequest) (proto.Message, error) {
+			st, err := svc.Stats(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return &pb.GetStatusResponse{
+				Status:     "healthy",
+				Stats:      StatsMessage(st),
+				Components: []*pb.ComponentHealth{{Name: "ray", Status: "healthy", Message: "Ray listed its jobs"}},
+			}, nil
+		}))
 	return srv
+}
+
+// StatsMessage renders statistics; active counts pending and running deliberations.
+func StatsMessage(st Stats) *pb.RayExecutorStats {
+	return &pb.RayExecutorStats{
+		TotalDeliberations:     st.Total,
+		ActiveDeliberations:    st.Pending + st.Running,
+		CompletedDeliberations: st.Completed,
+		FailedDeliberations:    st.Failed,
+		AverageExecutionTimeMs: float32(st.AverageExecutionMS),
+		CancelledDeliberations: st.Cancelled,
+		PendingDeliberations:   st.Pending,
+	}
 }
 
 // JobInfo renders an active deliberation as the original did: job_id = submission_id =

@@ -67,3 +67,49 @@ func Runtime(start, now time.Time) string {
 	d := now.Sub(start)
 	return fmt.Sprintf("%dm %ds", int(d/time.Minute), int(d%time.Minute/time.Second))
 }
+
+// Stats counts this system's deliberations by their Ray job status. Ray is the record, so
+// the counts survive any restart of any replica and each job is counted exactly once.
+type Stats struct {
+	Total, Pending, Running, Completed, Failed, Cancelled int64
+	// AverageExecutionMS is the mean wall time of finished (completed or failed) jobs.
+	AverageExecutionMS float64
+}
+
+// Stats reads every job of this system from Ray. Errors wrap ErrUnavailable/ErrDeadline.
+func (s *Service) Stats(ctx context.Context) (Stats, error) {
+	jobs, err := s.Jobs.Jobs(ctx)
+	if err != nil {
+		return Stats{}, fmt.Errorf("list: stats: %w", err)
+	}
+	var st Stats
+	var finished int64
+	var totalMS float64
+	for _, j := range jobs {
+		if _, ours := domain.ParseJobMeta(j.Metadata); !ours {
+			continue
+		}
+		st.Total++
+		switch j.Status {
+		case ray.StatusPending:
+			st.Pending++
+		case ray.StatusRunning:
+			st.Running++
+		case ray.StatusSucceeded:
+			st.Completed++
+		case ray.StatusFailed:
+			st.Failed++
+		case ray.StatusStopped:
+			st.Cancelled++
+		}
+		if (j.Status == ray.StatusSucceeded || j.Status == ray.StatusFailed) &&
+			!j.StartTime.IsZero() && j.EndTime.After(j.StartTime) {
+			finished++
+			totalMS += float64(j.EndTime.Sub(j.StartTime).Milliseconds())
+		}
+	}
+	if finished > 0 {
+		st.AverageExecutionMS = totalMS / float64(finished)
+	}
+	return st, nil
+}

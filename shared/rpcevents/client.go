@@ -114,7 +114,6 @@ type StatusError struct {
 	HTTPStatus int
 	Code       string
 	Message    string
-	sentinel   error
 }
 
 func (e *StatusError) Error() string {
@@ -124,7 +123,23 @@ func (e *StatusError) Error() string {
 	return e.Message
 }
 
-func (e *StatusError) Unwrap() error { return e.sentinel }
+// Unwrap gives the domain sentinel of the HTTP status (nil for 500 and the unrecognised).
+func (e *StatusError) Unwrap() error {
+	switch {
+	case e.HTTPStatus == http.StatusBadRequest, e.HTTPStatus == http.StatusRequestEntityTooLarge:
+		return domain.ErrInvalid
+	case e.HTTPStatus == http.StatusNotFound:
+		return domain.ErrNotFound
+	case e.HTTPStatus == http.StatusConflict:
+		return domain.ErrConflict
+	case e.HTTPStatus == http.StatusGatewayTimeout:
+		return domain.ErrDeadline
+	case e.HTTPStatus == http.StatusTooManyRequests,
+		e.HTTPStatus >= 500 && e.HTTPStatus != http.StatusInternalServerError:
+		return domain.ErrUnavailable
+	}
+	return nil
+}
 
 func statusError(resp *http.Response) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
@@ -134,18 +149,6 @@ func statusError(resp *http.Response) error {
 		e.Code, e.Message = eb.Error.Code, eb.Error.Message
 	} else {
 		e.Message = fmt.Sprintf("function answered %s", resp.Status)
-	}
-	switch {
-	case resp.StatusCode == http.StatusBadRequest, resp.StatusCode == http.StatusRequestEntityTooLarge:
-		e.sentinel = domain.ErrInvalid
-	case resp.StatusCode == http.StatusNotFound:
-		e.sentinel = domain.ErrNotFound
-	case resp.StatusCode == http.StatusConflict:
-		e.sentinel = domain.ErrConflict
-	case resp.StatusCode == http.StatusGatewayTimeout:
-		e.sentinel = domain.ErrDeadline
-	case resp.StatusCode == http.StatusTooManyRequests, resp.StatusCode >= 500 && resp.StatusCode != http.StatusInternalServerError:
-		e.sentinel = domain.ErrUnavailable
 	}
 	return e
 }

@@ -422,18 +422,19 @@ func TestClientWrongReplyTypeFromServer(t *testing.T) {
 
 func TestStatusErrorMessage(t *testing.T) {
 	tests := []struct {
-		err  *rpcevents.StatusError
-		want string
+		err      *rpcevents.StatusError
+		want     string
+		sentinel error
 	}{
-		{&rpcevents.StatusError{HTTPStatus: 418}, "function answered 418"},
-		{&rpcevents.StatusError{HTTPStatus: 400, Message: "role is required"}, "role is required"},
+		{&rpcevents.StatusError{HTTPStatus: 418}, "function answered 418", nil},
+		{&rpcevents.StatusError{HTTPStatus: 400, Message: "role is required"}, "role is required", domain.ErrInvalid},
 	}
 	for _, tt := range tests {
 		if got := tt.err.Error(); got != tt.want {
 			t.Errorf("Error(): got %q, want %q", got, tt.want)
 		}
-		if errors.Unwrap(tt.err) != nil {
-			t.Errorf("Unwrap() of a hand-made StatusError: got %v, want nil", errors.Unwrap(tt.err))
+		if got := errors.Unwrap(tt.err); got != tt.sentinel {
+			t.Errorf("Unwrap() of a hand-made StatusError: got %v, want %v (from its HTTP status)", got, tt.sentinel)
 		}
 	}
 }

@@ -1,0 +1,61 @@
+// Command ingress serves the RayExecutorService gRPC API and routes each call to a function.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/fleet-ai/ray-executor/functions/ingress"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/serving"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "ingress:", err)
+		os.Exit(1)
+	}
+}
+
+// run wires the ingress from its configuration and serves until ctx is done.
+func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	cfg, err := ingress.LoadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	logger := serving.NewLogger(stdout, cfg.Serving, "ingress")
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 256 // every RPC is a request to one of three hosts
+	hc := &http.Client{Transport: transport}
+	health := &ingress.Health{
+		HTTP: hc,
+		TTL:  cfg.HealthTTL,
+		Targets: []ingress.Target{
+			{Name: "execute", URL: cfg.Routes.Execute},
+			{Name: "status", URL: cfg.Routes.Status},
+			{Name: "list", URL: cfg.Routes.List},
+		},
+	}
+	srv := &ingress.Server{
+		Caller:         &rpcevents.Client{HTTP: hc, Source: cfg.Source},
+		Routes:         cfg.Routes,
+		Health:         health,
+		DefaultTimeout: cfg.CallTimeout,
+		Logger:         logger,
+		Started:        time.Now(),
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Serving.Host, fmt.Sprint(cfg.Serving.Port)))
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	return ingress.Serve(ctx, ingress.NewGRPCServer(srv, cfg), ln, health, cfg.Serving.DrainTimeout, logger)
+}

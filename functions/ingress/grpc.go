@@ -1,0 +1,54 @@
+package ingress
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+)
+
+// NewGRPCServer registers the service, grpc.health.v1 and (optionally) reflection.
+func NewGRPCServer(s *Server, cfg Config) *grpc.Server {
+	gs := grpc.NewServer(
+		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
+	)
+	pb.RegisterRayExecutorServiceServer(gs, s)
+	healthpb.RegisterHealthServer(gs, &healthService{h: s.Health})
+	if cfg.Reflection {
+		reflection.Register(gs)
+	}
+	return gs
+}
+
+// Serve runs gs on ln until ctx is done, then reports NOT_SERVING, lets in-flight calls
+// finish within drain, and stops.
+func Serve(ctx context.Context, gs *grpc.Server, ln net.Listener, h *Health, drain time.Duration, logger *slog.Logger) error {
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(ln) }()
+	logger.Info("listening", "addr", ln.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("ingress: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("draining", "timeout", drain.String())
+	h.Drain()
+	done := make(chan struct{})
+	go func() { gs.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(drain):
+		logger.Warn("drain timed out; stopping in-flight calls")
+		gs.Stop()
+	}
+	<-errc
+	logger.Info("stopped")
+	return nil
+}
