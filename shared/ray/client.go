@@ -55,7 +55,10 @@ type Client struct {
 	base    string // scheme://host[:port][/prefix], without a trailing slash
 	token   string
 	timeout time.Duration
-	hc      *http.Client
+	// timeoutCause marks our own per-call timeout apart from the caller's deadline; made
+	// once, not per call.
+	timeoutCause error
+	hc           *http.Client
 }
 
 // New checks cfg and returns a Client. It makes no request. An empty, unparsable or
@@ -76,6 +79,7 @@ func New(cfg Config) (*Client, error) {
 	if c.hc == nil {
 		c.hc = newHTTPClient()
 	}
+	c.timeoutCause = fmt.Errorf("%w of %s", errCallTimeout, c.timeout)
 	return c, nil
 }
 
@@ -151,7 +155,7 @@ type response struct {
 // classify. The success body is read in full, up to r.limit bytes; a longer body is an
 // error wrapping domain.ErrUnavailable.
 func (c *Client) do(ctx context.Context, r request, ok ...int) (response, error) {
-	ctx, cancel := context.WithTimeoutCause(ctx, c.timeout, fmt.Errorf("%w of %s", errCallTimeout, c.timeout))
+	ctx, cancel := context.WithTimeoutCause(ctx, c.timeout, c.timeoutCause)
 	defer cancel()
 
 	var body io.Reader

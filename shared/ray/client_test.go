@@ -494,7 +494,7 @@ func TestJobDetailsDecoding(t *testing.T) {
 			Entrypoint: `python -c "print(1)"`, Message: "Job finished successfully.",
 			StartTime: time.UnixMilli(1795763729695).UTC(), EndTime: time.UnixMilli(1795763731414).UTC(),
 			Metadata:   map[string]string{"a": "b"},
-			RuntimeEnv: map[string]any{"working_dir": "gcs://_ray_pkg_x.zip"}, DriverExitCode: &zero,
+			RuntimeEnv: json.RawMessage(`{"working_dir": "gcs://_ray_pkg_x.zip"}`), DriverExitCode: &zero,
 		}},
 		{"pending with nulls", pending, JobDetails{Type: "SUBMISSION", SubmissionID: "s-2", Status: StatusPending, Entrypoint: "x"}},
 	}

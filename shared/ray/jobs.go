@@ -2,6 +2,7 @@ package ray
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -71,8 +72,9 @@ type JobDetails struct {
 	StartTime time.Time
 	EndTime   time.Time
 	Metadata  map[string]string
-	// RuntimeEnv is the runtime_env the job was submitted with, as Ray reports it.
-	RuntimeEnv map[string]any
+	// RuntimeEnv is the runtime_env the job was submitted with, as Ray reports it, left
+	// undecoded: it carries the whole request, and status reads job details on every poll.
+	RuntimeEnv json.RawMessage
 	// DriverExitCode is nil until the driver has exited (and for stopped jobs).
 	DriverExitCode *int
 }
@@ -98,7 +100,7 @@ type jobDetailsJSON struct {
 	StartTime      int64             `json:"start_time"` // Unix milliseconds
 	EndTime        int64             `json:"end_time"`   // Unix milliseconds
 	Metadata       map[string]string `json:"metadata"`
-	RuntimeEnv     map[string]any    `json:"runtime_env"`
+	RuntimeEnv     json.RawMessage   `json:"runtime_env"`
 	DriverExitCode *int              `json:"driver_exit_code"`
 }
 

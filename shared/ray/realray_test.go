@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -288,8 +289,11 @@ func TestRealRay(t *testing.T) {
 		if j.Status != StatusSucceeded || !strings.Contains(logs, "payload-ok") {
 			t.Fatalf("got status %s (%s), want SUCCEEDED with payload-ok in the logs; logs:\n%s", j.Status, j.Message, logs)
 		}
-		if got, _ := j.RuntimeEnv["working_dir"].(string); got != wd {
-			t.Errorf("got runtime_env.working_dir %q, want %q", got, wd)
+		var env struct {
+			WorkingDir string `json:"working_dir"`
+		}
+		if err := json.Unmarshal(j.RuntimeEnv, &env); err != nil || env.WorkingDir != wd {
+			t.Errorf("got runtime_env %s (%v), want working_dir %q", j.RuntimeEnv, err, wd)
 		}
 	})
 }

@@ -7,6 +7,7 @@
 package rpcevents
 
 import (
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -33,6 +34,10 @@ const (
 	ExtTraceparent = "traceparent"
 )
 
+// ContentTypeProtobuf is binary protobuf event data, which functions accept besides
+// protobuf JSON and send back to callers whose Accept header names it.
+const ContentTypeProtobuf = "application/protobuf"
+
 // ReplyType is the CloudEvent type of a reply carrying msg: its full protobuf name.
 func ReplyType(msg proto.Message) string {
 	return string(msg.ProtoReflect().Descriptor().FullName())
@@ -54,4 +59,10 @@ func KeyFor(source, id, idempotencyKey string) string {
 		return "key\x00" + idempotencyKey
 	}
 	return "event\x00" + source + "\x00" + id
+}
+
+func init() {
+	// Every request and reply event gets a random id; buffer the randomness rather than
+	// make a getrandom system call per id.
+	uuid.EnableRandPool()
 }

@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"mime"
 	"net/http"
 	"sort"
 	"strings"
 
-	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/google/uuid"
@@ -30,8 +30,18 @@ type Handler func(ctx context.Context, req *Request) (proto.Message, error)
 // Request is a decoded request event.
 type Request struct {
 	Event *event.Event
-	// Logger carries the event's id and type; handlers add the deliberation id.
-	Logger *slog.Logger
+	// Base is the server's logger; Logger adds the event's attributes to it.
+	Base   *slog.Logger
+	logger *slog.Logger
+}
+
+// Logger is the request's logger, tagged with the event's id, type and source. It is made
+// on first use: most requests never log.
+func (r *Request) Logger() *slog.Logger {
+	if r.logger == nil {
+		r.logger = r.Base.With("ce_id", r.Event.ID(), "ce_type", r.Event.Type(), "ce_source", r.Event.Source())
+	}
+	return r.logger
 }
 
 // IdempotencyKey is the request's key (see KeyFor).
@@ -58,21 +68,55 @@ func Route[Req proto.Message](newReq func() Req, h func(ctx context.Context, r *
 }
 
 func decodeData(ev *event.Event, into proto.Message) error {
-	if ct := ev.DataContentType(); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return fmt.Errorf("datacontenttype must be application/json, got %q: %w", ct, domain.ErrInvalid)
+	return unmarshalData(ev.DataContentType(), ev.Data(), into)
+}
+
+// unmarshalData decodes event data by its content type: protobuf JSON (the default, what
+// event-driven callers send) or binary protobuf (what the ingress sends, at a tenth of the
+// cost). Errors wrap ErrInvalid.
+func unmarshalData(contentType string, data []byte, into proto.Message) error {
+	mt := mediaType(contentType)
+	switch {
+	case mt == "" || mt == event.ApplicationJSON || strings.HasSuffix(mt, "+json"):
+		if len(data) == 0 {
+			data = []byte("{}")
 		}
-	}
-	data := ev.Data()
-	if len(data) == 0 {
-		data = []byte("{}")
-	}
-	if err := unmarshalOptions.Unmarshal(data, into); err != nil {
-		return fmt.Errorf("data is not a valid %s in protobuf JSON: %v: %w",
-			into.ProtoReflect().Descriptor().FullName(), err, domain.ErrInvalid)
+		if err := unmarshalOptions.Unmarshal(data, into); err != nil {
+			return fmt.Errorf("data is not a valid %s in protobuf JSON: %v: %w",
+				into.ProtoReflect().Descriptor().FullName(), err, domain.ErrInvalid)
+		}
+	case mt == ContentTypeProtobuf:
+		if err := proto.Unmarshal(data, into); err != nil {
+			return fmt.Errorf("data is not a valid binary %s: %v: %w",
+				into.ProtoReflect().Descriptor().FullName(), err, domain.ErrInvalid)
+		}
+	default:
+		return fmt.Errorf("datacontenttype must be %s or %s, got %q: %w",
+			event.ApplicationJSON, ContentTypeProtobuf, contentType, domain.ErrInvalid)
 	}
 	return nil
+}
+
+// marshalData encodes a message as protobuf JSON, or as binary protobuf when asked.
+func marshalData(msg proto.Message, binary bool) (data []byte, contentType string, err error) {
+	if binary {
+		data, err = proto.Marshal(msg)
+		return data, ContentTypeProtobuf, err
+	}
+	data, err = marshalOptions.Marshal(msg)
+	return data, event.ApplicationJSON, err
+}
+
+// mediaType is the media type of a Content-Type value, lower-cased, without parameters.
+func mediaType(ct string) string {
+	if ct == event.ApplicationJSON || ct == ContentTypeProtobuf || ct == "" {
+		return ct // the common cases, without parsing
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return ct
+	}
+	return mt
 }
 
 // Server is the HTTP side of a function: it accepts request events in binary and structured
@@ -113,7 +157,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.maxBodyBytes)
-	ev, err := cehttp.NewEventFromHTTPRequest(r)
+	ev, err := s.decode(r)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -128,7 +172,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_argument", "not a valid CloudEvent: "+err.Error())
 		return
 	}
-	logger := s.logger.With("ce_id", ev.ID(), "ce_type", ev.Type(), "ce_source", ev.Source())
+	req := &Request{Event: ev, Base: s.logger}
 	h, ok := s.routes[ev.Type()]
 	if !ok {
 		writeError(w, http.StatusBadRequest, "invalid_argument",
@@ -136,7 +180,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				ev.Type(), strings.Join(s.Types(), ", ")))
 		return
 	}
-	resp, err := h(r.Context(), &Request{Event: ev, Logger: logger})
+	resp, err := h(r.Context(), req)
 	if err != nil {
 		code, name := HTTPStatus(err)
 		msg := err.Error()
@@ -144,38 +188,43 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			msg = "internal error"
 		}
 		if code >= 500 {
-			logger.Error("request failed", "status", code, "error", err.Error())
+			req.Logger().Error("request failed", "status", code, "error", err.Error())
 		} else {
-			logger.Info("request refused", "status", code, "error", err.Error())
+			req.Logger().Info("request refused", "status", code, "error", err.Error())
 		}
 		writeError(w, code, name, msg)
 		return
 	}
-	if err := s.reply(r.Context(), w, ev, resp); err != nil {
-		logger.Error("writing reply failed", "error", err.Error())
+	if err := s.reply(w, ev, resp, strings.Contains(r.Header.Get("Accept"), ContentTypeProtobuf)); err != nil {
+		req.Logger().Error("writing reply failed", "error", err.Error())
 	}
 }
 
-func (s *Server) reply(ctx context.Context, w http.ResponseWriter, req *event.Event, resp proto.Message) error {
-	data, err := marshalOptions.Marshal(resp)
+// decode reads a request event in either content mode.
+func (s *Server) decode(r *http.Request) (*event.Event, error) {
+	if !isBinary(r.Header) {
+		return cehttp.NewEventFromHTTPRequest(r)
+	}
+	body, err := readBody(r.Body, r.ContentLength)
+	if err != nil {
+		return nil, err
+	}
+	return readBinary(r.Header, body)
+}
+
+// reply writes resp as a binary-mode reply event; its data is binary protobuf when the
+// caller accepts it, protobuf JSON otherwise.
+func (s *Server) reply(w http.ResponseWriter, req *event.Event, resp proto.Message, binary bool) error {
+	data, ct, err := marshalData(resp, binary)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", "internal error")
 		return fmt.Errorf("marshal reply: %w", err)
 	}
-	out := event.New()
-	out.SetID(uuid.NewString())
-	out.SetSource(s.source)
-	out.SetType(ReplyType(resp))
-	if subj := req.Subject(); subj != "" {
-		out.SetSubject(subj)
-	}
-	if tp, ok := req.Extensions()[ExtTraceparent].(string); ok && tp != "" {
-		out.SetExtension(ExtTraceparent, tp)
-	}
-	if err := out.SetData(event.ApplicationJSON, json.RawMessage(data)); err != nil {
-		return err
-	}
-	return cehttp.WriteResponseWriter(ctx, binding.ToMessage(&out), http.StatusOK, w)
+	tp, _ := req.Extensions()[ExtTraceparent].(string)
+	writeBinary(w.Header(), uuid.NewString(), s.source, ReplyType(resp), req.Subject(), tp, ct, nil)
+	w.WriteHeader(http.StatusOK)
+	_, err = w.Write(data)
+	return err
 }
 
 // ErrorBody is the JSON body of every non-2xx answer.
@@ -217,4 +266,21 @@ func HTTPStatus(err error) (int, string) {
 	default:
 		return http.StatusInternalServerError, "internal"
 	}
+}
+
+// readBody reads a body whose length is usually announced, in one allocation.
+func readBody(r io.Reader, length int64) ([]byte, error) {
+	if length <= 0 || length > 1<<20 {
+		return io.ReadAll(r)
+	}
+	buf := make([]byte, length)
+	n, err := io.ReadFull(r, buf)
+	if err == io.ErrUnexpectedEOF {
+		return buf[:n], nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	// Anything beyond the announced length is an error the server already reports.
+	return buf, nil
 }

@@ -735,7 +735,7 @@ func newEvent(t *testing.T, source, id string, ext map[string]any) *rpcevents.Re
 	if err := ev.Validate(); err != nil {
 		t.Fatalf("event: %v", err)
 	}
-	return &rpcevents.Request{Event: &ev, Logger: discard}
+	return &rpcevents.Request{Event: &ev, Base: discard}
 }
 
 func TestRequestIdempotencyKey(t *testing.T) {
