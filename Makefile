@@ -13,6 +13,8 @@ BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION        := v0.8.2
+GRPCURL_VERSION            := v1.9.4
+GRPC_HEALTH_PROBE_VERSION  := v0.4.62
 
 REQUIREMENTS := shared/ray/payload/requirements.txt
 VENV_STAMP   := $(VENV)/.installed
@@ -30,6 +32,13 @@ $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(BIN)/grpcurl:
+	GOBIN=$(BIN) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+$(BIN)/grpc-health-probe:
+	GOBIN=$(BIN) $(GO) install github.com/grpc-ecosystem/grpc-health-probe@$(GRPC_HEALTH_PROBE_VERSION)
+
+.PHONY: tools
+tools: $(BIN)/grpcurl $(BIN)/grpc-health-probe ## install grpcurl and grpc-health-probe into ./bin
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -64,14 +73,14 @@ ray-down: ## stop the local Ray head if ray-up started it
 	scripts/ray-head.sh down
 
 .PHONY: test
-test: $(VENV_STAMP) ## run every test against a real local Ray head (started and stopped here)
+test: $(VENV_STAMP) tools ## run every test against a real local Ray head (started and stopped here)
 	scripts/test.sh
 
 .PHONY: run
-run: $(VENV_STAMP) ## start Ray, the LLM stand-in and the functions locally, until Ctrl-C
+run: $(VENV_STAMP) tools ## start Ray, the LLM stand-in and the functions locally, until Ctrl-C
 	scripts/run.sh
 
 .PHONY: build
 build: ## build every binary into ./bin
-	for f in execute status list; do $(GO) build -o $(BIN)/$$f ./functions/$$f/cmd || exit 1; done
+	for f in execute status list ingress; do $(GO) build -o $(BIN)/$$f ./functions/$$f/cmd || exit 1; done
 	$(GO) build -o $(BIN)/llm-standin ./shared/llmstub/cmd/llm-standin

@@ -5,6 +5,7 @@
 #   execute         127.0.0.1:8081
 #   status          127.0.0.1:8082
 #   list            127.0.0.1:8083
+#   ingress (gRPC)  127.0.0.1:50056
 #   LLM stand-in    127.0.0.1:8000, only when LLM_URL is unset
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,6 +49,8 @@ start() { # name port
 start execute 8081
 start status 8082
 start list 8083
+EXECUTE_URL=http://127.0.0.1:8081 STATUS_URL=http://127.0.0.1:8082 LIST_URL=http://127.0.0.1:8083 \
+  start ingress 50056
 
 for port in 8081 8082 8083; do
   for _ in $(seq 1 100); do
@@ -56,15 +59,20 @@ for port in 8081 8082 8083; do
   done
   curl -fsS -m 1 "http://127.0.0.1:$port/readyz" >/dev/null || { echo "run: function on :$port is not ready; see .run/*.log" >&2; exit 1; }
 done
+for _ in $(seq 1 100); do
+  bin/grpc-health-probe -addr 127.0.0.1:50056 >/dev/null 2>&1 && break
+  sleep 0.1
+done
+bin/grpc-health-probe -addr 127.0.0.1:50056 >/dev/null || { echo "run: ingress is not serving; see .run/ingress.log" >&2; exit 1; }
 
 cat <<TXT
-run: up. Logs in .run/. LLM endpoint for requests: $LLM_URL
+run: up. gRPC on 127.0.0.1:50056, functions on :8081-8083, logs in .run/.
+run: LLM endpoint for requests: $LLM_URL
 run: try it (README.md, "Quick start"):
-  curl -s http://127.0.0.1:8081 -H 'ce-specversion: 1.0' -H 'ce-id: demo-1' -H 'ce-source: readme' \\
-    -H 'ce-type: fleet.ray_executor.v1.ExecuteDeliberation' -H 'content-type: application/json' \\
-    -d '{"task_id":"t1","task_description":"Pick a database","role":"architect",
-         "constraints":{"story_id":"s1"},"vllm_url":"$LLM_URL","vllm_model":"m",
-         "agents":[{"id":"a1","role":"architect","model":"m"}]}'
+  bin/grpcurl -plaintext -d '{"task_id":"t1","task_description":"Pick a database","role":"architect",
+    "constraints":{"story_id":"s1"},"vllm_url":"$LLM_URL","vllm_model":"m",
+    "agents":[{"id":"a1","role":"architect","model":"m"}]}' \\
+    127.0.0.1:50056 fleet.ray_executor.v1.RayExecutorService/ExecuteDeliberation
 run: Ctrl-C stops everything.
 TXT
 wait -n "${pids[@]}" || true

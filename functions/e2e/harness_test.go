@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	for _, f := range []string{"execute", "status", "list"} {
+	for _, f := range []string{"execute", "status", "list", "ingress"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, f), "../"+f+"/cmd")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Run(); err != nil {

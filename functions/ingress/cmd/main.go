@@ -46,7 +46,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		},
 	}
 	srv := &ingress.Server{
-		Caller:         &rpcevents.Client{HTTP: hc, Source: cfg.Source},
+		Caller:         &rpcevents.Client{HTTP: hc, Source: cfg.Source, Protobuf: true},
 		Routes:         cfg.Routes,
 		Health:         health,
 		DefaultTimeout: cfg.CallTimeout,

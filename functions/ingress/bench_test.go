@@ -1,0 +1,316 @@
+//go:build bench
+
+// The ingress benchmark: `make bench`. It measures, in one run on this machine,
+//
+//	(a) the floor: a bare gRPC server answering GetDeliberationStatus itself;
+//	(b) the chain: ingress -> status function (CloudEvents over HTTP) -> a zero-latency Ray
+//	    stub, every hop over real loopback TCP;
+//
+// each at full load (closed loop, fixed concurrency) and at a fixed 500 requests/s (open
+// loop), and prints RPS, p50 and p99 and the chain/floor ratios.
+package ingress
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/fleet-ai/ray-executor/functions/status"
+	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/serving"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// floorServer answers GetDeliberationStatus with what the chain answers, without any hop.
+type floorServer struct {
+	pb.UnimplementedRayExecutorServiceServer
+}
+
+func (floorServer) GetDeliberationStatus(_ context.Context, req *pb.GetDeliberationStatusRequest) (*pb.GetDeliberationStatusResponse, error) {
+	return &pb.GetDeliberationStatusResponse{DeliberationId: req.GetDeliberationId(), Status: "running", TaskId: "task-bench", TotalAgents: 3}, nil
+}
+
+// rayStub answers GET /api/jobs/{id} at once with a running deliberation of ours.
+func rayStub(t *testing.T) string {
+	job, _ := json.Marshal(map[string]any{
+		"type": "SUBMISSION", "submission_id": "delib-bench", "status": "RUNNING", "start_time": time.Now().UnixMilli(),
+		"metadata": domain.JobMeta{DeliberationID: "delib-bench", TaskID: "task-bench", NumAgents: 3}.Map(),
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(job)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+func serveGRPC(t *testing.T, register func(*grpc.Server), opts ...grpc.ServerOption) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(opts...)
+	register(gs)
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+	return ln.Addr().String()
+}
+
+// memoryRay is the zero-latency Ray stub: the status function's Ray port answered in memory.
+type memoryRay struct{ job ray.JobDetails }
+
+func (m memoryRay) Job(context.Context, string) (ray.JobDetails, error) { return m.job, nil }
+func (m memoryRay) Logs(context.Context, string) (string, error)        { return "", nil }
+
+// chain starts the status function (served as in production) in front of a Ray stub, and
+// the ingress in front of it; it returns the ingress address. overHTTP puts the stub behind
+// a real HTTP server and the real Ray client, so the Ray hop's own cost is counted too.
+func chain(t *testing.T, overHTTP bool) string {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var jobs status.Jobs = memoryRay{job: ray.JobDetails{SubmissionID: "delib-bench", Status: ray.StatusRunning,
+		StartTime: time.Now(), Metadata: domain.JobMeta{DeliberationID: "delib-bench", TaskID: "task-bench", NumAgents: 3}.Map()}}
+	if overHTTP {
+		rc, err := ray.New(ray.Config{Address: rayStub(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = rc
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	addrc := make(chan string, 1)
+	h := status.NewHandler(status.NewService(jobs, 1024), "bench/status", 0, quiet)
+	go func() {
+		_ = serving.Run(ctx, config.Serving{Host: "127.0.0.1", DrainTimeout: time.Second}, h, quiet,
+			serving.Options{OnListen: func(a string) { addrc <- a }})
+	}()
+	statusURL := "http://" + <-addrc
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 256
+	if os.Getenv("BENCH_H2C") != "" {
+		tr.Protocols = &protos
+	}
+	hc := &http.Client{Transport: tr}
+	srv := &Server{
+		Caller:         &rpcevents.Client{HTTP: hc, Source: "bench", Protobuf: true},
+		Routes:         Routes{Status: statusURL},
+		Health:         &Health{HTTP: hc},
+		DefaultTimeout: 10 * time.Second,
+		Logger:         quiet,
+		Started:        time.Now(),
+	}
+	return serveGRPC(t, func(gs *grpc.Server) { pb.RegisterRayExecutorServiceServer(gs, srv) }, ServerOptions(Config{MaxMessageBytes: 4 << 20})...)
+}
+
+type result struct {
+	n        int
+	errors   int
+	elapsed  time.Duration
+	p50, p99 time.Duration
+}
+
+func (r result) rps() float64 { return float64(r.n) / r.elapsed.Seconds() }
+
+func percentiles(lat []time.Duration) (time.Duration, time.Duration) {
+	if len(lat) == 0 {
+		return 0, 0
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return lat[len(lat)*50/100], lat[len(lat)*99/100]
+}
+
+func clients(t *testing.T, addr string, conns int) []pb.RayExecutorServiceClient {
+	var out []pb.RayExecutorServiceClient
+	for i := 0; i < conns; i++ {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		out = append(out, pb.NewRayExecutorServiceClient(conn))
+	}
+	return out
+}
+
+func call(c pb.RayExecutorServiceClient) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.GetDeliberationStatus(ctx, &pb.GetDeliberationStatusRequest{DeliberationId: "delib-bench"})
+	return err
+}
+
+// closedLoop runs workers that each call back to back for d.
+func closedLoop(t *testing.T, addr string, workers int, d time.Duration) result {
+	runtime.GC() // each run starts from a clean heap, as testing.B does
+	cs := clients(t, addr, 4)
+	for i := 0; i < 200; i++ { // warm connections and pools
+		_ = call(cs[i%len(cs)])
+	}
+	var mu sync.Mutex
+	var all []time.Duration
+	errs := 0
+	start := time.Now()
+	stop := start.Add(d)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(c pb.RayExecutorServiceClient) {
+			defer wg.Done()
+			var lat []time.Duration
+			e := 0
+			for time.Now().Before(stop) {
+				t0 := time.Now()
+				if err := call(c); err != nil {
+					e++
+					continue
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			errs += e
+			mu.Unlock()
+		}(cs[w%len(cs)])
+	}
+	wg.Wait()
+	r := result{n: len(all), errors: errs, elapsed: time.Since(start)}
+	r.p50, r.p99 = percentiles(all)
+	return r
+}
+
+// openLoop sends rate requests per second for d, each on schedule whatever the others do.
+func openLoop(t *testing.T, addr string, rate int, d time.Duration) result {
+	runtime.GC()
+	cs := clients(t, addr, 4)
+	for i := 0; i < 200; i++ {
+		_ = call(cs[i%len(cs)])
+	}
+	total := int(d.Seconds() * float64(rate))
+	lat := make([]time.Duration, total)
+	failed := make([]bool, total)
+	interval := time.Second / time.Duration(rate)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 0; i < total; i++ {
+		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
+			time.Sleep(wait)
+		}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			t0 := time.Now()
+			failed[i] = call(cs[i%len(cs)]) != nil
+			lat[i] = time.Since(t0)
+		}(i)
+	}
+	wg.Wait()
+	r := result{n: total, elapsed: time.Since(start)}
+	var ok []time.Duration
+	for i, l := range lat {
+		if failed[i] {
+			r.errors++
+		} else {
+			ok = append(ok, l)
+		}
+	}
+	r.p50, r.p99 = percentiles(ok)
+	return r
+}
+
+// median is the round with the median throughput.
+func median(rs []result) result {
+	sort.Slice(rs, func(i, j int) bool { return rs[i].rps() < rs[j].rps() })
+	return rs[len(rs)/2]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+
+func TestBenchmarkReport(t *testing.T) {
+	d := time.Duration(envInt("BENCH_SECONDS", 5)) * time.Second
+	workers := envInt("BENCH_CONCURRENCY", 32)
+	rate := envInt("BENCH_RATE", 500)
+	floor := serveGRPC(t, func(gs *grpc.Server) { pb.RegisterRayExecutorServiceServer(gs, floorServer{}) })
+	ingress := chain(t, false)
+	ingressRayHTTP := chain(t, true)
+
+	if os.Getenv("BENCH_ONLY") == "chain" { // for profiling the chain alone
+		for i := 0; i < 3; i++ {
+			r := closedLoop(t, ingress, workers, d)
+			fmt.Printf("chain only: %.0f RPS, p50 %s, p99 %s\n", r.rps(), ms(r.p50), ms(r.p99))
+		}
+		return
+	}
+	// Interleaved rounds, so that drift in the machine's speed hits every setup alike; the
+	// median round of each is reported.
+	rounds := envInt("BENCH_ROUNDS", 3)
+	var fs, cs, hs []result
+	for i := 0; i < rounds; i++ {
+		fs = append(fs, closedLoop(t, floor, workers, d))
+		cs = append(cs, closedLoop(t, ingress, workers, d))
+		hs = append(hs, closedLoop(t, ingressRayHTTP, workers, d))
+		fmt.Printf("round %d: RPS (a) %.0f (b) %.0f (c) %.0f\n", i+1, fs[i].rps(), cs[i].rps(), hs[i].rps())
+	}
+	fMax, cMax, hMax := median(fs), median(cs), median(hs)
+	fRate := openLoop(t, floor, rate, d)
+	cRate := openLoop(t, ingress, rate, d)
+	hRate := openLoop(t, ingressRayHTTP, rate, d)
+
+	fmt.Printf("\nGetDeliberationStatus, %d s per run, closed loop: median of %d interleaved rounds, GOMAXPROCS=%d\n",
+		int(d.Seconds()), rounds, runtimeProcs())
+	fmt.Printf("| setup | load | requests | errors | RPS | p50 | p99 |\n|---|---|---|---|---|---|---|\n")
+	row := func(name, load string, r result) {
+		fmt.Printf("| %s | %s | %d | %d | %.0f | %s | %s |\n", name, load, r.n, r.errors, r.rps(), ms(r.p50), ms(r.p99))
+	}
+	closed, open := fmt.Sprintf("closed loop, %d concurrent", workers), fmt.Sprintf("open loop, %d req/s", rate)
+	row("(a) floor: bare gRPC server", closed, fMax)
+	row("(b) chain: ingress -> status -> zero-latency Ray stub", closed, cMax)
+	row("(c) chain with the Ray stub over HTTP and the real Ray client", closed, hMax)
+	row("(a) floor: bare gRPC server", open, fRate)
+	row("(b) chain: ingress -> status -> zero-latency Ray stub", open, cRate)
+	row("(c) chain with the Ray stub over HTTP and the real Ray client", open, hRate)
+	ratio := cMax.rps() / fMax.rps()
+	fmt.Printf("\n(b)/(a) throughput: %.1f%% (target >= 35%%); (c)/(a): %.1f%%\n", 100*ratio, 100*hMax.rps()/fMax.rps())
+	fmt.Printf("p99 at %d req/s: (b) %s (target < 5 ms), (c) %s, floor %s\n", rate, ms(cRate.p99), ms(hRate.p99), ms(fRate.p99))
+	if cMax.errors+cRate.errors+fMax.errors+fRate.errors+hMax.errors+hRate.errors > 0 {
+		t.Errorf("requests failed during the benchmark")
+	}
+	if ratio < 0.35 {
+		t.Errorf("chain reached %.1f%% of the floor's throughput, want >= 35%%", 100*ratio)
+	}
+	if cRate.p99 >= 5*time.Millisecond {
+		t.Errorf("chain p99 %s at %d req/s, want < 5 ms", ms(cRate.p99), rate)
+	}
+}
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
