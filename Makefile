@@ -80,6 +80,10 @@ test: $(VENV_STAMP) tools ## run every test against a real local Ray head (start
 run: $(VENV_STAMP) tools ## start Ray, the LLM stand-in and the functions locally, until Ctrl-C
 	scripts/run.sh
 
+.PHONY: bench
+bench: ## ingress benchmark: bare gRPC floor vs ingress -> function chain (see BENCHMARKS.md)
+	$(GO) test -tags bench -count=1 -run TestBenchmarkReport -v ./functions/ingress/
+
 .PHONY: build
 build: ## build every binary into ./bin
 	for f in execute status list ingress; do $(GO) build -o $(BIN)/$$f ./functions/$$f/cmd || exit 1; done

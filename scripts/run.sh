@@ -63,7 +63,7 @@ for _ in $(seq 1 100); do
   bin/grpc-health-probe -addr 127.0.0.1:50056 >/dev/null 2>&1 && break
   sleep 0.1
 done
-bin/grpc-health-probe -addr 127.0.0.1:50056 >/dev/null || { echo "run: ingress is not serving; see .run/ingress.log" >&2; exit 1; }
+bin/grpc-health-probe -addr 127.0.0.1:50056 >/dev/null 2>&1 || { echo "run: ingress is not serving; see .run/ingress.log" >&2; exit 1; }
 
 cat <<TXT
 run: up. gRPC on 127.0.0.1:50056, functions on :8081-8083, logs in .run/.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -28,6 +29,15 @@ const (
 // Caller sends one request event and decodes the reply (rpcevents.Client).
 type Caller interface {
 	Call(ctx context.Context, url, ceType string, req proto.Message, opts rpcevents.CallOptions, resp proto.Message) error
+}
+
+// NewHTTPClient is the ingress's client for the functions: many idle connections per host
+// (every RPC goes to one of three), and no gzip negotiation (replies are small and local).
+func NewHTTPClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 256
+	tr.DisableCompression = true
+	return &http.Client{Transport: tr}
 }
 
 // Routes are the functions' URLs.
@@ -86,10 +96,9 @@ func (s *Server) call(ctx context.Context, url, ceType string, req, resp proto.M
 		ctx, cancel = context.WithTimeout(ctx, s.DefaultTimeout)
 		defer cancel()
 	}
-	var opts rpcevents.CallOptions
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		opts.IdempotencyKey = first(md, MetadataIdempotencyKey)
-		opts.Traceparent = first(md, MetadataTraceparent)
+	opts := rpcevents.CallOptions{
+		IdempotencyKey: first(ctx, MetadataIdempotencyKey),
+		Traceparent:    first(ctx, MetadataTraceparent),
 	}
 	err := s.Caller.Call(ctx, url, ceType, req, opts, resp)
 	if err != nil {
@@ -102,8 +111,9 @@ func (s *Server) call(ctx context.Context, url, ceType string, req, resp proto.M
 	return nil
 }
 
-func first(md metadata.MD, key string) string {
-	if v := md.Get(key); len(v) > 0 {
+// first is the first value of an incoming metadata key (without copying the metadata).
+func first(ctx context.Context, key string) string {
+	if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
 		return v[0]
 	}
 	return ""

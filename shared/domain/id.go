@@ -6,15 +6,12 @@ import (
 	"encoding/base32"
 	"encoding/hex"
 	"fmt"
-	"regexp"
 )
 
 // Deliberation IDs are the Ray submission_id, the CloudEvent subject and a NATS subject
 // token, so they are restricted to lower-case letters, digits and '-': valid in all three
 // (no '.', '*', '>' or white space, which NATS reserves) and safe in Ray's log file names.
 const idPrefix = "delib-"
-
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`)
 
 var lowerBase32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
@@ -41,8 +38,25 @@ func CheckDeliberationID(id string) error {
 	if id == "" {
 		return fmt.Errorf("deliberation_id is required: %w", ErrInvalid)
 	}
-	if !idPattern.MatchString(id) {
+	if !validID(id) {
 		return fmt.Errorf("deliberation_id must be 1 to 128 characters of A-Z, a-z, 0-9, '_' and '-', not starting with '_' or '-': %w", ErrInvalid)
 	}
 	return nil
+}
+
+// validID matches ^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$ (by hand: it runs on every status call).
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case (c == '_' || c == '-') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
 }

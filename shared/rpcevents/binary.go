@@ -27,6 +27,12 @@ const (
 	headerTraceparent = "Traceparent"
 )
 
+// contextHeaders are the context attributes read above, not extensions.
+var contextHeaders = map[string]bool{
+	headerSpecVersion: true, headerID: true, headerSource: true, headerType: true,
+	headerSubject: true, headerTime: true, headerDataSchema: true, "Ce-Datacontenttype": true,
+}
+
 // isBinary reports whether a message is in binary content mode.
 func isBinary(h http.Header) bool { return h.Get(headerSpecVersion) != "" }
 
@@ -35,7 +41,7 @@ func readBinary(h http.Header, body []byte) (*event.Event, error) {
 	if v := h.Get(headerSpecVersion); v != event.CloudEventsVersionV1 {
 		return nil, fmt.Errorf("specversion %q is not supported; send 1.0", v)
 	}
-	src, err := url.Parse(headerValue(h, headerSource))
+	src, err := parseSource(headerValue(h, headerSource))
 	if err != nil {
 		return nil, fmt.Errorf("source is not a URI reference: %v", err)
 	}
@@ -65,14 +71,11 @@ func readBinary(h http.Header, body []byte) (*event.Event, error) {
 		ctx.DataSchema = &types.URI{URL: *u}
 	}
 	for k := range h {
-		if len(k) <= len(headerPrefix) || !strings.EqualFold(k[:len(headerPrefix)], headerPrefix) {
+		// Go canonicalizes header names: every ce-* header arrives as "Ce-Xxx".
+		if len(k) <= len(headerPrefix) || k[:len(headerPrefix)] != headerPrefix || contextHeaders[k] {
 			continue
 		}
 		name := strings.ToLower(k[len(headerPrefix):])
-		switch name {
-		case "specversion", "id", "source", "type", "subject", "time", "dataschema", "datacontenttype":
-			continue
-		}
 		if err := ctx.SetExtension(name, headerValue(h, k)); err != nil {
 			return nil, fmt.Errorf("extension %q: %v", name, err)
 		}
@@ -84,6 +87,18 @@ func readBinary(h http.Header, body []byte) (*event.Event, error) {
 	}
 	ev := event.Event{Context: ctx, DataEncoded: body}
 	return &ev, nil
+}
+
+// parseSource parses a source URI reference; a plain path such as "ray-executor/ingress"
+// (the common case) needs no parser.
+func parseSource(s string) (*url.URL, error) {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == '/') {
+			return url.Parse(s)
+		}
+	}
+	return &url.URL{Path: s}, nil
 }
 
 // writeBinary sets the headers of a binary-mode message.

@@ -34,12 +34,11 @@ type Options struct {
 // Run serves h until ctx is done, then stops accepting, lets in-flight requests finish
 // within the drain timeout, and returns.
 func Run(ctx context.Context, cfg config.Serving, h http.Handler, logger *slog.Logger, opts Options) error {
-	mux := http.NewServeMux()
-	mux.HandleFunc(LivenessPath, func(w http.ResponseWriter, _ *http.Request) {
+	live := func(w http.ResponseWriter) {
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc(ReadinessPath, func(w http.ResponseWriter, r *http.Request) {
+	}
+	ready := func(w http.ResponseWriter, r *http.Request) {
 		if opts.Ready != nil {
 			rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
@@ -50,8 +49,18 @@ func Run(ctx context.Context, cfg config.Serving, h http.Handler, logger *slog.L
 		}
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("ready\n"))
+	}
+	// Two fixed paths and the function: a switch, not a ServeMux, on the request path.
+	mux := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case LivenessPath:
+			live(w)
+		case ReadinessPath:
+			ready(w, r)
+		default:
+			h.ServeHTTP(w, r)
+		}
 	})
-	mux.Handle("/", h)
 
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -33,9 +32,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	logger := serving.NewLogger(stdout, cfg.Serving, "ingress")
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 256 // every RPC is a request to one of three hosts
-	hc := &http.Client{Transport: transport}
+	hc := ingress.NewHTTPClient()
 	health := &ingress.Health{
 		HTTP: hc,
 		TTL:  cfg.HealthTTL,
