@@ -37,8 +37,11 @@ $(BIN)/grpcurl:
 $(BIN)/grpc-health-probe:
 	GOBIN=$(BIN) $(GO) install github.com/grpc-ecosystem/grpc-health-probe@$(GRPC_HEALTH_PROBE_VERSION)
 
+$(BIN)/nats-local: $(shell find shared/events -name '*.go') go.mod go.sum
+	$(GO) build -o $@ ./shared/events/cmd/nats-local
+
 .PHONY: tools
-tools: $(BIN)/grpcurl $(BIN)/grpc-health-probe ## install grpcurl and grpc-health-probe into ./bin
+tools: $(BIN)/grpcurl $(BIN)/grpc-health-probe $(BIN)/nats-local ## install grpcurl, grpc-health-probe; build the local NATS server
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -88,3 +91,4 @@ bench: ## ingress benchmark: bare gRPC floor vs ingress -> function chain (see B
 build: ## build every binary into ./bin
 	for f in execute status list ingress; do $(GO) build -o $(BIN)/$$f ./functions/$$f/cmd || exit 1; done
 	$(GO) build -o $(BIN)/llm-standin ./shared/llmstub/cmd/llm-standin
+	$(GO) build -o $(BIN)/nats-local ./shared/events/cmd/nats-local

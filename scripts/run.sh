@@ -6,6 +6,7 @@
 #   status          127.0.0.1:8082
 #   list            127.0.0.1:8083
 #   ingress (gRPC)  127.0.0.1:50056
+#   NATS+JetStream  127.0.0.1:4222, storage in .data/nats
 #   LLM stand-in    127.0.0.1:8000, only when LLM_URL is unset
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +29,11 @@ make --no-print-directory build
 scripts/ray-head.sh up
 export RAY_ADDRESS="http://127.0.0.1:8265"
 export HOST=127.0.0.1
+export NATS_URL="nats://127.0.0.1:4222"
+
+mkdir -p .data/nats
+bin/nats-local -addr 127.0.0.1:4222 -store .data/nats > .run/nats.log 2>&1 &
+pids+=($!)
 
 if [ -z "${LLM_URL:-}" ]; then
   bin/llm-standin -addr 127.0.0.1:8000 > .run/llm-standin.log 2>&1 &
@@ -48,7 +54,7 @@ start() { # name port
 }
 start execute 8081
 start status 8082
-start list 8083
+RECONCILE_INTERVAL=30s start list 8083
 EXECUTE_URL=http://127.0.0.1:8081 STATUS_URL=http://127.0.0.1:8082 LIST_URL=http://127.0.0.1:8083 \
   start ingress 50056
 
@@ -66,13 +72,14 @@ done
 bin/grpc-health-probe -addr 127.0.0.1:50056 >/dev/null 2>&1 || { echo "run: ingress is not serving; see .run/ingress.log" >&2; exit 1; }
 
 cat <<TXT
-run: up. gRPC on 127.0.0.1:50056, functions on :8081-8083, logs in .run/.
+run: up. gRPC on 127.0.0.1:50056, functions on :8081-8083, NATS on :4222, logs in .run/.
 run: LLM endpoint for requests: $LLM_URL
 run: try it (README.md, "Quick start"):
   bin/grpcurl -plaintext -d '{"task_id":"t1","task_description":"Pick a database","role":"architect",
     "constraints":{"story_id":"s1"},"vllm_url":"$LLM_URL","vllm_model":"m",
     "agents":[{"id":"a1","role":"architect","model":"m"}]}' \\
     127.0.0.1:50056 fleet.ray_executor.v1.RayExecutorService/ExecuteDeliberation
+run: watch it:  bin/grpcurl -plaintext -d '{"deliberation_id":"<id>"}' 127.0.0.1:50056 fleet.ray_executor.v1.RayExecutorService/WatchDeliberation
 run: Ctrl-C stops everything.
 TXT
 wait -n "${pids[@]}" || true

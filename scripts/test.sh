@@ -14,5 +14,6 @@ export PATH="$root/.venv/bin:$PATH"
 echo "== go test"
 go test -count=1 -timeout 20m ./...
 
+export NATS_SERVER_BIN="$root/bin/nats-local"
 echo "== pytest (payload)"
 .venv/bin/python -m pytest -q shared/ray/payload/tests

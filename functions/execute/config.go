@@ -5,6 +5,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
@@ -25,6 +26,11 @@ type Config struct {
 	MaxBodyBytes int64
 	// Source (CE_SOURCE) names this function in reply events.
 	Source string
+	// Events: ENABLE_NATS, NATS_* (specs/nats.md).
+	Events events.Config
+	// PayloadNATSURL (PAYLOAD_NATS_URL) is NATS as the Ray cluster reaches it; default
+	// NATS_URL. It reaches the payload as RAY_EXECUTOR_NATS_URL.
+	PayloadNATSURL string
 }
 
 // LoadConfig reads and checks the configuration.
@@ -45,7 +51,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		PackageFreshFor: r.Duration("PAYLOAD_PACKAGE_RECHECK", ray.DefaultFreshFor),
 		MaxBodyBytes:    int64(r.Int("MAX_BODY_BYTES", rpcevents.DefaultMaxBodyBytes)),
 		Source:          r.String("CE_SOURCE", "ray-executor/execute"),
+		Events:          events.ReadConfig(r),
 	}
+	cfg.PayloadNATSURL = r.String("PAYLOAD_NATS_URL", cfg.Events.URL)
 	if cfg.AgentNumCPUs < 0 {
 		r.Fail("AGENT_NUM_CPUS must not be negative")
 	}

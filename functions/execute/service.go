@@ -10,6 +10,7 @@ import (
 	"log/slog"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 )
 
@@ -27,12 +28,35 @@ type WorkingDirs interface {
 	WorkingDir(ctx context.Context) (string, error)
 }
 
+// Publisher stores lifecycle events (events.Bus). Errors wrap ErrUnavailable when NATS is
+// down; execute then carries on and the reconciler publishes the event later.
+type Publisher interface {
+	Publish(ctx context.Context, ev events.Event) error
+}
+
 // Service decides how a deliberation is submitted or cancelled.
 type Service struct {
 	Jobs        Jobs
 	WorkingDirs WorkingDirs
 	Limits      domain.Limits
 	JobOptions  ray.JobOptions // WorkingDir is filled per submission
+	// Events is nil when events are off (ENABLE_NATS=false).
+	Events Publisher
+}
+
+// publish stores a lifecycle event if events are on. NATS trouble never fails a request
+// whose Ray side succeeded: it is logged, and the reconciler repairs the gap.
+func (s *Service) publish(ctx context.Context, build func() (events.Event, error), logger *slog.Logger) {
+	if s.Events == nil {
+		return
+	}
+	ev, err := build()
+	if err == nil {
+		err = s.Events.Publish(ctx, ev)
+	}
+	if err != nil {
+		logger.Warn("lifecycle event not published; the reconciler will publish it", "event_id", ev.ID, "error", err.Error())
+	}
 }
 
 // Submission is the outcome of Execute.
@@ -91,6 +115,8 @@ func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparen
 	}
 	logger.Info("deliberation submitted", "deliberation_id", id, "task_id", r.TaskID,
 		"kind", string(r.Kind), "agents", len(r.Agents))
+	meta, _ := domain.ParseJobMeta(sub.Metadata)
+	s.publish(ctx, func() (events.Event, error) { return events.SubmittedEvent(events.SourceExecute, meta) }, logger)
 	return Submission{DeliberationID: id}, nil
 }
 
@@ -122,7 +148,8 @@ func (s *Service) Cancel(ctx context.Context, id string, logger *slog.Logger) (C
 	if err != nil {
 		return Cancellation{}, fmt.Errorf("execute: cancel %s: %w", id, err)
 	}
-	if _, ours := domain.ParseJobMeta(job.Metadata); !ours {
+	meta, ours := domain.ParseJobMeta(job.Metadata)
+	if !ours {
 		return Cancellation{}, fmt.Errorf("execute: cancel %s: %w", id, domain.ErrNotFound)
 	}
 	if job.Status.Terminal() {
@@ -133,5 +160,8 @@ func (s *Service) Cancel(ctx context.Context, id string, logger *slog.Logger) (C
 		return Cancellation{}, fmt.Errorf("execute: stop %s: %w", id, err)
 	}
 	logger.Info("deliberation cancelled", "deliberation_id", id)
+	s.publish(ctx, func() (events.Event, error) {
+		return events.TerminalEvent(events.SourceExecute, meta, domain.StatusCancelled, nil, "cancelled by request", "cancelled")
+	}, logger)
 	return Cancellation{Status: domain.StatusCancelled, Message: "Ray job stopped"}, nil
 }

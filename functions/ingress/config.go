@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/events"
 )
 
 // DefaultPort is the original service's gRPC port.
@@ -26,6 +27,8 @@ type Config struct {
 	Reflection bool
 	// Source (CE_SOURCE) is the source of request events.
 	Source string
+	// Events: ENABLE_NATS, NATS_* (specs/nats.md), for WatchDeliberation.
+	Events events.Config
 }
 
 // LoadConfig reads and checks the configuration.
@@ -44,6 +47,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		MaxMessageBytes: r.Int("MAX_MESSAGE_BYTES", 4<<20),
 		Reflection:      r.Bool("ENABLE_REFLECTION", true),
 		Source:          r.String("CE_SOURCE", "ray-executor/ingress"),
+		Events:          events.ReadConfig(r),
 	}
 	for name, u := range map[string]string{"EXECUTE_URL": cfg.Routes.Execute, "STATUS_URL": cfg.Routes.Status, "LIST_URL": cfg.Routes.List} {
 		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {

@@ -56,6 +56,8 @@ type Server struct {
 	DefaultTimeout time.Duration
 	Logger         *slog.Logger
 	Started        time.Time
+	// Events serves WatchDeliberation; nil when events are off.
+	Events Watcher
 }
 
 var _ pb.RayExecutorServiceServer = (*Server)(nil)

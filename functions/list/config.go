@@ -1,7 +1,10 @@
 package list
 
 import (
+	"time"
+
 	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/events"
 )
 
 // Config is everything the list function reads from its environment.
@@ -12,16 +15,26 @@ type Config struct {
 	MaxBodyBytes int64
 	// Source (CE_SOURCE) names this function in reply events.
 	Source string
+	// Events: ENABLE_NATS, NATS_* (specs/nats.md). The reconciler needs them.
+	Events events.Config
+	// ReconcileInterval (RECONCILE_INTERVAL) runs the reconciler on a timer; 0 leaves it to
+	// periodic events (a Knative PingSource in production, so replicas can scale to zero).
+	ReconcileInterval time.Duration
+	// ReconcileLookback (RECONCILE_LOOKBACK) is how long after its end a job is still checked.
+	ReconcileLookback time.Duration
 }
 
 // LoadConfig reads and checks the configuration.
 func LoadConfig(getenv func(string) string) (Config, error) {
 	r := config.NewReader(getenv)
 	cfg := Config{
-		Serving:      config.ReadServing(r, 8083),
-		Ray:          config.ReadRay(r),
-		MaxBodyBytes: int64(r.Int("MAX_BODY_BYTES", 64<<10)),
-		Source:       r.String("CE_SOURCE", "ray-executor/list"),
+		Serving:           config.ReadServing(r, 8083),
+		Ray:               config.ReadRay(r),
+		MaxBodyBytes:      int64(r.Int("MAX_BODY_BYTES", 64<<10)),
+		Source:            r.String("CE_SOURCE", "ray-executor/list"),
+		Events:            events.ReadConfig(r),
+		ReconcileInterval: r.Duration("RECONCILE_INTERVAL", 0),
+		ReconcileLookback: r.Duration("RECONCILE_LOOKBACK", 24*time.Hour),
 	}
 	return cfg, r.Err()
 }

@@ -13,10 +13,20 @@ import (
 )
 
 // NewHandler returns the function's HTTP handler: GetActiveJobs request events in,
-// GetActiveJobsResponse reply events out; and GetStatus, answered with the statistics of
-// this system's Ray jobs (a reply means Ray answered: the "ray" component is healthy).
-func NewHandler(svc *Service, source string, maxBodyBytes int64, logger *slog.Logger) *rpcevents.Server {
+// GetActiveJobsResponse reply events out; GetStatus, answered with the statistics of this
+// system's Ray jobs (a reply means Ray answered: the "ray" component is healthy); and, when
+// rec is not nil, Reconcile and PingSource events, which run the reconciler (202, no reply).
+func NewHandler(svc *Service, rec *Reconciler, source string, maxBodyBytes int64, logger *slog.Logger) *rpcevents.Server {
 	srv := rpcevents.NewServer(source, logger, maxBodyBytes)
+	if rec != nil {
+		reconcile := func(ctx context.Context, r *rpcevents.Request) (proto.Message, error) {
+			rep, err := rec.Run(ctx)
+			r.Logger().Info("reconciled", "examined", rep.Examined, "published", rep.Published)
+			return nil, err
+		}
+		srv.Handle(rpcevents.TypeReconcile, reconcile)
+		srv.Handle(rpcevents.TypePing, reconcile)
+	}
 	srv.Handle(rpcevents.TypeGetActiveJobs, rpcevents.Route(
 		func() *pb.GetActiveJobsRequest { return &pb.GetActiveJobsRequest{} },
 		func(ctx context.Context, _ *rpcevents.Request, _ *pb.GetActiveJobsRequest) (proto.Message, error) {

@@ -81,33 +81,8 @@ func (s *Service) Status(ctx context.Context, id string) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("status: logs of %s: %w", id, err)
 	}
-	outcome, ok, perr := ray.ParseResult(logs)
-	if ok {
-		rep.Outcome = &outcome
-	}
-	switch job.Status {
-	case ray.StatusSucceeded:
-		switch {
-		case perr != nil:
-			rep.Status, rep.ErrorType, rep.ErrorMessage = domain.StatusFailed, "invalid_result", perr.Error()
-		case !ok:
-			rep.Status, rep.ErrorType = domain.StatusFailed, "no_result"
-			rep.ErrorMessage = "the Ray job succeeded without reporting a result"
-		case outcome.Status != string(domain.StatusCompleted):
-			rep.Status, rep.ErrorType, rep.ErrorMessage = domain.StatusFailed, "all_agents_failed", outcome.Error
-		}
-	case ray.StatusFailed:
-		if ok && outcome.CompletedAgents == 0 && len(outcome.Agents) > 0 {
-			rep.ErrorType, rep.ErrorMessage = "all_agents_failed", outcome.Error
-		} else {
-			rep.ErrorType, rep.ErrorMessage = job.ErrorType, job.Message
-		}
-		if rep.ErrorType == "" {
-			rep.ErrorType = "job_failed"
-		}
-	case ray.StatusStopped:
-		rep.ErrorType, rep.ErrorMessage = "cancelled", "the deliberation was cancelled: "+job.Message
-	}
+	c := ray.Conclude(job, logs)
+	rep.Status, rep.Outcome, rep.ErrorMessage, rep.ErrorType = c.Status, c.Outcome, c.ErrorMessage, c.ErrorType
 	s.finished.put(id, rep)
 	return rep, nil
 }

@@ -155,3 +155,47 @@ func DeliberationStatus(s JobStatus) domain.Status {
 		return domain.StatusFailed
 	}
 }
+
+// Conclusion is how a finished deliberation ended, from its Ray job and the job's log.
+type Conclusion struct {
+	Status       domain.Status
+	Outcome      *domain.Outcome // the payload's result, when it reported one
+	ErrorMessage string
+	ErrorType    string
+}
+
+// Conclude judges a terminal job: SUCCEEDED with at least one agent completed is
+// "completed"; a job that succeeded without a (valid) result, failed, or whose every agent
+// failed is "failed"; a stopped job is "cancelled". The status function and the reconciler
+// both use it, so the status callers read and the terminal event on NATS always agree.
+func Conclude(job JobDetails, logs string) Conclusion {
+	c := Conclusion{Status: DeliberationStatus(job.Status)}
+	outcome, ok, perr := ParseResult(logs)
+	if ok {
+		c.Outcome = &outcome
+	}
+	switch job.Status {
+	case StatusSucceeded:
+		switch {
+		case perr != nil:
+			c.Status, c.ErrorType, c.ErrorMessage = domain.StatusFailed, "invalid_result", perr.Error()
+		case !ok:
+			c.Status, c.ErrorType = domain.StatusFailed, "no_result"
+			c.ErrorMessage = "the Ray job succeeded without reporting a result"
+		case outcome.Status != string(domain.StatusCompleted):
+			c.Status, c.ErrorType, c.ErrorMessage = domain.StatusFailed, "all_agents_failed", outcome.Error
+		}
+	case StatusFailed:
+		if ok && outcome.CompletedAgents == 0 && len(outcome.Agents) > 0 {
+			c.ErrorType, c.ErrorMessage = "all_agents_failed", outcome.Error
+		} else {
+			c.ErrorType, c.ErrorMessage = job.ErrorType, job.Message
+		}
+		if c.ErrorType == "" {
+			c.ErrorType = "job_failed"
+		}
+	case StatusStopped:
+		c.ErrorType, c.ErrorMessage = "cancelled", "the deliberation was cancelled: "+job.Message
+	}
+	return c
+}

@@ -71,6 +71,9 @@ func (c *Client) Call(ctx context.Context, url, ceType string, req proto.Message
 		return transportError(ctx, url, err)
 	}
 	defer httpResp.Body.Close()
+	if httpResp.StatusCode == http.StatusAccepted {
+		return nil // a command with no reply: resp is left as it is
+	}
 	if httpResp.StatusCode != http.StatusOK {
 		return statusError(httpResp)
 	}

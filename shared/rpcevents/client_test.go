@@ -230,7 +230,7 @@ func TestClientMapsRawStatuses(t *testing.T) {
 		{401, "", nil, "function answered 401 Unauthorized"},
 		{403, "", nil, "function answered 403 Forbidden"},
 		{405, "", nil, "function answered 405 Method Not Allowed"},
-		{202, "", nil, "function answered 202 Accepted"},
+		{206, "", nil, "function answered 206 Partial Content"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.status), func(t *testing.T) {
@@ -253,6 +253,22 @@ func TestClientMapsRawStatuses(t *testing.T) {
 				t.Errorf("StatusError.Message: got %q, want %q", se.Message, tt.wantMessage)
 			}
 		})
+	}
+}
+
+// 202 is a command's "accepted, no reply": success, and the response is left untouched.
+func TestClientAcceptsNoReply(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	t.Cleanup(srv.Close)
+	c := &rpcevents.Client{HTTP: srv.Client(), Source: "src"}
+	resp := &pb.GetStatusResponse{Status: "untouched"}
+	if err := c.Call(context.Background(), srv.URL, rpcevents.TypeReconcile, &pb.GetStatusRequest{}, rpcevents.CallOptions{}, resp); err != nil {
+		t.Fatalf("Call: got %v, want nil for 202", err)
+	}
+	if resp.GetStatus() != "untouched" {
+		t.Errorf("got %q, want the response left as it was", resp.GetStatus())
 	}
 }
 

@@ -23,6 +23,10 @@ const (
 	TypeGetDeliberationStatus            = TypePrefix + "GetDeliberationStatus"
 	TypeGetActiveJobs                    = TypePrefix + "GetActiveJobs"
 	TypeGetStatus                        = TypePrefix + "GetStatus"
+	// TypeReconcile asks the list function to publish the lifecycle events NATS lacks.
+	TypeReconcile = TypePrefix + "Reconcile"
+	// TypePing is what a Knative PingSource sends; the list function reconciles on it.
+	TypePing = "dev.knative.sources.ping"
 )
 
 // Extension attributes a request may carry (CloudEvents attribute names are lower-case

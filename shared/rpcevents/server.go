@@ -24,7 +24,8 @@ import (
 // keep real requests far below it.
 const DefaultMaxBodyBytes = 1 << 20
 
-// Handler answers one decoded request event.
+// Handler answers one decoded request event. A nil reply (with a nil error) is answered
+// 202 Accepted without a reply event.
 type Handler func(ctx context.Context, req *Request) (proto.Message, error)
 
 // Request is a decoded request event.
@@ -193,6 +194,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			req.Logger().Info("request refused", "status", code, "error", err.Error())
 		}
 		writeError(w, code, name, msg)
+		return
+	}
+	if resp == nil { // a command with nothing to say: Knative's "accepted, no reply"
+		w.WriteHeader(http.StatusAccepted)
 		return
 	}
 	if err := s.reply(w, ev, resp, strings.Contains(r.Header.Get("Accept"), ContentTypeProtobuf)); err != nil {

@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/fleet-ai/ray-executor/functions/execute"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
@@ -40,6 +41,16 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		WorkingDirs: ray.NewPackager(client, name, zip, cfg.PackageFreshFor),
 		Limits:      cfg.Limits,
 		JobOptions:  ray.JobOptions{AgentNumCPUs: cfg.AgentNumCPUs},
+	}
+	if cfg.Events.Enabled {
+		bus, err := events.Connect(cfg.Events, "ray-executor-execute", logger)
+		if err != nil {
+			return err
+		}
+		defer bus.Close()
+		events.ProvisionInBackground(ctx, bus, logger)
+		svc.Events = bus
+		svc.JobOptions.EnvVars = map[string]string{events.PayloadURLEnv: cfg.PayloadNATSURL}
 	}
 	h := execute.NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
 	ready := func(ctx context.Context) error { _, err := client.Version(ctx); return err }

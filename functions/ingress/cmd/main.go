@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/functions/ingress"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
@@ -49,6 +50,14 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		DefaultTimeout: cfg.CallTimeout,
 		Logger:         logger,
 		Started:        time.Now(),
+	}
+	if cfg.Events.Enabled {
+		bus, err := events.Connect(cfg.Events, "ray-executor-ingress", logger)
+		if err != nil {
+			return err
+		}
+		defer bus.Close()
+		srv.Events = bus
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Serving.Host, fmt.Sprint(cfg.Serving.Port)))
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/fleet-ai/ray-executor/functions/list"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
@@ -34,7 +35,20 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	if err != nil {
 		return err
 	}
-	h := list.NewHandler(&list.Service{Jobs: client}, cfg.Source, cfg.MaxBodyBytes, logger)
+	var rec *list.Reconciler
+	if cfg.Events.Enabled {
+		bus, err := events.Connect(cfg.Events, "ray-executor-list", logger)
+		if err != nil {
+			return err
+		}
+		defer bus.Close()
+		events.ProvisionInBackground(ctx, bus, logger)
+		rec = &list.Reconciler{Jobs: client, Bus: bus, Logger: logger, Lookback: cfg.ReconcileLookback}
+		if cfg.ReconcileInterval > 0 {
+			go rec.Every(ctx, cfg.ReconcileInterval)
+		}
+	}
+	h := list.NewHandler(&list.Service{Jobs: client}, rec, cfg.Source, cfg.MaxBodyBytes, logger)
 	ready := func(ctx context.Context) error { _, err := client.Version(ctx); return err }
 	return serving.Run(ctx, cfg.Serving, h, logger, serving.Options{Ready: ready})
 }

@@ -1,0 +1,69 @@
+package ingress
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+)
+
+// Watcher reads a deliberation's lifecycle events from the stream (events.Bus).
+type Watcher interface {
+	Watch(ctx context.Context, id string, fn func(events.Stored) bool) error
+}
+
+// WatchDeliberation streams one deliberation's lifecycle events from the first, live, and
+// ends after its terminal event; a deliberation that finished before the call gets its whole
+// history. Unknown deliberations are NOT_FOUND; with events off it is FAILED_PRECONDITION.
+func (s *Server) WatchDeliberation(req *pb.WatchDeliberationRequest, stream pb.RayExecutorService_WatchDeliberationServer) error {
+	if s.Events == nil {
+		return status.Error(codes.FailedPrecondition, "lifecycle events are off (ENABLE_NATS=false)")
+	}
+	id := req.GetDeliberationId()
+	if err := domain.CheckDeliberationID(id); err != nil {
+		return GRPCError(err)
+	}
+	ctx := stream.Context()
+	// Ask status first: an id nobody submitted would otherwise wait forever.
+	var st pb.GetDeliberationStatusResponse
+	if err := s.Caller.Call(ctx, s.Routes.Status, rpcevents.TypeGetDeliberationStatus,
+		&pb.GetDeliberationStatusRequest{DeliberationId: id}, rpcevents.CallOptions{}, &st); err != nil {
+		return GRPCError(err)
+	}
+	if st.GetStatus() == string(domain.StatusNotFound) {
+		return status.Errorf(codes.NotFound, "deliberation %s does not exist", id)
+	}
+	var sendErr error
+	err := s.Events.Watch(ctx, id, func(ev events.Stored) bool {
+		if sendErr = stream.Send(&pb.WatchDeliberationResponse{Event: lifecycleEvent(ev)}); sendErr != nil {
+			return true
+		}
+		return ev.Kind().Terminal()
+	})
+	if sendErr != nil {
+		return sendErr
+	}
+	return GRPCError(err)
+}
+
+func lifecycleEvent(ev events.Stored) *pb.LifecycleEvent {
+	out := &pb.LifecycleEvent{
+		Id:             ev.ID,
+		Type:           ev.Type,
+		Source:         ev.Source,
+		Subject:        ev.Subject,
+		DataJson:       string(ev.Data),
+		StreamSequence: ev.Sequence,
+		Kind:           string(ev.Kind()),
+	}
+	if !ev.Time.IsZero() {
+		out.Time = timestamppb.New(ev.Time)
+	}
+	return out
+}

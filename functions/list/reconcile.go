@@ -1,0 +1,184 @@
+package list
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+)
+
+// ReconcileJobs is the part of the Ray Jobs API the reconciler needs.
+type ReconcileJobs interface {
+	Jobs(ctx context.Context) ([]ray.JobDetails, error)
+	Logs(ctx context.Context, id string) (string, error)
+}
+
+// Bus is the part of the event bus the reconciler needs (events.Bus). Errors wrap
+// ErrUnavailable when NATS is down.
+type Bus interface {
+	Publish(ctx context.Context, ev events.Event) error
+	Stored(ctx context.Context, id string) ([]events.Stored, error)
+	HasTerminal(ctx context.Context, id string) (bool, error)
+}
+
+// Reconciler makes NATS agree with Ray. A driver killed by Ray, by the OOM killer or with
+// its node cannot publish its own end, and NATS may have been down when execute or the
+// payload published: each run compares this system's Ray jobs with the events stored and
+// publishes whatever is missing, with the same ids the original publisher would have used,
+// so nothing is ever stored twice and every deliberation gets exactly one terminal event.
+type Reconciler struct {
+	Jobs   ReconcileJobs
+	Bus    Bus
+	Logger *slog.Logger
+	// Lookback bounds which finished jobs are examined (by end time), so a run's cost does
+	// not grow with the cluster's whole history.
+	Lookback time.Duration
+	Now      func() time.Time
+
+	mu   sync.Mutex
+	done map[string]bool // deliberations whose terminal event is known to be stored
+}
+
+// ReconcileReport says what one run did.
+type ReconcileReport struct {
+	Examined  int
+	Published int
+}
+
+// Run reconciles once. It returns the first error that stopped it (Ray or NATS down),
+// after doing what it could.
+func (r *Reconciler) Run(ctx context.Context) (ReconcileReport, error) {
+	var rep ReconcileReport
+	jobs, err := r.Jobs.Jobs(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("reconcile: %w", err)
+	}
+	now := time.Now()
+	if r.Now != nil {
+		now = r.Now()
+	}
+	for _, job := range jobs {
+		meta, ours := domain.ParseJobMeta(job.Metadata)
+		if !ours || job.SubmissionID == "" || r.isDone(job.SubmissionID) {
+			continue
+		}
+		if meta.DeliberationID == "" {
+			meta.DeliberationID = job.SubmissionID
+		}
+		if job.Status.Terminal() && r.Lookback > 0 && !job.EndTime.IsZero() && now.Sub(job.EndTime) > r.Lookback {
+			continue
+		}
+		rep.Examined++
+		n, err := r.one(ctx, job, meta)
+		rep.Published += n
+		if err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+func (r *Reconciler) isDone(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.done[id]
+}
+
+func (r *Reconciler) markDone(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done == nil || len(r.done) > 100000 {
+		r.done = map[string]bool{} // bounded: forgetting only costs one more look-up
+	}
+	r.done[id] = true
+}
+
+// one reconciles one deliberation and returns how many events it published.
+func (r *Reconciler) one(ctx context.Context, job ray.JobDetails, meta domain.JobMeta) (int, error) {
+	id := meta.DeliberationID
+	if job.Status.Terminal() {
+		has, err := r.Bus.HasTerminal(ctx, id)
+		if err != nil {
+			return 0, fmt.Errorf("reconcile %s: %w", id, err)
+		}
+		if has {
+			r.markDone(id)
+			return 0, nil
+		}
+	}
+	stored, err := r.Bus.Stored(ctx, id)
+	if err != nil {
+		return 0, fmt.Errorf("reconcile %s: %w", id, err)
+	}
+	have := make(map[string]bool, len(stored))
+	for _, st := range stored {
+		have[st.ID] = true
+	}
+	src := events.SourceReconciler
+	want := []func() (events.Event, error){
+		func() (events.Event, error) { return events.SubmittedEvent(src, meta) },
+	}
+	if job.Status.Terminal() {
+		logs, err := r.Jobs.Logs(ctx, id)
+		if err != nil {
+			return 0, fmt.Errorf("reconcile %s: logs: %w", id, err)
+		}
+		c := ray.Conclude(job, logs)
+		if c.Outcome != nil { // the driver ran and reported: it had started, and its agents ended
+			want = append(want, func() (events.Event, error) { return events.StartedEvent(src, meta) })
+			for i, a := range c.Outcome.Agents {
+				want = append(want, func() (events.Event, error) { return events.AgentEvent(src, meta, i, a) })
+			}
+		}
+		if job.Status == ray.StatusFailed && c.Outcome == nil && c.ErrorMessage == "" {
+			c.ErrorMessage = "the Ray job failed before the deliberation reported a result"
+		}
+		want = append(want, func() (events.Event, error) {
+			return events.TerminalEvent(src, meta, c.Status, c.Outcome, c.ErrorMessage, c.ErrorType)
+		})
+	}
+	published := 0
+	for _, build := range want {
+		ev, err := build()
+		if err != nil {
+			return published, err
+		}
+		if have[ev.ID] {
+			continue
+		}
+		if err := r.Bus.Publish(ctx, ev); err != nil {
+			return published, fmt.Errorf("reconcile %s: %w", id, err)
+		}
+		published++
+		r.Logger.Info("reconciler published a missing event", "deliberation_id", id, "event", string(ev.Kind()))
+	}
+	if job.Status.Terminal() {
+		r.markDone(id)
+	}
+	return published, nil
+}
+
+// Every runs the reconciler every interval until ctx ends (`make run` uses it; on Knative a
+// PingSource sends the events instead).
+func (r *Reconciler) Every(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rctx, cancel := context.WithTimeout(ctx, interval)
+			rep, err := r.Run(rctx)
+			cancel()
+			if err != nil {
+				r.Logger.Warn("reconcile run stopped early", "error", err.Error(), "published", rep.Published)
+			}
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package events
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// LocalServer is an embedded NATS server with JetStream, for `make run` and tests: the same
+// server binary production runs, in process, bound to loopback.
+type LocalServer struct {
+	*server.Server
+}
+
+// StartLocal starts a NATS server with JetStream storing under storeDir, on addr
+// ("127.0.0.1:4222"; port 0 or -1 picks a free one).
+func StartLocal(addr, storeDir string) (*LocalServer, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("events: local NATS address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("events: local NATS port %q: %w", portStr, err)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	s, err := server.NewServer(&server.Options{
+		Host:      host,
+		Port:      port,
+		JetStream: true,
+		StoreDir:  storeDir,
+		NoSigs:    true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("events: local NATS: %w", err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("events: local NATS on %s did not start", addr)
+	}
+	return &LocalServer{s}, nil
+}
+
+// URL is the nats:// address clients dial.
+func (l *LocalServer) URL() string { return l.ClientURL() }
+
+// Stop shuts the server down and waits for it.
+func (l *LocalServer) Stop() {
+	l.Shutdown()
+	l.WaitForShutdown()
+}

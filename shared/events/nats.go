@@ -1,0 +1,342 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/domain"
+)
+
+// Stream names and subjects (specs/nats.md).
+const (
+	DefaultEventsStream    = "RAY_EXECUTOR_EVENTS"
+	DefaultResponsesStream = "AGENT_RESPONSES"
+	ResponsesSubjects      = "agent.response.>"
+	DuplicateWindow        = 2 * time.Hour
+	MaxAge                 = 7 * 24 * time.Hour
+)
+
+// Config is how a binary reaches NATS. Credentials are never logged.
+type Config struct {
+	Enabled         bool   // ENABLE_NATS
+	URL             string // NATS_URL
+	Token           string // NATS_TOKEN(_FILE)
+	User, Password  string // NATS_USER, NATS_PASSWORD(_FILE)
+	CredsFile       string // NATS_CREDS_FILE
+	TLSCAFile       string // NATS_TLS_CA_FILE
+	TLSCertFile     string // NATS_TLS_CERT_FILE
+	TLSKeyFile      string // NATS_TLS_KEY_FILE
+	Provision       bool   // NATS_PROVISION_STREAMS: create or update the streams at start
+	EventsStream    string // NATS_EVENTS_STREAM
+	ResponsesStream string // NATS_AGENT_RESPONSES_STREAM
+	// PublishTimeout bounds one publish (NATS_PUBLISH_TIMEOUT).
+	PublishTimeout time.Duration
+}
+
+// ReadConfig reads the NATS settings every binary shares.
+func ReadConfig(r *config.Reader) Config {
+	c := Config{
+		Enabled:         r.Bool("ENABLE_NATS", true),
+		URL:             r.String("NATS_URL", nats.DefaultURL),
+		Token:           r.Secret("NATS_TOKEN"),
+		User:            r.String("NATS_USER", ""),
+		Password:        r.Secret("NATS_PASSWORD"),
+		CredsFile:       r.String("NATS_CREDS_FILE", ""),
+		TLSCAFile:       r.String("NATS_TLS_CA_FILE", ""),
+		TLSCertFile:     r.String("NATS_TLS_CERT_FILE", ""),
+		TLSKeyFile:      r.String("NATS_TLS_KEY_FILE", ""),
+		Provision:       r.Bool("NATS_PROVISION_STREAMS", true),
+		EventsStream:    r.String("NATS_EVENTS_STREAM", DefaultEventsStream),
+		ResponsesStream: r.String("NATS_AGENT_RESPONSES_STREAM", DefaultResponsesStream),
+		PublishTimeout:  r.Duration("NATS_PUBLISH_TIMEOUT", 2*time.Second),
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		r.Fail("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together")
+	}
+	return c
+}
+
+// Bus is a connection to JetStream. A Bus whose NATS is down keeps reconnecting in the
+// background; calls made meanwhile fail fast with ErrUnavailable instead of waiting.
+type Bus struct {
+	cfg    Config
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	logger *slog.Logger
+}
+
+// Connect dials NATS without waiting for it: a NATS that is down at start does not stop
+// the binary, which reconnects whenever NATS comes back.
+func Connect(cfg Config, name string, logger *slog.Logger) (*Bus, error) {
+	if cfg.EventsStream == "" {
+		cfg.EventsStream = DefaultEventsStream
+	}
+	if cfg.ResponsesStream == "" {
+		cfg.ResponsesStream = DefaultResponsesStream
+	}
+	if cfg.PublishTimeout <= 0 {
+		cfg.PublishTimeout = 2 * time.Second
+	}
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectBufSize(-1), // never buffer publishes while disconnected: callers decide
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				logger.Warn("NATS disconnected", "error", err.Error())
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }),
+	}
+	switch {
+	case cfg.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	case cfg.Token != "":
+		opts = append(opts, nats.Token(cfg.Token))
+	case cfg.User != "":
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	if cfg.TLSCAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCAFile))
+	}
+	if cfg.TLSCertFile != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCertFile, cfg.TLSKeyFile))
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("events: connect %s: %w", redact(cfg.URL), err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	return &Bus{cfg: cfg, nc: nc, js: js, logger: logger}, nil
+}
+
+// redact drops credentials from a NATS URL before it is logged.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	u.User = url.User("redacted")
+	return u.String()
+}
+
+// Close drains nothing and closes the connection.
+func (b *Bus) Close() { b.nc.Close() }
+
+// Connected reports whether NATS answers right now.
+func (b *Bus) Connected() bool { return b.nc.IsConnected() }
+
+// Config is the bus's configuration.
+func (b *Bus) Config() Config { return b.cfg }
+
+func (b *Bus) ready() error {
+	if !b.nc.IsConnected() {
+		return fmt.Errorf("events: NATS is not connected (%s): %w", b.nc.Status(), domain.ErrUnavailable)
+	}
+	return nil
+}
+
+// Provision creates or updates the two streams (specs/nats.md).
+func (b *Bus) Provision(ctx context.Context) error {
+	if err := b.ready(); err != nil {
+		return err
+	}
+	for _, sc := range []jetstream.StreamConfig{
+		{
+			Name: b.cfg.EventsStream, Subjects: []string{SubjectPrefix + ".>"},
+			Description: "ray-executor deliberation lifecycle events (CloudEvents)",
+			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+			MaxAge: MaxAge, Duplicates: DuplicateWindow,
+		},
+		{
+			Name: b.cfg.ResponsesStream, Subjects: []string{ResponsesSubjects},
+			Description: "agent responses in the original ray executor's format",
+			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+			MaxAge: MaxAge, Duplicates: DuplicateWindow,
+		},
+	} {
+		if _, err := b.js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("events: provision stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// Publish stores ev on its subject with its id as Nats-Msg-Id. Errors wrap ErrUnavailable
+// when NATS is down or did not acknowledge in time.
+func (b *Bus) Publish(ctx context.Context, ev Event) error {
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("events: encode %s: %w", ev.ID, err)
+	}
+	return b.PublishRaw(ctx, SubjectPrefix+"."+ev.Subject+"."+string(ev.Kind()), ev.ID, "application/cloudevents+json", body)
+}
+
+// PublishRaw stores body on subject with msgID as Nats-Msg-Id.
+func (b *Bus) PublishRaw(ctx context.Context, subject, msgID, contentType string, body []byte) error {
+	if err := b.ready(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
+	defer cancel()
+	msg := nats.NewMsg(subject)
+	msg.Data = body
+	msg.Header.Set("Content-Type", contentType)
+	if _, err := b.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
+		return fmt.Errorf("events: publish %s: %v: %w", msgID, err, domain.ErrUnavailable)
+	}
+	return nil
+}
+
+// Stored is a lifecycle event as the stream holds it.
+type Stored struct {
+	Event
+	Sequence uint64
+}
+
+// HasTerminal reports whether a terminal event of deliberation id is stored.
+func (b *Bus) HasTerminal(ctx context.Context, id string) (bool, error) {
+	if err := b.ready(); err != nil {
+		return false, err
+	}
+	s, err := b.js.Stream(ctx, b.cfg.EventsStream)
+	if err != nil {
+		return false, fmt.Errorf("events: stream %s: %v: %w", b.cfg.EventsStream, err, domain.ErrUnavailable)
+	}
+	for _, k := range []Kind{Completed, Failed, Cancelled} {
+		_, err := s.GetLastMsgForSubject(ctx, Subject(id, k))
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		default:
+			return false, fmt.Errorf("events: look up %s: %v: %w", Subject(id, k), err, domain.ErrUnavailable)
+		}
+	}
+	return false, nil
+}
+
+// Watch calls fn with every stored event of deliberation id from the first, then with new
+// ones as they arrive, until fn returns true, ctx ends, or reading fails.
+func (b *Bus) Watch(ctx context.Context, id string, fn func(Stored) bool) error {
+	if err := b.ready(); err != nil {
+		return err
+	}
+	cons, err := b.js.OrderedConsumer(ctx, b.cfg.EventsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{SubjectFilter(id)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("events: watch %s: %v: %w", id, err, domain.ErrUnavailable)
+	}
+	for {
+		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, nats.ErrTimeout), errors.Is(err, jetstream.ErrNoMessages):
+			continue
+		default:
+			return fmt.Errorf("events: watch %s: %v: %w", id, err, domain.ErrUnavailable)
+		}
+		st, ok := decodeStored(msg)
+		if !ok {
+			b.logger.Warn("skipping an undecodable lifecycle event", "subject", msg.Subject())
+			continue
+		}
+		if fn(st) {
+			return nil
+		}
+	}
+}
+
+// Stored returns every event of deliberation id stored now, in order.
+func (b *Bus) Stored(ctx context.Context, id string) ([]Stored, error) {
+	if err := b.ready(); err != nil {
+		return nil, err
+	}
+	cons, err := b.js.OrderedConsumer(ctx, b.cfg.EventsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{SubjectFilter(id)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("events: read %s: %v: %w", id, err, domain.ErrUnavailable)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("events: read %s: %v: %w", id, err, domain.ErrUnavailable)
+	}
+	var out []Stored
+	for pending := info.NumPending; pending > 0; {
+		msg, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("events: read %s: %v: %w", id, err, domain.ErrUnavailable)
+		}
+		if st, ok := decodeStored(msg); ok {
+			out = append(out, st)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return nil, fmt.Errorf("events: read %s: %w", id, err)
+		}
+		pending = md.NumPending
+	}
+	return out, nil
+}
+
+func decodeStored(msg jetstream.Msg) (Stored, bool) {
+	var st Stored
+	if err := json.Unmarshal(msg.Data(), &st.Event); err != nil {
+		return Stored{}, false
+	}
+	if md, err := msg.Metadata(); err == nil {
+		st.Sequence = md.Sequence.Stream
+	}
+	return st, true
+}
+
+// PayloadURLEnv carries the NATS address to the payload in the Ray job's environment.
+const PayloadURLEnv = "RAY_EXECUTOR_NATS_URL"
+
+// ProvisionInBackground creates or updates the streams as soon as NATS answers (at once
+// when it is up), retrying until it succeeds or ctx ends, so that a NATS that is down at
+// start neither blocks the binary nor leaves the streams unprovisioned. It does nothing
+// when provisioning is off.
+func ProvisionInBackground(ctx context.Context, b *Bus, logger *slog.Logger) {
+	if !b.cfg.Provision {
+		return
+	}
+	go func() {
+		for delay := 200 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := b.Provision(pctx)
+			cancel()
+			if err == nil {
+				logger.Info("NATS streams provisioned", "events", b.cfg.EventsStream, "responses", b.cfg.ResponsesStream)
+				return
+			}
+			logger.Warn("NATS streams not provisioned yet", "error", err.Error())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+		}
+	}()
+}
