@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/ray"
@@ -24,7 +25,11 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
-var binDir string
+var (
+	binDir string
+	// natsURL is the embedded NATS server (with JetStream) every shared function uses.
+	natsURL string
+)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ray-executor-e2e-")
@@ -33,6 +38,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
+	nats, err := events.StartLocal("127.0.0.1:0", filepath.Join(dir, "nats"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	natsURL = nats.URL()
 	for _, f := range []string{"execute", "status", "list", "ingress"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, f), "../"+f+"/cmd")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
@@ -42,6 +53,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	nats.Stop()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -92,6 +104,7 @@ func start(t testing.TB, name string, env ...string) *proc {
 		fmt.Sprintf("PORT=%d", port),
 		"RAY_ADDRESS=" + testenv.RayAddress(t),
 		"LOG_LEVEL=info",
+		"NATS_URL=" + natsURL,
 	}, env...)
 	p := &proc{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
@@ -175,7 +188,7 @@ func startShared(t *testing.T, name string) *proc {
 	port := freePort(t)
 	cmd := exec.Command(filepath.Join(binDir, name))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port),
-		"RAY_ADDRESS=" + testenv.RayAddress(t), "LOG_LEVEL=warn"}
+		"RAY_ADDRESS=" + testenv.RayAddress(t), "LOG_LEVEL=warn", "NATS_URL=" + natsURL}
 	p := &proc{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -21,14 +21,15 @@ import (
 )
 
 // startIngress runs the ingress binary in front of the given functions.
-func startIngress(t *testing.T, execute, status, list string) (pb.RayExecutorServiceClient, string) {
+func startIngress(t *testing.T, execute, status, list string, env ...string) (pb.RayExecutorServiceClient, string) {
 	t.Helper()
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(filepath.Join(binDir, "ingress"))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",
 		"EXECUTE_URL=" + execute, "STATUS_URL=" + status, "LIST_URL=" + list,
-		"HEALTH_CACHE_TTL=100ms", "LOG_LEVEL=warn"}
+		"HEALTH_CACHE_TTL=100ms", "LOG_LEVEL=warn", "NATS_URL=" + natsURL}
+	cmd.Env = append(cmd.Env, env...)
 	p := &proc{name: "ingress", url: addr, cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {

@@ -23,7 +23,6 @@ type ReconcileJobs interface {
 type Bus interface {
 	Publish(ctx context.Context, ev events.Event) error
 	Stored(ctx context.Context, id string) ([]events.Stored, error)
-	HasTerminal(ctx context.Context, id string) (bool, error)
 }
 
 // Reconciler makes NATS agree with Ray. A driver killed by Ray, by the OOM killer or with
@@ -101,16 +100,8 @@ func (r *Reconciler) markDone(id string) {
 // one reconciles one deliberation and returns how many events it published.
 func (r *Reconciler) one(ctx context.Context, job ray.JobDetails, meta domain.JobMeta) (int, error) {
 	id := meta.DeliberationID
-	if job.Status.Terminal() {
-		has, err := r.Bus.HasTerminal(ctx, id)
-		if err != nil {
-			return 0, fmt.Errorf("reconcile %s: %w", id, err)
-		}
-		if has {
-			r.markDone(id)
-			return 0, nil
-		}
-	}
+	// Every stored event is read, not just the terminal one: a payload that published its
+	// end can still have come after an execute that could not announce the start.
 	stored, err := r.Bus.Stored(ctx, id)
 	if err != nil {
 		return 0, fmt.Errorf("reconcile %s: %w", id, err)

@@ -6,8 +6,9 @@ payload runs one Ray task per agent, each calling an OpenAI-compatible (vLLM) ch
 completions endpoint, and prints one line `RAY_EXECUTOR_RESULT {json}` on stdout.
 
 Modules: request (input contract), prompts, llm (HTTP client, retries), runner (Ray tasks),
-result (output contract), events (publisher hooks), __main__ (entrypoint).
-Only the standard library and ray are used.
+result (output contract), events (publisher hooks), nats_events (NATS JetStream publisher,
+specs/nats.md), __main__ (entrypoint).
+Only the standard library and ray are used, plus nats-py for events when it is installed.
 """
 
 from .request import REQUEST_ENV  # noqa: F401

@@ -1,10 +1,12 @@
-"""Progress events of a deliberation, for a publisher (NATS) to be added later.
+"""Progress events of a deliberation, and the choice of their publisher.
 
 The driver calls, in this order: on_started once, on_agent_done once per agent as each
 result arrives (in completion order, not request order), on_finished once with the final
 result, just after the result line is printed (so the result is in the job log before any
-publisher I/O), then close. A publisher subclasses Events and is
-returned by make_events; nothing else in the payload needs to change.
+publisher I/O), then close. on_finished is not called when the driver is interrupted
+(`ray job stop`, KeyboardInterrupt): close is. A publisher subclasses Events and is
+returned by make_events; nothing else in the payload needs to change. The NATS JetStream
+publisher (nats_events.NatsEvents, specs/nats.md) is used when RAY_EXECUTOR_NATS_URL is set.
 
 Hooks must never break a deliberation: the driver calls them through EventsGuard, which
 logs and swallows any exception a hook raises. They run on the driver, synchronously,
@@ -65,6 +67,30 @@ class EventsGuard:
 
 
 def make_events(environ: Mapping[str, str]) -> Events:
-    """The publisher for this run. Today always the no-op Events; a NATS publisher will
-    be chosen here from its environment settings."""
-    return Events()
+    """The publisher for this run: NATS JetStream when RAY_EXECUTOR_NATS_URL is set and not
+    empty, else the no-op Events. Events are best effort: whatever keeps them from being
+    published (nats-py missing, a bad setting) is logged and the run goes on without them;
+    the Go reconciler publishes missing events later."""
+    from . import nats_events
+
+    settings = nats_events.settings_from_env(environ)
+    if settings is None:
+        return Events()
+    try:
+        import nats  # noqa: F401 - nats-py, the NATS client
+    except ImportError as exc:
+        log.warning("events: %s is set but nats-py cannot be imported (%s); not publishing events",
+                    nats_events.URL_ENV, exc)
+        return Events()
+    if settings.creds_file:
+        try:
+            import nkeys  # noqa: F401 - nats-py needs it to sign with a credentials file
+        except ImportError:
+            log.warning("events: %s needs the nkeys package (pip install nats-py[nkeys]); not publishing events",
+                        nats_events.CREDS_FILE_ENV)
+            return Events()
+    try:
+        return nats_events.NatsEvents(settings)
+    except Exception as exc:  # noqa: BLE001 - e.g. an unreadable TLS CA file
+        log.warning("events: cannot set up the NATS publisher: %s: %s; not publishing events", type(exc).__name__, exc)
+        return Events()

@@ -23,6 +23,7 @@ API_KEY_ENV = "RAY_EXECUTOR_LLM_API_KEY"
 USER_AGENT = "ray-executor-payload/1"
 
 DEFAULT_TEMPERATURE = 0.7
+JSON_MODE_TEMPERATURE = 0  # TASK_EXTRACTION: deterministic JSON
 DEFAULT_MAX_TOKENS = 2048
 MAX_RESPONSE_BYTES = 8 << 20  # a completion of 2048 tokens is far smaller
 SNIPPET_CHARS = 200
@@ -86,6 +87,11 @@ def chat_completions_url(base: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path + "/chat/completions", parts.query, ""))
 
 
+def temperature(json_mode: bool) -> float:
+    """The sampling temperature of a call (also reported in the compatible agent responses)."""
+    return JSON_MODE_TEMPERATURE if json_mode else DEFAULT_TEMPERATURE
+
+
 def request_body(call: ChatCall) -> Dict[str, Any]:
     body: Dict[str, Any] = {
         "model": call.model,
@@ -93,11 +99,10 @@ def request_body(call: ChatCall) -> Dict[str, Any]:
             {"role": "system", "content": call.system_prompt},
             {"role": "user", "content": call.user_prompt},
         ],
-        "temperature": DEFAULT_TEMPERATURE,
+        "temperature": temperature(call.json_mode),
         "max_tokens": DEFAULT_MAX_TOKENS,
     }
     if call.json_mode:
-        body["temperature"] = 0
         body["response_format"] = {"type": "json_object"}
     return body
 

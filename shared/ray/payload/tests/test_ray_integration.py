@@ -7,6 +7,9 @@ only once (it takes several seconds on a small machine). The payload then runs a
 driver would: `python -m ray_executor_payload` in a subprocess, with the request in
 RAY_EXECUTOR_REQUEST and RAY_ADDRESS pointing at that private cluster, just as the Ray job
 supervisor sets it. Set RXP_DEBUG=1 (with -s) to see each payload run's stderr.
+
+With the test NATS server (conftest.py, optional_nats_server) the runs also get
+RAY_EXECUTOR_NATS_URL, and the tests check the events that land on the two streams.
 """
 
 import json
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import pytest
 
@@ -67,7 +71,7 @@ def private_ray():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def run_payload(gcs_address, request_data, timeout=180):
+def run_payload(gcs_address, request_data, timeout=180, nats=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_EXECUTOR_")}
     env.update(
         {
@@ -77,6 +81,8 @@ def run_payload(gcs_address, request_data, timeout=180):
             "PYTHONPATH": PAYLOAD_DIR,
         }
     )
+    if nats is not None:
+        env["RAY_EXECUTOR_NATS_URL"] = nats.url
     start = time.time()
     proc = subprocess.run(
         [sys.executable, "-u", "-m", "ray_executor_payload"],
@@ -91,12 +97,54 @@ def run_payload(gcs_address, request_data, timeout=180):
     return proc, json.loads(lines[0][len(RESULT_MARKER):]), elapsed
 
 
-def test_agents_run_in_parallel(private_ray, stub):
+def new_id():
+    return f"delib-{uuid.uuid4().hex[:16]}"
+
+
+def check_events(nats, did, res, response_subject):
+    """The payload's lifecycle events and compatible responses for result `res` are on the
+    streams: started first, one event per agent (in completion order), the terminal last."""
+    if nats is None:
+        return
+    n = res["num_agents"]
+    stored = nats.lifecycle(did)
+    ids = [m.msg_id for m in stored]
+    assert ids[0] == f"{did}.started" and ids[-1] == f"{did}.terminal", ids
+    assert sorted(ids[1:-1]) == [f"{did}.agent.{i}" for i in range(n)]
+    assert stored[0].json["data"] == {"deliberation_id": did, "task_id": res["task_id"], "num_agents": n}
+    for m in stored[1:-1]:
+        data = m.json["data"]
+        a = res["agents"][data["agent_index"]]
+        kind = "agent_completed" if a["status"] == "completed" else "agent_failed"
+        assert m.subject == f"ray_executor.deliberation.{did}.{kind}"
+        assert (data["agent_id"], data["duration_ms"], data.get("error_type", "")) == (a["agent_id"], a["duration_ms"], a["error_type"])
+        assert data.get("proposal", "") == a["proposal"]
+    terminal = stored[-1]
+    assert terminal.subject == f"ray_executor.deliberation.{did}.{res['status']}"
+    assert terminal.json["source"] == "ray-executor/payload"
+    d = terminal.json["data"]
+    assert (d["status"], d["num_agents"], d["completed_agents"], d["failed_agents"]) == (
+        res["status"], n, res["completed_agents"], res["failed_agents"])
+
+    responses = nats.responses(did)
+    assert sorted(m.json["payload"]["agent_id"] for m in responses) == sorted(a["agent_id"] for a in res["agents"])
+    for m in responses:
+        p = m.json["payload"]
+        a = next(a for a in res["agents"] if a["agent_id"] == p["agent_id"])
+        assert m.subject == (response_subject if a["status"] == "completed" else "agent.response.failed")
+        assert (p["success"], p["num_agents"], p["duration_ms"]) == (a["status"] == "completed", n, a["duration_ms"])
+        if a["status"] == "completed":
+            assert p["proposal"]["content"] == a["proposal"]
+
+
+def test_agents_run_in_parallel(private_ray, stub, optional_nats_server):
     # Each request is held until all three are in flight together (or 45 s pass): the
     # maximum in flight reaches 3 only if the three agents really ran at the same time.
     stub.set("m-par", llm_stub.gather(3, hold=1.5, then=llm_stub.ok("parallel proposal")))
     agents = [agent(f"p{i}", "m-par", role=f"role-{i}") for i in range(3)]
-    proc, res, _ = run_payload(private_ray, request_dict(stub.url, agents, timeout_seconds=90, max_retries=0))
+    did = new_id()
+    data = request_dict(stub.url, agents, timeout_seconds=90, max_retries=0, deliberation_id=did)
+    proc, res, _ = run_payload(private_ray, data, nats=optional_nats_server)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert res["status"] == "completed"
     assert (res["num_agents"], res["completed_agents"], res["failed_agents"]) == (3, 3, 0)
@@ -105,9 +153,12 @@ def test_agents_run_in_parallel(private_ray, stub):
     assert stub.max_inflight == 3
     # Progress is logged to stderr; prompts never are.
     assert "p0" in proc.stderr and "Design the cache layer" not in proc.stderr
+    check_events(optional_nats_server, did, res, "agent.response.completed")
+    if optional_nats_server is not None:
+        assert "events: 8 message(s) published" in proc.stderr
 
 
-def test_one_failing_agent_is_reported_while_the_others_succeed(private_ray, stub):
+def test_one_failing_agent_is_reported_while_the_others_succeed(private_ray, stub, optional_nats_server):
     failing = llm_stub.StubLLM()
     failing.default = llm_stub.status(500, b'{"error": {"message": "GPU on fire"}}')
     try:
@@ -119,8 +170,12 @@ def test_one_failing_agent_is_reported_while_the_others_succeed(private_ray, stu
             agent("good-2", "", role="dev", template="As {role}, solve: {task_description}"),
         ]
         stub.set("default-model", llm_stub.ok(json.dumps({"proposal": "LRU", "score": 0.25})))
-        data = request_dict(stub.url, agents, task_description=NASTY_DESCRIPTION, timeout_seconds=60, max_retries=1)
-        proc, res, _ = run_payload(private_ray, data)
+        did = new_id()
+        data = request_dict(
+            stub.url, agents, task_description=NASTY_DESCRIPTION, timeout_seconds=60, max_retries=1,
+            deliberation_id=did, metadata={"task_type": "BACKLOG_REVIEW_ROLE"},
+        )
+        proc, res, _ = run_payload(private_ray, data, nats=optional_nats_server)
     finally:
         failing.close()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -145,18 +200,25 @@ def test_one_failing_agent_is_reported_while_the_others_succeed(private_ray, stu
     assert rec.messages[1]["content"].startswith(NASTY_DESCRIPTION)
     assert rec.messages[0]["content"] == "As dev, solve: " + NASTY_DESCRIPTION
     assert not os.path.exists("/tmp/pwned")
+    check_events(optional_nats_server, did, res, "agent.response.completed.backlog-review.role")
 
 
-def test_all_agents_failing_fails_the_job(private_ray, stub):
+def test_all_agents_failing_fails_the_job(private_ray, stub, optional_nats_server):
     stub.set("m-400", llm_stub.status(400, b'{"error": {"message": "bad model"}}'))
     agents = [agent("x1", "m-400"), agent("x2", "m-400")]
-    proc, res, _ = run_payload(private_ray, request_dict(stub.url, agents, timeout_seconds=60, max_retries=3))
+    did = new_id()
+    data = request_dict(stub.url, agents, timeout_seconds=60, max_retries=3, deliberation_id=did)
+    proc, res, _ = run_payload(private_ray, data, nats=optional_nats_server)
     assert proc.returncode == 1
     assert res["status"] == "failed"
     assert (res["num_agents"], res["completed_agents"], res["failed_agents"]) == (2, 0, 2)
     assert res["error"].startswith("all 2 agents failed: x1: http_error: HTTP 400")
     assert all(a["attempts"] == 1 and a["error_type"] == "http_error" for a in res["agents"])
     assert len(stub.requests) == 2  # 400 is not retried
+    check_events(optional_nats_server, did, res, "agent.response.completed")
+    if optional_nats_server is not None:
+        terminal = optional_nats_server.lifecycle(did)[-1].json["data"]
+        assert (terminal["error"], terminal["error_type"]) == (res["error"], "all_agents_failed")
 
 
 # --- driver-side failures, in this process (it is a driver of the private Ray too) -------
