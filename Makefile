@@ -65,9 +65,10 @@ check-generate: generate ## fail if the committed generated code is stale
 # --- checks ------------------------------------------------------------------------------
 .PHONY: lint
 lint: $(BIN)/staticcheck ## go vet, staticcheck and gofmt
-	@test -z "$$(gofmt -l functions shared)" || { gofmt -l functions shared; echo "gofmt needed" >&2; exit 1; }
+	@test -z "$$(gofmt -l functions shared knative)" || { gofmt -l functions shared knative; echo "gofmt needed" >&2; exit 1; }
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
+	cd knative/validate && $(GO) vet ./...
 
 .PHONY: ray-up ray-down
 ray-up: $(VENV_STAMP) ## start a local Ray head on 127.0.0.1:8265 (unless one runs)
@@ -82,6 +83,16 @@ test: $(VENV_STAMP) tools ## run every test against a real local Ray head (start
 .PHONY: run
 run: $(VENV_STAMP) tools ## start Ray, the LLM stand-in and the functions locally, until Ctrl-C
 	scripts/run.sh
+
+.PHONY: knative-test
+knative-test: ## validate knative/ with Knative's own API types (separate module: minutes cold)
+	cd knative/validate && $(GO) test -count=1 ./...
+
+.PHONY: deploy undeploy
+deploy: ## apply knative/ to the current cluster with ko (needs KO_DOCKER_REPO; see knative/README.md)
+	ko apply -f knative/
+undeploy: ## delete everything knative/ created (the namespace included)
+	kubectl delete -f knative/
 
 .PHONY: bench
 bench: ## ingress benchmark: bare gRPC floor vs ingress -> function chain (see BENCHMARKS.md)
