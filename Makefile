@@ -15,6 +15,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION        := v0.8.2
 GRPCURL_VERSION            := v1.9.4
 GRPC_HEALTH_PROBE_VERSION  := v0.4.62
+KO_VERSION                 := v0.19.1
 
 REQUIREMENTS := shared/ray/payload/requirements.txt
 VENV_STAMP   := $(VENV)/.installed
@@ -36,6 +37,9 @@ $(BIN)/grpcurl:
 	GOBIN=$(BIN) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 $(BIN)/grpc-health-probe:
 	GOBIN=$(BIN) $(GO) install github.com/grpc-ecosystem/grpc-health-probe@$(GRPC_HEALTH_PROBE_VERSION)
+
+$(BIN)/ko:
+	GOBIN=$(BIN) $(GO) install github.com/google/ko@$(KO_VERSION)
 
 $(BIN)/nats-local: $(shell find shared/events -name '*.go') go.mod go.sum
 	$(GO) build -o $@ ./shared/events/cmd/nats-local
@@ -88,15 +92,20 @@ run: $(VENV_STAMP) tools ## start Ray, the LLM stand-in and the functions locall
 knative-test: ## validate knative/ with Knative's own API types (separate module: minutes cold)
 	cd knative/validate && $(GO) test -count=1 ./...
 
+.PHONY: images
+images: $(BIN)/ko ## OCI image tarballs of the four binaries in dist/images (ko, offline; each < 30 MB)
+	scripts/images.sh
+
 .PHONY: deploy undeploy
-deploy: ## apply knative/ to the current cluster with ko (needs KO_DOCKER_REPO; see knative/README.md)
-	ko apply -f knative/
+deploy: $(BIN)/ko ## apply knative/ to the current cluster with ko (needs KO_DOCKER_REPO; see knative/README.md)
+	$(BIN)/ko apply -f knative/
 undeploy: ## delete everything knative/ created (the namespace included)
 	kubectl delete -f knative/
 
 .PHONY: bench
-bench: ## ingress benchmark: bare gRPC floor vs ingress -> function chain (see BENCHMARKS.md)
+bench: ## benchmarks: gRPC floor vs ingress chain, cold starts, function capacity (BENCHMARKS.md)
 	$(GO) test -tags bench -count=1 -run TestBenchmarkReport -v ./functions/ingress/
+	$(GO) test -tags bench -count=1 -run 'TestColdStartReport|TestFunctionCapacityReport' -v ./functions/e2e/
 
 .PHONY: build
 build: ## build every binary into ./bin

@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+)
+
+// slowRay answers the version probe at once and a job look-up after delay: a Ray that is
+// slow exactly when a request is in flight.
+func slowRay(t *testing.T, delay time.Duration) string {
+	t.Helper()
+	job, _ := json.Marshal(map[string]any{"submission_id": "delib-slow", "status": "RUNNING",
+		"metadata": domain.JobMeta{DeliberationID: "delib-slow", TaskID: "t"}.Map()})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/version" {
+			_, _ = w.Write([]byte(`{"version":"4","ray_version":"2.60.0"}`))
+			return
+		}
+		time.Sleep(delay)
+		_, _ = w.Write(job)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// Knative sends SIGTERM and then waits: a request already in flight must finish.
+func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
+	t.Parallel()
+	t.Run("function", func(t *testing.T) {
+		t.Parallel()
+		p := start(t, "status", "RAY_ADDRESS="+slowRay(t, 1500*time.Millisecond), "ENABLE_NATS=false")
+		done := make(chan error, 1)
+		var resp pb.GetDeliberationStatusResponse
+		go func() {
+			c := &rpcevents.Client{Source: "drain-test"}
+			done <- c.Call(context.Background(), p.url, rpcevents.TypeGetDeliberationStatus,
+				&pb.GetDeliberationStatusRequest{DeliberationId: "delib-slow"}, rpcevents.CallOptions{}, &resp)
+		}()
+		time.Sleep(300 * time.Millisecond)
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil || resp.GetStatus() != "running" {
+			t.Fatalf("in-flight request got %v %v, want it answered (running) despite SIGTERM", &resp, err)
+		}
+		if err := p.cmd.Wait(); err != nil {
+			t.Errorf("status exited with %v after draining, want 0", err)
+		}
+		if _, err := http.Get(p.url + "/healthz"); err == nil {
+			t.Errorf("a drained function still accepts connections")
+		}
+	})
+	t.Run("ingress", func(t *testing.T) {
+		t.Parallel()
+		slowFn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(1500 * time.Millisecond)
+			w.Header().Set("Ce-Specversion", "1.0")
+			w.Header().Set("Ce-Id", "r1")
+			w.Header().Set("Ce-Source", "slow")
+			w.Header().Set("Ce-Type", "fleet.ray_executor.v1.GetActiveJobsResponse")
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"jobs":[{"job_id":"delib-x"}]}`))
+		}))
+		t.Cleanup(slowFn.Close)
+		port := freePort(t)
+		cmd := exec.Command(filepath.Join(binDir, "ingress"))
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",
+			"LIST_URL=" + slowFn.URL, "ENABLE_NATS=false"}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if c, err := dialTCP(addr); err == nil {
+				c.Close()
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("ingress never listened: %v", err)
+			}
+		}
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		client := pb.NewRayExecutorServiceClient(conn)
+		type result struct {
+			resp *pb.GetActiveJobsResponse
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			r, err := client.GetActiveJobs(ctx, &pb.GetActiveJobsRequest{}, grpc.WaitForReady(true))
+			done <- result{r, err}
+		}()
+		time.Sleep(700 * time.Millisecond)
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		r := <-done
+		if r.err != nil || len(r.resp.GetJobs()) != 1 {
+			t.Fatalf("in-flight RPC got %v %v, want it answered despite SIGTERM", r.resp, r.err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("ingress exited with %v after draining, want 0", err)
+		}
+	})
+}
+
+// Every binary starts with nothing but PORT (and the documented defaults) and its readiness
+// probe answers; how fast is measured by `make bench` (BENCHMARKS.md), not asserted here.
+func TestBinariesStartWithOnlyPORT(t *testing.T) {
+	t.Parallel()
+	ray := slowRay(t, 0)
+	for _, name := range []string{"execute", "status", "list", "ingress"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			d, err := timeToReady(name, ray)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s ready %v after exec", name, d)
+		})
+	}
+}
+
+// timeToReady starts binary name with only PORT (plus RAY_ADDRESS at rayURL, which the
+// function's readiness checks, and NATS off) and returns how long after exec its readiness
+// probe first succeeded: /readyz 200 for functions, a TCP accept for the ingress (its
+// Knative probe is tcpSocket).
+func timeToReady(name, rayURL string) (time.Duration, error) {
+	ln, err := (&net0{}).port()
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.Command(filepath.Join(binDir, name))
+	cmd.Env = []string{fmt.Sprintf("PORT=%d", ln), "RAY_ADDRESS=" + rayURL, "ENABLE_NATS=false"}
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", ln)
+	client := &http.Client{Timeout: time.Second}
+	for time.Since(t0) < 10*time.Second {
+		if name == "ingress" {
+			if c, err := dialTCP(fmt.Sprintf("127.0.0.1:%d", ln)); err == nil {
+				c.Close()
+				return time.Since(t0), nil
+			}
+		} else if resp, err := client.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return time.Since(t0), nil
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return 0, fmt.Errorf("%s not ready within 10s", name)
+}
