@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
 )
 
@@ -256,4 +257,16 @@ func segment(op, what, s string) (string, error) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Ready reports whether the dashboard answers (a readiness probe's question).
+func (c *Client) Ready(ctx context.Context) error {
+	_, err := c.Version(ctx)
+	return err
+}
+
+// NewFromConfig is New with the settings every binary reads (RAY_ADDRESS, RAY_AUTH_TOKEN,
+// RAY_TIMEOUT).
+func NewFromConfig(c config.Ray) (*Client, error) {
+	return New(Config{Address: c.Address, Token: c.Token, Timeout: c.Timeout})
 }

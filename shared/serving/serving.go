@@ -11,7 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
@@ -122,4 +125,16 @@ func NewLogger(w io.Writer, cfg config.Serving, component string) *slog.Logger {
 		l = l.With("k_revision", cfg.Revision)
 	}
 	return l
+}
+
+// Main is every binary's main: it runs run with the process's environment and stdout until
+// SIGINT or SIGTERM (Knative's stop signal), and exits 1 with the error if run fails.
+func Main(name string, run func(ctx context.Context, getenv func(string) string, stdout io.Writer) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		stop()
+		os.Exit(1)
+	}
 }

@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/functions/ingress"
@@ -17,14 +14,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "ingress:", err)
-		os.Exit(1)
-	}
-}
+func main() { serving.Main("ingress", run) }
 
 // run wires the ingress from its configuration and serves until ctx is done.
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {

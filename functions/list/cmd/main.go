@@ -3,11 +3,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/fleet-ai/ray-executor/functions/list"
 	"github.com/fleet-ai/ray-executor/shared/events"
@@ -15,14 +11,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "list:", err)
-		os.Exit(1)
-	}
-}
+func main() { serving.Main("list", run) }
 
 // run wires the function from its configuration and serves until ctx is done.
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
@@ -31,7 +20,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	logger := serving.NewLogger(stdout, cfg.Serving, "list")
-	client, err := ray.New(ray.Config{Address: cfg.Ray.Address, Token: cfg.Ray.Token, Timeout: cfg.Ray.Timeout})
+	client, err := ray.NewFromConfig(cfg.Ray)
 	if err != nil {
 		return err
 	}
@@ -49,6 +38,5 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		}
 	}
 	h := list.NewHandler(&list.Service{Jobs: client}, rec, cfg.Source, cfg.MaxBodyBytes, logger)
-	ready := func(ctx context.Context) error { _, err := client.Version(ctx); return err }
-	return serving.Run(ctx, cfg.Serving, h, logger, serving.Options{Ready: ready})
+	return serving.Run(ctx, cfg.Serving, h, logger, serving.Options{Ready: client.Ready})
 }
