@@ -48,6 +48,9 @@ run: ***************************************************************************
 TXT
 fi
 
+# Requests may only aim the workers at the configured LLM endpoint (SSRF guard).
+export LLM_ENDPOINT_ALLOWLIST="${LLM_ENDPOINT_ALLOWLIST:-$LLM_URL}"
+
 start() { # name port
   PORT="$2" "bin/$1" > ".run/$1.log" 2>&1 &
   pids+=($!)

@@ -25,6 +25,10 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
+// testLLMEndpoints is the execute functions' allowlist: the LLM stand-ins tests start on
+// loopback (any port).
+const testLLMEndpoints = "http://127.0.0.1"
+
 var (
 	binDir string
 	// natsURL is the embedded NATS server (with JetStream) every shared function uses.
@@ -105,6 +109,7 @@ func start(t testing.TB, name string, env ...string) *proc {
 		"RAY_ADDRESS=" + testenv.RayAddress(t),
 		"LOG_LEVEL=info",
 		"NATS_URL=" + natsURL,
+		"LLM_ENDPOINT_ALLOWLIST=" + testLLMEndpoints,
 	}, env...)
 	p := &proc{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
@@ -188,7 +193,8 @@ func startShared(t *testing.T, name string) *proc {
 	port := freePort(t)
 	cmd := exec.Command(filepath.Join(binDir, name))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port),
-		"RAY_ADDRESS=" + testenv.RayAddress(t), "LOG_LEVEL=warn", "NATS_URL=" + natsURL}
+		"RAY_ADDRESS=" + testenv.RayAddress(t), "LOG_LEVEL=warn", "NATS_URL=" + natsURL,
+		"LLM_ENDPOINT_ALLOWLIST=" + testLLMEndpoints}
 	p := &proc{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -65,6 +65,16 @@ func TestBadInputIsRefusedNamingTheField(t *testing.T) {
 		{"negative timeout", rpcevents.TypeExecuteDeliberation, func() proto.Message { r := valid(11); r.Constraints.TimeoutSeconds = -1; return r }(), "constraints.timeout_seconds"},
 		{"negative retries", rpcevents.TypeExecuteDeliberation, func() proto.Message { r := valid(12); r.Constraints.MaxRetries = -2; return r }(), "constraints.max_retries"},
 		{"vllm_url not http", rpcevents.TypeExecuteDeliberation, func() proto.Message { r := valid(13); r.VllmUrl = "file:///etc/passwd"; return r }(), "vllm_url"},
+		{"vllm_url outside the allowlist", rpcevents.TypeExecuteDeliberation, func() proto.Message {
+			r := valid(17)
+			r.VllmUrl = "http://169.254.169.254/latest/meta-data"
+			return r
+		}(), `vllm_url "http://169.254.169.254/latest/meta-data" is not an allowed LLM endpoint`},
+		{"agent vllm_url outside the allowlist", rpcevents.TypeExecuteDeliberation, func() proto.Message {
+			r := valid(18)
+			r.Agents[0].VllmUrl = "http://internal-admin.svc:8080"
+			return r
+		}(), "agents[0].vllm_url"},
 		{"10,000 agents", rpcevents.TypeExecuteDeliberation, manyAgents, "agents has 10000 entries"},
 		{"description too large", rpcevents.TypeExecuteDeliberation, func() proto.Message {
 			r := valid(14)

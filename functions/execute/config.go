@@ -54,6 +54,13 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		Events:          events.ReadConfig(r),
 	}
 	cfg.PayloadNATSURL = r.String("PAYLOAD_NATS_URL", cfg.Events.URL)
+	// LLM_ENDPOINT_ALLOWLIST: the endpoints requests may aim the workers at (comma-separated
+	// URL prefixes; "*" allows any). Unset allows none: no caller picks arbitrary hosts.
+	policy, err := domain.ParseEndpointPolicy(r.String("LLM_ENDPOINT_ALLOWLIST", ""))
+	if err != nil {
+		r.Fail("%v", err)
+	}
+	cfg.Limits.Endpoints = policy
 	if cfg.AgentNumCPUs < 0 {
 		r.Fail("AGENT_NUM_CPUS must not be negative")
 	}

@@ -65,6 +65,8 @@ type Limits struct {
 	MaxPromptTemplateBytes int
 	MaxTimeoutSeconds      int32
 	MaxRetries             int32
+	// Endpoints restricts vllm_url (request and per agent); nil checks only the URL's shape.
+	Endpoints *EndpointPolicy
 }
 
 // DefaultLimits are generous for real deliberations and small enough that a request always
@@ -151,6 +153,8 @@ func Normalize(r *Request, limits Limits) error {
 	if r.VLLMURL != "" {
 		if err := checkEndpoint(r.VLLMURL); err != nil {
 			v.add("vllm_url %v", err)
+		} else if !limits.Endpoints.Allows(r.VLLMURL) {
+			v.add("vllm_url %q is not an allowed LLM endpoint (allowed: %s)", r.VLLMURL, limits.Endpoints)
 		}
 	}
 	if n := len(r.TaskDescription); n > limits.MaxDescriptionBytes {
@@ -222,6 +226,8 @@ func Normalize(r *Request, limits Limits) error {
 			if a.VLLMURL != "" {
 				if err := checkEndpoint(a.VLLMURL); err != nil {
 					v.add("agents[%d].vllm_url %v", i, err)
+				} else if !limits.Endpoints.Allows(a.VLLMURL) {
+					v.add("agents[%d].vllm_url %q is not an allowed LLM endpoint (allowed: %s)", i, a.VLLMURL, limits.Endpoints)
 				}
 			}
 			for field, s := range map[string]string{"id": a.ID, "role": a.Role, "model": a.Model, "prompt_template": a.PromptTemplate, "vllm_url": a.VLLMURL} {
