@@ -103,11 +103,11 @@ deploy: $(BIN)/ko ## apply knative/ to the current cluster with ko (needs KO_DOC
 undeploy: ## delete everything knative/ created (the namespace included)
 	kubectl delete -f knative/
 
-FUZZTIME ?= 5s
+FUZZTIME ?= 50000x
 FUZZ_TARGETS := FuzzServer:./shared/rpcevents FuzzNormalize:./shared/domain FuzzJobDetails:./shared/ray FuzzParseResult:./shared/ray
 
 .PHONY: fuzz
-fuzz: ## run each fuzz target for FUZZTIME (5s; crashers land in testdata/fuzz as seeds)
+fuzz: ## run each fuzz target for FUZZTIME (50000 inputs each; crashers land in testdata/fuzz as seeds)
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*}"; \
 		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
