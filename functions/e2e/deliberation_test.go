@@ -320,20 +320,7 @@ func TestShellMetacharactersReachTheLLMVerbatim(t *testing.T) {
 func TestCancelStopsTheJob(t *testing.T) {
 	t.Parallel()
 	s := shared(t)
-	stub, url := llm(t)
-	stub.Script("hang", llmstub.Behavior{Delay: 2 * time.Minute})
-	req := request(uniqueTask(t), url, "hang")
-	req.Constraints.TimeoutSeconds = 300
-	resp, err := s.submit(t, req, rpcevents.CallOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := resp.GetDeliberationId()
-	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if len(stub.Calls()) > 0 {
-			break
-		}
-	}
+	id := s.submitHanging(t, 300)
 	var cancel pb.CancelDeliberationResponse
 	if err := s.client.Call(context.Background(), s.execute.url, rpcevents.TypeCancelDeliberation,
 		&pb.CancelDeliberationRequest{DeliberationId: id}, rpcevents.CallOptions{}, &cancel); err != nil {
@@ -346,7 +333,7 @@ func TestCancelStopsTheJob(t *testing.T) {
 		t.Errorf("got status %q after cancel, want cancelled", st.GetStatus())
 	}
 	// Unknown ids are not found, for cancel as for status.
-	err = s.client.Call(context.Background(), s.execute.url, rpcevents.TypeCancelDeliberation,
+	err := s.client.Call(context.Background(), s.execute.url, rpcevents.TypeCancelDeliberation,
 		&pb.CancelDeliberationRequest{DeliberationId: "delib-unknown"}, rpcevents.CallOptions{}, &cancel)
 	if !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("got %v cancelling an unknown id, want ErrNotFound", err)

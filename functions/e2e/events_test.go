@@ -165,18 +165,7 @@ func TestLifecycleEventsAndCompatibleResponses(t *testing.T) {
 func TestStoppedDriverGetsExactlyOneTerminalEvent(t *testing.T) {
 	t.Parallel()
 	s := shared(t)
-	stub, url := llm(t)
-	stub.Script("hang", llmstub.Behavior{Delay: 3 * time.Minute})
-	req := request(uniqueTask(t), url, "hang")
-	req.Constraints.TimeoutSeconds = 600
-	resp, err := s.submit(t, req, rpcevents.CallOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := resp.GetDeliberationId()
-	for deadline := time.Now().Add(90 * time.Second); len(stub.Calls()) == 0 && time.Now().Before(deadline); {
-		time.Sleep(200 * time.Millisecond)
-	}
+	id := s.submitHanging(t, 600)
 	// `ray job stop` behind the gateway's back: nobody announces the end but the reconciler.
 	if _, err := s.ray.Stop(context.Background(), id); err != nil {
 		t.Fatal(err)

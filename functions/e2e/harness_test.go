@@ -295,3 +295,21 @@ func rayJob(id string) ray.SubmitRequest {
 		Metadata:     map[string]string{"owner": "someone-else"},
 	}
 }
+
+// submitHanging submits a deliberation whose one agent's LLM call never returns in time, and
+// waits until that call has been made: the driver is then surely running.
+func (s *system) submitHanging(t *testing.T, timeoutSeconds int32) string {
+	t.Helper()
+	stub, url := llm(t)
+	stub.Script("hang", llmstub.Behavior{Delay: 3 * time.Minute})
+	req := request(uniqueTask(t), url, "hang")
+	req.Constraints.TimeoutSeconds = timeoutSeconds
+	resp, err := s.submit(t, req, rpcevents.CallOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(90 * time.Second); len(stub.Calls()) == 0 && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+	}
+	return resp.GetDeliberationId()
+}

@@ -76,41 +76,47 @@ func agents(in []*pb.Agent) []domain.Agent {
 	return out
 }
 
-func deliberationRequest(req *pb.ExecuteDeliberationRequest) domain.Request {
-	c := req.GetConstraints()
+// executeRequest is what the two execute messages share (their constraints differ).
+type executeRequest interface {
+	GetTaskId() string
+	GetTaskDescription() string
+	GetRole() string
+	GetAgents() []*pb.Agent
+	GetVllmUrl() string
+	GetVllmModel() string
+}
+
+func request(kind domain.Kind, req executeRequest, c domain.Constraints) domain.Request {
 	return domain.Request{
-		Kind:            domain.KindDeliberation,
+		Kind:            kind,
 		TaskID:          req.GetTaskId(),
 		TaskDescription: req.GetTaskDescription(),
 		Role:            req.GetRole(),
-		Constraints: domain.Constraints{
-			StoryID:        c.GetStoryId(),
-			PlanID:         c.GetPlanId(),
-			TimeoutSeconds: c.GetTimeoutSeconds(),
-			MaxRetries:     c.GetMaxRetries(),
-			Metadata:       c.GetMetadata(),
-		},
-		Agents:    agents(req.GetAgents()),
-		VLLMURL:   req.GetVllmUrl(),
-		VLLMModel: req.GetVllmModel(),
+		Constraints:     c,
+		Agents:          agents(req.GetAgents()),
+		VLLMURL:         req.GetVllmUrl(),
+		VLLMModel:       req.GetVllmModel(),
 	}
 }
 
+func deliberationRequest(req *pb.ExecuteDeliberationRequest) domain.Request {
+	c := req.GetConstraints()
+	return request(domain.KindDeliberation, req, domain.Constraints{
+		StoryID:        c.GetStoryId(),
+		PlanID:         c.GetPlanId(),
+		TimeoutSeconds: c.GetTimeoutSeconds(),
+		MaxRetries:     c.GetMaxRetries(),
+		Metadata:       c.GetMetadata(),
+	})
+}
+
+// backlogRequest: backlog reviews have no plan (BacklogReviewTaskConstraints lacks plan_id).
 func backlogRequest(req *pb.ExecuteBacklogReviewDeliberationRequest) domain.Request {
 	c := req.GetConstraints()
-	return domain.Request{
-		Kind:            domain.KindBacklogReview,
-		TaskID:          req.GetTaskId(),
-		TaskDescription: req.GetTaskDescription(),
-		Role:            req.GetRole(),
-		Constraints: domain.Constraints{
-			StoryID:        c.GetStoryId(),
-			TimeoutSeconds: c.GetTimeoutSeconds(),
-			MaxRetries:     c.GetMaxRetries(),
-			Metadata:       c.GetMetadata(),
-		},
-		Agents:    agents(req.GetAgents()),
-		VLLMURL:   req.GetVllmUrl(),
-		VLLMModel: req.GetVllmModel(),
-	}
+	return request(domain.KindBacklogReview, req, domain.Constraints{
+		StoryID:        c.GetStoryId(),
+		TimeoutSeconds: c.GetTimeoutSeconds(),
+		MaxRetries:     c.GetMaxRetries(),
+		Metadata:       c.GetMetadata(),
+	})
 }
