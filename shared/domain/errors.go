@@ -20,4 +20,10 @@ var (
 	ErrUnauthenticated = errors.New("unauthenticated")
 	// ErrDeadline: a call ran out of time. Retryable.
 	ErrDeadline = errors.New("deadline exceeded")
+	// ErrResourceExhausted: the caller (or this replica) is over a concurrency or rate
+	// limit. Retryable after a pause; gRPC RESOURCE_EXHAUSTED, HTTP 429.
+	ErrResourceExhausted = errors.New("resource exhausted")
+	// ErrUnauthenticated is also what a caller without a valid credential gets; a caller
+	// with a valid credential that may not do what it asked gets ErrPermissionDenied.
+	ErrPermissionDenied = errors.New("permission denied")
 )
