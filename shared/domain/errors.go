@@ -16,14 +16,15 @@ var (
 	// ErrUnavailable: a dependency (Ray, NATS) could not be reached or refused for now.
 	// Retryable.
 	ErrUnavailable = errors.New("unavailable")
-	// ErrUnauthenticated: a dependency refused our credentials (Ray 401/403).
+	// ErrUnauthenticated: a credential is missing or wrong: a dependency refused ours (Ray
+	// 401/403), or a caller presented none or a bad one.
 	ErrUnauthenticated = errors.New("unauthenticated")
 	// ErrDeadline: a call ran out of time. Retryable.
 	ErrDeadline = errors.New("deadline exceeded")
 	// ErrResourceExhausted: the caller (or this replica) is over a concurrency or rate
 	// limit. Retryable after a pause; gRPC RESOURCE_EXHAUSTED, HTTP 429.
 	ErrResourceExhausted = errors.New("resource exhausted")
-	// ErrUnauthenticated is also what a caller without a valid credential gets; a caller
-	// with a valid credential that may not do what it asked gets ErrPermissionDenied.
+	// ErrPermissionDenied: the caller's credential is valid but does not allow what it
+	// asked. Not retryable.
 	ErrPermissionDenied = errors.New("permission denied")
 )
