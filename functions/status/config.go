@@ -2,6 +2,7 @@ package status
 
 import (
 	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/events"
 )
 
 // Config is everything the status function reads from its environment.
@@ -14,6 +15,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// Source (CE_SOURCE) names this function in reply events.
 	Source string
+	// Events: ENABLE_NATS, NATS_* (specs/nats.md). With them, a deliberation Ray has lost
+	// is reported as such (and answered from its stored events) instead of not_found.
+	Events events.Config
 }
 
 // LoadConfig reads and checks the configuration.
@@ -25,6 +29,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		CacheSize:    r.Int("RESULT_CACHE_SIZE", 1024),
 		MaxBodyBytes: int64(r.Int("MAX_BODY_BYTES", 64<<10)),
 		Source:       r.String("CE_SOURCE", "ray-executor/status"),
+		Events:       events.ReadConfig(r),
 	}
 	if cfg.CacheSize <= 0 {
 		r.Fail("RESULT_CACHE_SIZE must be positive")

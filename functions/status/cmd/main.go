@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/fleet-ai/ray-executor/functions/status"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
@@ -23,6 +24,16 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	if err != nil {
 		return err
 	}
-	h := status.NewHandler(status.NewService(client, cfg.CacheSize), cfg.Source, cfg.MaxBodyBytes, logger)
+	svc := status.NewService(client, cfg.CacheSize)
+	svc.Logger = logger
+	if cfg.Events.Enabled {
+		bus, err := events.Connect(cfg.Events, "ray-executor-status", logger)
+		if err != nil {
+			return err
+		}
+		defer bus.Close()
+		svc.Events = bus
+	}
+	h := status.NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
 	return serving.Run(ctx, cfg.Serving, h, logger, serving.Options{Ready: client.Ready})
 }
