@@ -40,6 +40,7 @@ const (
 	SourceExecute    = "ray-executor/execute"
 	SourcePayload    = "ray-executor/payload"
 	SourceReconciler = "ray-executor/reconciler"
+	SourceStatus     = "ray-executor/status"
 )
 
 // Subject is where events of kind k about deliberation id go.

@@ -278,22 +278,47 @@ func (b *Bus) Stored(ctx context.Context, id string) ([]Stored, error) {
 	if err != nil {
 		return nil, fmt.Errorf("events: read %s: %v: %w", id, err, domain.ErrUnavailable)
 	}
+	return drain(ctx, cons, id, 0)
+}
+
+// SubmittedSince returns the submitted events stored at or after since, oldest first, at
+// most limit of them (the reconciler's look for accepted deliberations Ray may have lost).
+func (b *Bus) SubmittedSince(ctx context.Context, since time.Time, limit int) ([]Stored, error) {
+	if err := b.ready(); err != nil {
+		return nil, err
+	}
+	filter := SubjectPrefix + ".*." + string(Submitted)
+	start := since.UTC()
+	cons, err := b.js.OrderedConsumer(ctx, b.cfg.EventsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{filter},
+		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+		OptStartTime:   &start,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("events: read %s: %v: %w", filter, err, domain.ErrUnavailable)
+	}
+	return drain(ctx, cons, filter, limit)
+}
+
+// drain reads what an ordered consumer has pending when it starts, up to limit events
+// (no limit when limit <= 0).
+func drain(ctx context.Context, cons jetstream.Consumer, what string, limit int) ([]Stored, error) {
 	info, err := cons.Info(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("events: read %s: %v: %w", id, err, domain.ErrUnavailable)
+		return nil, fmt.Errorf("events: read %s: %v: %w", what, err, domain.ErrUnavailable)
 	}
 	var out []Stored
-	for pending := info.NumPending; pending > 0; {
+	for pending := info.NumPending; pending > 0 && (limit <= 0 || len(out) < limit); {
 		msg, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
 		if err != nil {
-			return nil, fmt.Errorf("events: read %s: %v: %w", id, err, domain.ErrUnavailable)
+			return nil, fmt.Errorf("events: read %s: %v: %w", what, err, domain.ErrUnavailable)
 		}
 		if st, ok := decodeStored(msg); ok {
 			out = append(out, st)
 		}
 		md, err := msg.Metadata()
 		if err != nil {
-			return nil, fmt.Errorf("events: read %s: %w", id, err)
+			return nil, fmt.Errorf("events: read %s: %w", what, err)
 		}
 		pending = md.NumPending
 	}
