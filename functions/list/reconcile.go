@@ -2,6 +2,7 @@ package list
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -15,6 +16,7 @@ import (
 // ReconcileJobs is the part of the Ray Jobs API the reconciler needs.
 type ReconcileJobs interface {
 	Jobs(ctx context.Context) ([]ray.JobDetails, error)
+	Job(ctx context.Context, id string) (ray.JobDetails, error)
 	Logs(ctx context.Context, id string) (string, error)
 }
 
@@ -23,7 +25,12 @@ type ReconcileJobs interface {
 type Bus interface {
 	Publish(ctx context.Context, ev events.Event) error
 	Stored(ctx context.Context, id string) ([]events.Stored, error)
+	SubmittedSince(ctx context.Context, since time.Time, limit int) ([]events.Stored, error)
 }
+
+// lostScanLimit bounds how many submitted events one run reads while looking for
+// deliberations Ray lost.
+const lostScanLimit = 20000
 
 // Reconciler makes NATS agree with Ray. A driver killed by Ray, by the OOM killer or with
 // its node cannot publish its own end, and NATS may have been down when execute or the
@@ -47,6 +54,8 @@ type Reconciler struct {
 type ReconcileReport struct {
 	Examined  int
 	Published int
+	// Lost counts accepted deliberations Ray had no record of, ended by this run.
+	Lost int
 }
 
 // Run reconciles once. It returns the first error that stopped it (Ray or NATS down),
@@ -61,9 +70,14 @@ func (r *Reconciler) Run(ctx context.Context) (ReconcileReport, error) {
 	if r.Now != nil {
 		now = r.Now()
 	}
+	inRay := make(map[string]bool, len(jobs))
 	for _, job := range jobs {
 		meta, ours := domain.ParseJobMeta(job.Metadata)
-		if !ours || job.SubmissionID == "" || r.isDone(job.SubmissionID) {
+		if !ours || job.SubmissionID == "" {
+			continue
+		}
+		inRay[job.SubmissionID] = true
+		if r.isDone(job.SubmissionID) {
 			continue
 		}
 		if meta.DeliberationID == "" {
@@ -79,7 +93,57 @@ func (r *Reconciler) Run(ctx context.Context) (ReconcileReport, error) {
 			return rep, err
 		}
 	}
-	return rep, nil
+	n, err := r.lost(ctx, inRay, now)
+	rep.Lost, rep.Published = n, rep.Published+n
+	return rep, err
+}
+
+// lost ends the deliberations this system accepted (a submitted event within Lookback)
+// that have no terminal event and that Ray has no record of: a head restarted without GCS
+// fault tolerance forgets every job, and no driver is left to report. Each gets the failed
+// "lost by the cluster" terminal event. inRay holds the ids in the listing Run read first;
+// an id missing from it is confirmed with a GET, because a submission accepted after the
+// listing has a submitted event but was not listed.
+func (r *Reconciler) lost(ctx context.Context, inRay map[string]bool, now time.Time) (int, error) {
+	if r.Lookback <= 0 {
+		return 0, nil
+	}
+	subs, err := r.Bus.SubmittedSince(ctx, now.Add(-r.Lookback), lostScanLimit)
+	if err != nil {
+		return 0, fmt.Errorf("reconcile: %w", err)
+	}
+	n := 0
+	for _, st := range subs {
+		id := st.Subject
+		if id == "" || inRay[id] || r.isDone(id) {
+			continue
+		}
+		switch _, err := r.Jobs.Job(ctx, id); {
+		case err == nil:
+			continue
+		case !errors.Is(err, domain.ErrNotFound):
+			return n, fmt.Errorf("reconcile %s: %w", id, err)
+		}
+		stored, err := r.Bus.Stored(ctx, id)
+		if err != nil {
+			return n, fmt.Errorf("reconcile %s: %w", id, err)
+		}
+		h := events.Summarize(stored)
+		if h.Terminal == nil {
+			ev, err := events.LostEvent(events.SourceReconciler, h.Meta)
+			if err != nil {
+				return n, err
+			}
+			if err := r.Bus.Publish(ctx, ev); err != nil {
+				return n, fmt.Errorf("reconcile %s: %w", id, err)
+			}
+			n++
+			r.Logger.Warn("Ray has no record of an accepted deliberation; published its end: lost by the cluster",
+				"deliberation_id", id)
+		}
+		r.markDone(id)
+	}
+	return n, nil
 }
 
 func (r *Reconciler) isDone(id string) bool {

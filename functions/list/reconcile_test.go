@@ -3,6 +3,7 @@ package list
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"sort"
@@ -33,13 +34,35 @@ func (m *memBus) Stored(_ context.Context, id string) ([]events.Stored, error) {
 	return m.stored[id], nil
 }
 
+func (m *memBus) SubmittedSince(_ context.Context, since time.Time, limit int) ([]events.Stored, error) {
+	var out []events.Stored
+	for _, evs := range m.stored {
+		for _, e := range evs {
+			if e.Kind() == events.Submitted && !e.Time.Before(since) && len(out) < limit {
+				out = append(out, e)
+			}
+		}
+	}
+	return out, nil
+}
+
 type recJobs struct {
 	jobs []ray.JobDetails
 	logs map[string]string
+	// unlisted are found by Job but missing from Jobs: submitted after the listing.
+	unlisted []ray.JobDetails
 }
 
 func (r recJobs) Jobs(context.Context) ([]ray.JobDetails, error)    { return r.jobs, nil }
 func (r recJobs) Logs(_ context.Context, id string) (string, error) { return r.logs[id], nil }
+func (r recJobs) Job(_ context.Context, id string) (ray.JobDetails, error) {
+	for _, j := range append(r.jobs, r.unlisted...) {
+		if j.SubmissionID == id {
+			return j, nil
+		}
+	}
+	return ray.JobDetails{}, fmt.Errorf("job %s: %w", id, domain.ErrNotFound)
+}
 
 func kindsOf(evs []events.Stored) string {
 	var ks []string
@@ -120,4 +143,60 @@ func jsonUnmarshal(evs []events.Stored, k events.Kind, into any) error {
 		}
 	}
 	return io.EOF
+}
+
+func TestReconcilerEndsDeliberationsRayLost(t *testing.T) {
+	ctx := context.Background()
+	meta := func(id string) domain.JobMeta {
+		return domain.JobMeta{DeliberationID: id, TaskID: "t-" + id, NumAgents: 3, Traceparent: "00-" + id}
+	}
+	running := ray.JobDetails{SubmissionID: "alive", Status: ray.StatusRunning, Metadata: meta("alive").Map()}
+	late := ray.JobDetails{SubmissionID: "late", Status: ray.StatusPending, Metadata: meta("late").Map()}
+	jobs := recJobs{jobs: []ray.JobDetails{running}, unlisted: []ray.JobDetails{late}}
+	bus := &memBus{stored: map[string][]events.Stored{}}
+	for _, id := range []string{"lost", "finished", "alive", "late"} {
+		ev, _ := events.SubmittedEvent(events.SourceExecute, meta(id))
+		_ = bus.Publish(ctx, ev)
+	}
+	// Ray forgot "finished" too, but its end was already stored: nothing to add.
+	ev, _ := events.TerminalEvent(events.SourcePayload, meta("finished"), domain.StatusCompleted, nil, "", "")
+	_ = bus.Publish(ctx, ev)
+	r := &Reconciler{Jobs: jobs, Bus: bus, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Lookback: time.Hour}
+
+	rep, err := r.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Lost != 1 {
+		t.Errorf("got %d lost, want 1", rep.Lost)
+	}
+	for id, want := range map[string]string{"lost": "failed,submitted", "finished": "completed,submitted",
+		"alive": "submitted", "late": "submitted"} {
+		if got := kindsOf(bus.stored[id]); got != want {
+			t.Errorf("%s: got %q, want %q", id, got, want)
+		}
+	}
+	var d events.TerminalData
+	if err := jsonUnmarshal(bus.stored["lost"], events.Failed, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.ErrorType != domain.ErrorTypeLost || !strings.Contains(d.Error, "lost by the cluster") || d.TaskID != "t-lost" || d.NumAgents != 3 {
+		t.Errorf("got lost terminal data %+v", d)
+	}
+	if got := bus.stored["lost"][1].Traceparent; got != "00-lost" {
+		t.Errorf("lost event traceparent %q, want the submission's", got)
+	}
+	fresh := &Reconciler{Jobs: jobs, Bus: bus, Logger: r.Logger, Lookback: time.Hour}
+	if again, err := fresh.Run(ctx); err != nil || again.Published != 0 {
+		t.Errorf("second run published %d (%v), want 0", again.Published, err)
+	}
+	// Outside the lookback nothing is examined.
+	old := &Reconciler{Jobs: jobs, Bus: bus, Logger: r.Logger, Lookback: time.Hour,
+		Now: func() time.Time { return time.Now().Add(3 * time.Hour) }}
+	delete(bus.stored, "lost")
+	ev, _ = events.SubmittedEvent(events.SourceExecute, meta("lost"))
+	_ = bus.Publish(ctx, ev)
+	if rep, err := old.Run(ctx); err != nil || rep.Lost != 0 {
+		t.Errorf("a run 3 h later ended %d (%v), want 0: the submission is outside the lookback", rep.Lost, err)
+	}
 }
