@@ -59,6 +59,29 @@ func (s *Service) publish(ctx context.Context, build func() (events.Event, error
 	}
 }
 
+// TerminalReader is implemented by an event bus that can say whether a deliberation's end
+// is stored (events.Bus).
+type TerminalReader interface {
+	HasTerminal(ctx context.Context, id string) (bool, error)
+}
+
+// ended reports whether events are on and a terminal event of id is stored. NATS trouble
+// answers false: a deliberation Ray has no record of is then submitted, which is right for
+// every id except one Ray lost, the rare case the stored events exist to catch.
+func (s *Service) ended(ctx context.Context, id string, logger *slog.Logger) bool {
+	tr, ok := s.Events.(TerminalReader)
+	if !ok {
+		return false
+	}
+	ended, err := tr.HasTerminal(ctx, id)
+	if err != nil {
+		logger.Warn("cannot tell whether a deliberation Ray has no record of already ended; submitting it",
+			"deliberation_id", id, "error", err.Error())
+		return false
+	}
+	return ended
+}
+
 // Submission is the outcome of Execute.
 type Submission struct {
 	DeliberationID string
@@ -89,6 +112,11 @@ func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparen
 			return s.existing(id, hash, job)
 		case !errors.Is(err, domain.ErrNotFound):
 			return Submission{}, fmt.Errorf("execute: look up %s: %w", id, err)
+		}
+		if s.ended(ctx, id, logger) {
+			// Ray forgot it (a head restart), but it was accepted and has ended (lost by the
+			// cluster, or finished): a retry must not run it a second time.
+			return Submission{DeliberationID: id, Duplicate: true}, nil
 		}
 	}
 	opts := s.JobOptions
