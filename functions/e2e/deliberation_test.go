@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -351,5 +352,66 @@ func TestUnknownDeliberationIsNotFound(t *testing.T) {
 		&pb.GetDeliberationStatusRequest{DeliberationId: "../../api/jobs"}, rpcevents.CallOptions{}, &resp)
 	if !errors.Is(err, domain.ErrInvalid) || !strings.Contains(err.Error(), "deliberation_id") {
 		t.Errorf("got %v for a malformed id, want ErrInvalid naming deliberation_id", err)
+	}
+}
+
+func TestTwoExecuteProcessesGivenTheSameEventMakeOneJob(t *testing.T) {
+	t.Parallel()
+	s := shared(t)
+	other := start(t, "execute")
+	_, url := llm(t)
+	jobsOf := func(task string) int {
+		jobs, err := s.ray.Jobs(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, j := range jobs {
+			if j.Metadata[domain.MetaTaskID] == task {
+				n++
+			}
+		}
+		return n
+	}
+	var ids []string
+	for round := 0; round < 5; round++ {
+		task := fmt.Sprintf("%s-%d", uniqueTask(t), round)
+		req := request(task, url, "model-a")
+		// Knative may deliver one event to two replicas at once (a retry racing a slow reply).
+		opts := rpcevents.CallOptions{ID: "event-" + task}
+		resps := make([]*pb.ExecuteDeliberationResponse, 2)
+		errs := make([]error, 2)
+		gate := make(chan struct{})
+		var wg sync.WaitGroup
+		for i, target := range []string{s.execute.url, other.url} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-gate
+				var resp pb.ExecuteDeliberationResponse
+				errs[i] = s.client.Call(context.Background(), target, rpcevents.TypeExecuteDeliberation, req, opts, &resp)
+				resps[i] = &resp
+			}()
+		}
+		close(gate)
+		wg.Wait()
+		if errs[0] != nil || errs[1] != nil {
+			t.Fatalf("round %d: %v / %v", round, errs[0], errs[1])
+		}
+		if resps[0].GetDeliberationId() != resps[1].GetDeliberationId() {
+			t.Fatalf("round %d: the two processes answered %q and %q, want one deliberation", round,
+				resps[0].GetDeliberationId(), resps[1].GetDeliberationId())
+		}
+		if resps[0].GetDuplicate() == resps[1].GetDuplicate() {
+			t.Errorf("round %d: duplicate flags %v and %v, want exactly one submission", round,
+				resps[0].GetDuplicate(), resps[1].GetDuplicate())
+		}
+		if n := jobsOf(task); n != 1 {
+			t.Fatalf("round %d: %d Ray jobs for one event, want exactly 1", round, n)
+		}
+		ids = append(ids, resps[0].GetDeliberationId())
+	}
+	for _, id := range ids {
+		s.waitDone(t, s.status.url, id)
 	}
 }
