@@ -120,15 +120,43 @@ type Ray struct {
 	Address string        // RAY_ADDRESS, http(s)://host:8265
 	Token   string        // RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_FILE
 	Timeout time.Duration // RAY_TIMEOUT, per dashboard call
+	// Retries is RAY_RETRIES: extra attempts an idempotent call gets when the dashboard does
+	// not answer (0 turns retries off). RetryBase (RAY_RETRY_BASE) is the first backoff.
+	Retries   int
+	RetryBase time.Duration
+	// BreakerFailures is RAY_BREAKER_FAILURES: consecutive unanswered calls that open the
+	// circuit breaker (0 turns it off); it then stays open for BreakerCooldown
+	// (RAY_BREAKER_COOLDOWN) before one call probes the dashboard again.
+	BreakerFailures int
+	BreakerCooldown time.Duration
 }
 
 // ReadRay reads the Ray settings every function shares.
 func ReadRay(r *Reader) Ray {
-	return Ray{
-		Address: r.String("RAY_ADDRESS", "http://127.0.0.1:8265"),
-		Token:   r.Secret("RAY_AUTH_TOKEN"),
-		Timeout: r.Duration("RAY_TIMEOUT", 10*time.Second),
+	c := Ray{
+		Address:         r.String("RAY_ADDRESS", "http://127.0.0.1:8265"),
+		Token:           r.Secret("RAY_AUTH_TOKEN"),
+		Timeout:         r.Duration("RAY_TIMEOUT", 10*time.Second),
+		Retries:         r.Int("RAY_RETRIES", 2),
+		RetryBase:       r.Duration("RAY_RETRY_BASE", 100*time.Millisecond),
+		BreakerFailures: r.Int("RAY_BREAKER_FAILURES", 5),
+		BreakerCooldown: r.Duration("RAY_BREAKER_COOLDOWN", 5*time.Second),
 	}
+	// Bounded on purpose: every retry holds a caller, and a dozen is already a sign of a
+	// misreading (the value counts extra attempts, not seconds).
+	if c.Retries < 0 || c.Retries > 10 {
+		r.Fail("RAY_RETRIES=%d must be between 0 and 10", c.Retries)
+	}
+	if c.RetryBase <= 0 {
+		r.Fail("RAY_RETRY_BASE=%s must be more than 0", c.RetryBase)
+	}
+	if c.BreakerFailures < 0 {
+		r.Fail("RAY_BREAKER_FAILURES=%d must be 0 (off) or more", c.BreakerFailures)
+	}
+	if c.BreakerCooldown <= 0 {
+		r.Fail("RAY_BREAKER_COOLDOWN=%s must be more than 0", c.BreakerCooldown)
+	}
+	return c
 }
 
 // Serving is what every binary reads about how it serves.

@@ -364,21 +364,39 @@ func TestReadRay(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("file-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// with returns the defaults changed by f.
+	with := func(f func(*Ray)) Ray {
+		c := Ray{Address: "http://127.0.0.1:8265", Timeout: 10 * time.Second, Retries: 2,
+			RetryBase: 100 * time.Millisecond, BreakerFailures: 5, BreakerCooldown: 5 * time.Second}
+		f(&c)
+		return c
+	}
+	defaults := with(func(*Ray) {})
 	tests := []struct {
 		name    string
 		env     map[string]string
 		want    Ray
 		wantErr string
 	}{
-		{"defaults", nil, Ray{Address: "http://127.0.0.1:8265", Timeout: 10 * time.Second}, ""},
-		{"all set", map[string]string{"RAY_ADDRESS": "https://ray.example:8265", "RAY_AUTH_TOKEN": "t", "RAY_TIMEOUT": "3s"},
-			Ray{Address: "https://ray.example:8265", Token: "t", Timeout: 3 * time.Second}, ""},
+		{"defaults", nil, defaults, ""},
+		{"all set", map[string]string{"RAY_ADDRESS": "https://ray.example:8265", "RAY_AUTH_TOKEN": "t", "RAY_TIMEOUT": "3s",
+			"RAY_RETRIES": "4", "RAY_RETRY_BASE": "50ms", "RAY_BREAKER_FAILURES": "8", "RAY_BREAKER_COOLDOWN": "1m"},
+			Ray{Address: "https://ray.example:8265", Token: "t", Timeout: 3 * time.Second, Retries: 4,
+				RetryBase: 50 * time.Millisecond, BreakerFailures: 8, BreakerCooldown: time.Minute}, ""},
+		{"retries and breaker off", map[string]string{"RAY_RETRIES": "0", "RAY_BREAKER_FAILURES": "0"},
+			with(func(c *Ray) { c.Retries, c.BreakerFailures = 0, 0 }), ""},
 		{"token from file", map[string]string{"RAY_AUTH_TOKEN_FILE": tokenFile},
-			Ray{Address: "http://127.0.0.1:8265", Token: "file-token", Timeout: 10 * time.Second}, ""},
-		{"bad timeout", map[string]string{"RAY_TIMEOUT": "ten"},
-			Ray{Address: "http://127.0.0.1:8265", Timeout: 10 * time.Second}, `RAY_TIMEOUT="ten"`},
-		{"missing token file", map[string]string{"RAY_AUTH_TOKEN_FILE": tokenFile + ".missing"},
-			Ray{Address: "http://127.0.0.1:8265", Timeout: 10 * time.Second}, "RAY_AUTH_TOKEN_FILE"},
+			with(func(c *Ray) { c.Token = "file-token" }), ""},
+		{"bad timeout", map[string]string{"RAY_TIMEOUT": "ten"}, defaults, `RAY_TIMEOUT="ten"`},
+		{"missing token file", map[string]string{"RAY_AUTH_TOKEN_FILE": tokenFile + ".missing"}, defaults, "RAY_AUTH_TOKEN_FILE"},
+		{"negative retries", map[string]string{"RAY_RETRIES": "-1"}, with(func(c *Ray) { c.Retries = -1 }), "RAY_RETRIES=-1"},
+		{"too many retries", map[string]string{"RAY_RETRIES": "100"}, with(func(c *Ray) { c.Retries = 100 }), "RAY_RETRIES=100"},
+		{"zero retry base", map[string]string{"RAY_RETRY_BASE": "0s"}, with(func(c *Ray) { c.RetryBase = 0 }), "RAY_RETRY_BASE=0s"},
+		{"negative breaker", map[string]string{"RAY_BREAKER_FAILURES": "-2"},
+			with(func(c *Ray) { c.BreakerFailures = -2 }), "RAY_BREAKER_FAILURES=-2"},
+		{"zero cooldown", map[string]string{"RAY_BREAKER_COOLDOWN": "0"},
+			with(func(c *Ray) { c.BreakerCooldown = 0 }), "RAY_BREAKER_COOLDOWN=0s"},
+		{"unparsable cooldown", map[string]string{"RAY_BREAKER_COOLDOWN": "soon"}, defaults, `RAY_BREAKER_COOLDOWN="soon"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
