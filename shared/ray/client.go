@@ -6,19 +6,27 @@
 // (ErrInvalid, ErrNotFound, ErrAlreadyExists, ErrUnavailable, ErrUnauthenticated,
 // ErrDeadline) or context.Canceled, so callers branch with errors.Is. The mapping lives in
 // one place, classify in errors.go.
+//
+// Ray trouble is an answer, not a hang: idempotent calls are retried with jittered
+// exponential backoff when the dashboard does not answer (retry.go), and a circuit breaker
+// fails every call at once, without touching the network, after consecutive unanswered
+// calls (breaker.go). Both answer domain.ErrUnavailable, which callers retry later.
 package ray
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
@@ -49,6 +57,21 @@ type Config struct {
 	// HTTPClient is used for all requests. Nil means a client with a pooled, keep-alive
 	// transport (see newHTTPClient).
 	HTTPClient *http.Client
+
+	// Retries is how many extra attempts an idempotent call (every call but Submit) makes
+	// when the dashboard does not answer: a transport failure, 502, 503, 504, 429 or our
+	// per-call timeout. Zero means DefaultRetries; negative means none.
+	Retries int
+	// RetryBase is the backoff ceiling before the first retry; it doubles per retry up to
+	// one second, and the actual wait is uniformly random below it. Zero means
+	// DefaultRetryBase; negative is invalid.
+	RetryBase time.Duration
+	// BreakerFailures is how many consecutive unanswered attempts open the circuit breaker.
+	// Zero means DefaultBreakerFailures; negative turns the breaker off.
+	BreakerFailures int
+	// BreakerCooldown is how long an open breaker fails calls before letting one through as
+	// a probe. Zero means DefaultBreakerCooldown; negative is invalid.
+	BreakerCooldown time.Duration
 }
 
 // Client talks to one Ray dashboard. It is safe for concurrent use.
@@ -60,6 +83,13 @@ type Client struct {
 	// once, not per call.
 	timeoutCause error
 	hc           *http.Client
+
+	retries   int // extra attempts for idempotent calls; 0 for none
+	retryBase time.Duration
+	breaker   *breaker // nil when off
+
+	// epoch counts unanswered attempts (see Epoch).
+	epoch atomic.Uint64
 }
 
 // New checks cfg and returns a Client. It makes no request. An empty, unparsable or
@@ -73,9 +103,28 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout < 0 {
 		return nil, fmt.Errorf("ray: config: negative timeout %s: %w", cfg.Timeout, domain.ErrInvalid)
 	}
-	c := &Client{base: base, token: cfg.Token, timeout: cfg.Timeout, hc: cfg.HTTPClient}
+	if cfg.RetryBase < 0 || cfg.BreakerCooldown < 0 {
+		return nil, fmt.Errorf("ray: config: negative retry base %s or breaker cooldown %s: %w",
+			cfg.RetryBase, cfg.BreakerCooldown, domain.ErrInvalid)
+	}
+	c := &Client{base: base, token: cfg.Token, timeout: cfg.Timeout, hc: cfg.HTTPClient,
+		retries: cfg.Retries, retryBase: cmp.Or(cfg.RetryBase, DefaultRetryBase)}
 	if c.timeout == 0 {
 		c.timeout = DefaultTimeout
+	}
+	switch {
+	case c.retries == 0:
+		c.retries = DefaultRetries
+	case c.retries < 0:
+		c.retries = 0
+	}
+	if cfg.BreakerFailures >= 0 {
+		c.breaker = &breaker{
+			threshold: int32(min(cmp.Or(cfg.BreakerFailures, DefaultBreakerFailures), math.MaxInt32)),
+			cooldown:  cmp.Or(cfg.BreakerCooldown, DefaultBreakerCooldown),
+			address:   base,
+			now:       time.Now,
+		}
 	}
 	if c.hc == nil {
 		c.hc = newHTTPClient()
@@ -143,6 +192,9 @@ type request struct {
 	body        []byte // nil for none
 	contentType string
 	limit       int64 // max success body bytes; 0 means maxBody
+	// idempotent requests are retried (retry.go); repeating them changes nothing more than
+	// doing them once did.
+	idempotent bool
 }
 
 // response is what do hands back for a status the caller asked to see.
@@ -151,12 +203,50 @@ type response struct {
 	body   []byte
 }
 
-// do performs r under the per-call timeout. Statuses in ok are returned to the caller with
-// their body; any other status, and every transport failure, becomes an error through
-// classify. The success body is read in full, up to r.limit bytes; a longer body is an
-// error wrapping domain.ErrUnavailable.
+// do performs r: once, or for an idempotent request up to 1+retries times while the
+// dashboard does not answer, each attempt under the per-call timeout and admitted by the
+// breaker. Statuses in ok are returned to the caller with their body; any other status,
+// and every transport failure, becomes an error through classify. The success body is read
+// in full, up to r.limit bytes; a longer body is an error wrapping domain.ErrUnavailable.
+//
+// The caller's cancellation always wins: it ends a wait between attempts at once and is
+// what do reports. A retry the breaker refuses ends the loop with the last real error.
 func (c *Client) do(ctx context.Context, r request, ok ...int) (response, error) {
-	ctx, cancel := context.WithTimeoutCause(ctx, c.timeout, c.timeoutCause)
+	var last error
+	for n := 0; ; n++ {
+		probe, err := c.breaker.allow(r.op)
+		if err != nil {
+			switch {
+			case ctx.Err() != nil:
+				return response{}, contextError(ctx, r.op)
+			case last != nil:
+				return response{}, last // a retry refused: say what Ray did, not what we did
+			}
+			return response{}, err
+		}
+		a := c.once(ctx, r, ok)
+		c.breaker.record(probe, a.outcome)
+		if a.outcome == down {
+			c.epoch.Add(1)
+		}
+		if a.err == nil || !r.idempotent {
+			return a.resp, a.err
+		}
+		wait, again := c.retryWait(ctx, n, a)
+		if !again {
+			return response{}, a.err
+		}
+		if !sleep(ctx, wait) {
+			return response{}, contextError(ctx, r.op)
+		}
+		last = a.err
+	}
+}
+
+// once performs one attempt of r under the per-call timeout and says what it proved about
+// the dashboard.
+func (c *Client) once(parent context.Context, r request, ok []int) attempt {
+	ctx, cancel := context.WithTimeoutCause(parent, c.timeout, c.timeoutCause)
 	defer cancel()
 
 	var body io.Reader
@@ -166,7 +256,7 @@ func (c *Client) do(ctx context.Context, r request, ok ...int) (response, error)
 	req, err := http.NewRequestWithContext(ctx, r.method, c.base+r.path, body)
 	if err != nil {
 		// Only reachable with a path we built wrongly; the base was validated in New.
-		return response{}, fmt.Errorf("ray: %s: building request: %v: %w", r.op, err, domain.ErrInvalid)
+		return attempt{err: fmt.Errorf("ray: %s: building request: %v: %w", r.op, err, domain.ErrInvalid)}
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "ray-executor")
@@ -179,7 +269,7 @@ func (c *Client) do(ctx context.Context, r request, ok ...int) (response, error)
 
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return response{}, classify(ctx, r.op, 0, nil, err)
+		return c.failed(parent, ctx, r.op, err)
 	}
 	defer resp.Body.Close()
 
@@ -199,18 +289,41 @@ func (c *Client) do(ctx context.Context, r request, ok ...int) (response, error)
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return response{}, classify(ctx, r.op, 0, nil, err)
+		return c.failed(parent, ctx, r.op, err)
 	}
 	if !wanted {
 		if int64(len(data)) > limit {
 			data = data[:limit]
 		}
-		return response{}, classify(ctx, r.op, resp.StatusCode, data, nil)
+		a := attempt{err: classify(ctx, r.op, resp.StatusCode, data, nil)}
+		switch resp.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			a.outcome = down
+			a.retryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		case http.StatusTooManyRequests:
+			a.outcome = busy
+			a.retryAfter = retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		}
+		return a
 	}
 	if int64(len(data)) > limit {
-		return response{}, fmt.Errorf("ray: %s: response body exceeds %d bytes: %w", r.op, limit, domain.ErrUnavailable)
+		return attempt{err: fmt.Errorf("ray: %s: response body exceeds %d bytes: %w", r.op, limit, domain.ErrUnavailable)}
 	}
-	return response{status: resp.StatusCode, body: data}, nil
+	return attempt{resp: response{status: resp.StatusCode, body: data}}
+}
+
+// failed describes an attempt that got no usable response: the caller's context ending
+// says nothing about Ray; anything else, our per-call timeout included, is Ray not
+// answering.
+func (c *Client) failed(parent, ctx context.Context, op string, err error) attempt {
+	a := attempt{err: classify(ctx, op, 0, nil, err), outcome: down}
+	switch {
+	case parent.Err() != nil:
+		a.outcome = callerEnded
+	case ctx.Err() != nil:
+		a.timedOut = true
+	}
+	return a
 }
 
 // doJSON performs r expecting 200 and decodes the body into out. A 200 whose body is not
@@ -265,8 +378,28 @@ func (c *Client) Ready(ctx context.Context) error {
 	return err
 }
 
+// Breaker reports the circuit breaker's state (always BreakerClosed when it is off), for
+// readiness checks and metrics.
+func (c *Client) Breaker() BreakerState { return c.breaker.State() }
+
+// Epoch counts the attempts the dashboard left unanswered (transport failures, 502/503/504,
+// our per-call timeout), including those that opened the breaker. A Ray head that went
+// away may come back without what it stored (a restart without GCS fault tolerance loses
+// uploaded packages and job records), so a cache of Ray's state that saw a different Epoch
+// when it was filled must check again; Packager does.
+func (c *Client) Epoch() uint64 { return c.epoch.Load() }
+
 // NewFromConfig is New with the settings every binary reads (RAY_ADDRESS, RAY_AUTH_TOKEN,
-// RAY_TIMEOUT).
+// RAY_TIMEOUT, RAY_RETRIES, RAY_RETRY_BASE, RAY_BREAKER_FAILURES, RAY_BREAKER_COOLDOWN).
+// There 0 turns retries or the breaker off; in Config it means the default.
 func NewFromConfig(c config.Ray) (*Client, error) {
-	return New(Config{Address: c.Address, Token: c.Token, Timeout: c.Timeout})
+	cfg := Config{Address: c.Address, Token: c.Token, Timeout: c.Timeout, Retries: c.Retries,
+		RetryBase: c.RetryBase, BreakerFailures: c.BreakerFailures, BreakerCooldown: c.BreakerCooldown}
+	if c.Retries == 0 {
+		cfg.Retries = -1
+	}
+	if c.BreakerFailures == 0 {
+		cfg.BreakerFailures = -1
+	}
+	return New(cfg)
 }

@@ -143,7 +143,7 @@ type Version struct {
 // unparsable answer), domain.ErrUnauthenticated, domain.ErrDeadline or context.Canceled.
 func (c *Client) Version(ctx context.Context) (Version, error) {
 	var v Version
-	err := c.doJSON(ctx, request{op: "get version", method: http.MethodGet, path: "/api/version"}, &v)
+	err := c.doJSON(ctx, request{op: "get version", method: http.MethodGet, path: "/api/version", idempotent: true}, &v)
 	return v, err
 }
 
@@ -158,6 +158,11 @@ func (c *Client) Version(ctx context.Context) (Version, error) {
 // A submission whose outcome is unknown (a timeout, a dropped connection) may still have
 // been accepted; resubmitting with the same SubmissionID is safe and answers
 // domain.ErrAlreadyExists in that case.
+//
+// Submit is the one call never retried here: without a SubmissionID a retry of a
+// submission Ray did take runs the job twice, and with one the caller must see
+// ErrAlreadyExists and decide (execute then reads the job it already made). The caller
+// owns that decision, so Submit makes one attempt (the breaker still applies).
 func (c *Client) Submit(ctx context.Context, req SubmitRequest) (string, error) {
 	op := "submit job"
 	if req.SubmissionID != "" {
@@ -202,7 +207,7 @@ func (c *Client) Job(ctx context.Context, id string) (JobDetails, error) {
 		return JobDetails{}, err
 	}
 	var j jobDetailsJSON
-	if err := c.doJSON(ctx, request{op: op, method: http.MethodGet, path: "/api/jobs/" + seg}, &j); err != nil {
+	if err := c.doJSON(ctx, request{op: op, method: http.MethodGet, path: "/api/jobs/" + seg, idempotent: true}, &j); err != nil {
 		return JobDetails{}, err
 	}
 	return j.details(), nil
@@ -213,7 +218,7 @@ func (c *Client) Job(ctx context.Context, id string) (JobDetails, error) {
 // domain.ErrDeadline or context.Canceled.
 func (c *Client) Jobs(ctx context.Context) ([]JobDetails, error) {
 	var list []jobDetailsJSON
-	if err := c.doJSON(ctx, request{op: "list jobs", method: http.MethodGet, path: "/api/jobs/"}, &list); err != nil {
+	if err := c.doJSON(ctx, request{op: "list jobs", method: http.MethodGet, path: "/api/jobs/", idempotent: true}, &list); err != nil {
 		return nil, err
 	}
 	out := make([]JobDetails, len(list))
@@ -224,7 +229,8 @@ func (c *Client) Jobs(ctx context.Context) ([]JobDetails, error) {
 }
 
 // Stop asks Ray to stop the job. It returns true when a stop was requested, false when
-// the job had already finished. Stopping is asynchronous: poll Job until the status is
+// the job had already finished. It is retried like a GET: stopping twice is harmless (a
+// retry after a lost answer may report false). Stopping is asynchronous: poll Job until the status is
 // terminal (STOPPED). Errors: domain.ErrInvalid for an empty id (no request is made);
 // domain.ErrNotFound for an unknown job; domain.ErrUnavailable,
 // domain.ErrUnauthenticated, domain.ErrDeadline or context.Canceled.
@@ -237,7 +243,7 @@ func (c *Client) Stop(ctx context.Context, id string) (bool, error) {
 	var out struct {
 		Stopped bool `json:"stopped"`
 	}
-	err = c.doJSON(ctx, request{op: op, method: http.MethodPost, path: "/api/jobs/" + seg + "/stop"}, &out)
+	err = c.doJSON(ctx, request{op: op, method: http.MethodPost, path: "/api/jobs/" + seg + "/stop", idempotent: true}, &out)
 	return out.Stopped, err
 }
 
@@ -246,7 +252,8 @@ func (c *Client) Stop(ctx context.Context, id string) (bool, error) {
 // job; domain.ErrUnavailable when Ray cannot be reached or refuses, which includes a job
 // that is not terminal yet (Ray answers 500 "... it is in a non-terminal state"; retry
 // after it finishes or Stop it first); domain.ErrUnauthenticated, domain.ErrDeadline or
-// context.Canceled.
+// context.Canceled. It is retried like a GET, so a retry after a lost answer may report
+// domain.ErrNotFound for a job this call deleted.
 func (c *Client) Delete(ctx context.Context, id string) error {
 	op := "delete job " + id
 	seg, err := segment(op, "job id", id)
@@ -256,7 +263,7 @@ func (c *Client) Delete(ctx context.Context, id string) error {
 	var out struct {
 		Deleted bool `json:"deleted"`
 	}
-	if err := c.doJSON(ctx, request{op: op, method: http.MethodDelete, path: "/api/jobs/" + seg}, &out); err != nil {
+	if err := c.doJSON(ctx, request{op: op, method: http.MethodDelete, path: "/api/jobs/" + seg, idempotent: true}, &out); err != nil {
 		return err
 	}
 	if !out.Deleted {
@@ -280,7 +287,7 @@ func (c *Client) Logs(ctx context.Context, id string) (string, error) {
 		Logs string `json:"logs"`
 	}
 	err = c.doJSON(ctx, request{
-		op: op, method: http.MethodGet, path: "/api/jobs/" + seg + "/logs", limit: maxLogsBody,
+		op: op, method: http.MethodGet, path: "/api/jobs/" + seg + "/logs", limit: maxLogsBody, idempotent: true,
 	}, &out)
 	return out.Logs, err
 }

@@ -18,6 +18,11 @@ const DefaultFreshFor = 60 * time.Second
 // check is older than freshFor: a GET (which also re-pins the package), and a PUT when the
 // package is missing. Concurrent callers share one check; failures are not remembered, so
 // the next call checks again. A Packager is safe for concurrent use.
+//
+// A head restarted without GCS fault tolerance has lost every uploaded package, however
+// fresh the last check. So a check also stops counting once the Client has seen the
+// dashboard not answer since it began (Client.Epoch moved: a failure, or the breaker
+// opening): the next WorkingDir after Ray comes back checks, and re-uploads if needed.
 type Packager struct {
 	c        *Client
 	name     string
@@ -27,6 +32,7 @@ type Packager struct {
 
 	mu        sync.Mutex
 	checkedAt time.Time // start of the last successful check; zero when none counts
+	epoch     uint64    // the Client's Epoch when that check started
 	gen       uint64    // incremented by Invalidate
 	flight    *flight   // the check in progress, if any
 }
@@ -59,7 +65,7 @@ func NewPackager(c *Client, name string, data []byte, freshFor time.Duration) *P
 func (p *Packager) WorkingDir(ctx context.Context) (string, error) {
 	uri := "gcs://" + p.name
 	p.mu.Lock()
-	if !p.checkedAt.IsZero() && p.now().Sub(p.checkedAt) < p.freshFor {
+	if !p.checkedAt.IsZero() && p.now().Sub(p.checkedAt) < p.freshFor && p.c.Epoch() == p.epoch {
 		p.mu.Unlock()
 		return uri, nil
 	}
@@ -95,12 +101,13 @@ func (p *Packager) Invalidate() {
 
 // check runs one GET (and PUT if missing), records the outcome and releases the waiters.
 func (p *Packager) check(ctx context.Context, f *flight, gen uint64) {
-	started := p.now()
+	started, epoch := p.now(), p.c.Epoch()
 	err := p.ensure(ctx)
 
 	p.mu.Lock()
 	if err == nil && gen == p.gen {
 		p.checkedAt = started // measured from the start: the pin began no later than that
+		p.epoch = epoch       // likewise: a failure during the check leaves it unproven
 	}
 	p.flight = nil
 	p.mu.Unlock()

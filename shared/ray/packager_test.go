@@ -82,7 +82,8 @@ func newTestPackager(t *testing.T, freshFor time.Duration) (*Packager, *fakeGCS,
 	t.Helper()
 	const name = "_ray_pkg_0011223344556677.zip"
 	gcs := &fakeGCS{}
-	c := stub(t, Config{Timeout: 5 * time.Second}, gcs.handler(t, "/api/packages/gcs/"+name))
+	// Retries and the breaker off: the counts below are the Packager's own requests.
+	c := stub(t, Config{Timeout: 5 * time.Second, Retries: -1, BreakerFailures: -1}, gcs.handler(t, "/api/packages/gcs/"+name))
 	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
 	p := NewPackager(c, name, []byte("PK-zip-bytes"), freshFor)
 	p.now = clock.now

@@ -19,7 +19,7 @@ func (c *Client) PackageExists(ctx context.Context, name string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	resp, err := c.do(ctx, request{op: op, method: http.MethodGet, path: "/api/packages/gcs/" + seg},
+	resp, err := c.do(ctx, request{op: op, method: http.MethodGet, path: "/api/packages/gcs/" + seg, idempotent: true},
 		http.StatusOK, http.StatusNotFound)
 	if err != nil {
 		return false, err
@@ -45,6 +45,7 @@ func (c *Client) UploadPackage(ctx context.Context, name string, zip []byte) err
 	_, err = c.do(ctx, request{
 		op: op, method: http.MethodPut, path: "/api/packages/gcs/" + seg,
 		body: zip, contentType: "application/zip",
+		idempotent: true, // a second PUT of the same bytes under the same name leaves the same package
 	}, http.StatusOK)
 	return err
 }
