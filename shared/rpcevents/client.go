@@ -41,10 +41,13 @@ type CallOptions struct {
 
 // Call posts req as a binary-mode CloudEvent of type ceType to url and decodes the reply
 // event's data into resp. Errors wrap the domain sentinels: the function's 400/413 ->
-// ErrInvalid, 404 -> ErrNotFound, 409 -> ErrConflict, 429, 502, 503 (and other 5xx but 500)
-// and an unreachable function -> ErrUnavailable (a 502 means Ray refused the gateway's own
+// ErrInvalid, 401 -> ErrUnauthenticated (the function refused c.Token: for the caller's
+// caller a deployment fault), 403 -> ErrPermissionDenied, 404 -> ErrNotFound, 409 ->
+// ErrConflict, 429 -> ErrResourceExhausted, 502, 503 (and other 5xx but 500) and an
+// unreachable function -> ErrUnavailable (a 502 means Ray refused the gateway's own
 // credentials: for the caller the service is unavailable), 504 or an expired ctx ->
-// ErrDeadline. A 500 wraps no sentinel: it is the unrecognised, *StatusError carries it.
+// ErrDeadline. A 500 wraps no sentinel: it is the unrecognised, *StatusError carries it. A
+// reply over 64 MiB is an error.
 func (c *Client) Call(ctx context.Context, url, ceType string, req proto.Message, opts CallOptions, resp proto.Message) error {
 	data, ct, err := marshalData(req, c.Protobuf)
 	if err != nil {
@@ -135,8 +138,13 @@ func (e *StatusError) Unwrap() error {
 		return domain.ErrConflict
 	case e.HTTPStatus == http.StatusGatewayTimeout:
 		return domain.ErrDeadline
-	case e.HTTPStatus == http.StatusTooManyRequests,
-		e.HTTPStatus >= 500 && e.HTTPStatus != http.StatusInternalServerError:
+	case e.HTTPStatus == http.StatusUnauthorized:
+		return domain.ErrUnauthenticated
+	case e.HTTPStatus == http.StatusForbidden:
+		return domain.ErrPermissionDenied
+	case e.HTTPStatus == http.StatusTooManyRequests:
+		return domain.ErrResourceExhausted
+	case e.HTTPStatus >= 500 && e.HTTPStatus != http.StatusInternalServerError:
 		return domain.ErrUnavailable
 	}
 	return nil
@@ -154,15 +162,17 @@ func statusError(resp *http.Response) error {
 	return e
 }
 
-// decodeReply reads a reply event in either content mode.
+// decodeReply reads a reply event in either content mode, refusing one over maxReplyBytes
+// rather than reading without bound (or cutting it short and misreading it).
 func decodeReply(resp *http.Response) (*event.Event, error) {
-	if !isBinary(resp.Header) {
-		return cehttp.NewEventFromHTTPResponse(resp)
-	}
 	if resp.ContentLength > maxReplyBytes {
 		return nil, fmt.Errorf("reply of %d bytes is over the %d-byte limit", resp.ContentLength, maxReplyBytes)
 	}
-	body, err := readBody(io.LimitReader(resp.Body, maxReplyBytes), resp.ContentLength)
+	resp.Body = &limitedBody{ReadCloser: resp.Body, left: maxReplyBytes}
+	if !isBinary(resp.Header) {
+		return cehttp.NewEventFromHTTPResponse(resp)
+	}
+	body, err := readBody(resp.Body, resp.ContentLength)
 	if err != nil {
 		return nil, err
 	}
@@ -171,3 +181,25 @@ func decodeReply(resp *http.Response) (*event.Event, error) {
 
 // maxReplyBytes bounds a reply (GetActiveJobs of a busy cluster is the largest).
 const maxReplyBytes = 64 << 20
+
+// errReplyTooLarge ends the reading of a reply over maxReplyBytes.
+var errReplyTooLarge = fmt.Errorf("reply is over the %d-byte limit", maxReplyBytes)
+
+// limitedBody is io.LimitReader that fails past the limit instead of ending quietly.
+type limitedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	// Reading up to one byte past the limit tells a reply of exactly the limit from a longer one.
+	if int64(len(p)) > l.left+1 {
+		p = p[:l.left+1]
+	}
+	n, err := l.ReadCloser.Read(p)
+	if int64(n) > l.left {
+		return 0, errReplyTooLarge
+	}
+	l.left -= int64(n)
+	return n, err
+}

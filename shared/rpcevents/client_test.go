@@ -23,6 +23,7 @@ import (
 var allSentinels = []error{
 	domain.ErrInvalid, domain.ErrNotFound, domain.ErrAlreadyExists, domain.ErrConflict,
 	domain.ErrUnavailable, domain.ErrUnauthenticated, domain.ErrDeadline,
+	domain.ErrResourceExhausted, domain.ErrPermissionDenied,
 }
 
 func sampleRequest() *pb.ExecuteDeliberationRequest {
@@ -173,6 +174,8 @@ func TestClientMapsFunctionErrors(t *testing.T) {
 		{"deadline", fmt.Errorf("ray slow: %w", domain.ErrDeadline), 504, "deadline_exceeded", "ray slow: deadline exceeded", domain.ErrDeadline},
 		{"upstream unauthenticated is unavailable", fmt.Errorf("ray 401: %w", domain.ErrUnauthenticated), 502, "upstream_unauthenticated", "ray 401: unauthenticated", domain.ErrUnavailable},
 		{"cancelled is unavailable", fmt.Errorf("x: %w", context.Canceled), 503, "cancelled", "x: context canceled", domain.ErrUnavailable},
+		{"resource exhausted", fmt.Errorf("busy: %w", domain.ErrResourceExhausted), 429, "resource_exhausted", "busy: resource exhausted", domain.ErrResourceExhausted},
+		{"permission denied", fmt.Errorf("read-only caller: %w", domain.ErrPermissionDenied), 403, "permission_denied", "read-only caller: permission denied", domain.ErrPermissionDenied},
 		{"internal", errors.New("password=hunter2"), 500, "internal", "internal error", nil},
 	}
 	for _, tt := range tests {
@@ -221,19 +224,20 @@ func TestClientMapsRawStatuses(t *testing.T) {
 		{413, "", domain.ErrInvalid, "function answered 413 Request Entity Too Large"},
 		{404, "<html>not here</html>", domain.ErrNotFound, "function answered 404 Not Found"},
 		{409, `{"error":{}}`, domain.ErrConflict, "function answered 409 Conflict"},
-		{429, "slow down", domain.ErrUnavailable, "function answered 429 Too Many Requests"},
+		{429, "slow down", domain.ErrResourceExhausted, "function answered 429 Too Many Requests"},
 		{502, "bad gateway", domain.ErrUnavailable, "function answered 502 Bad Gateway"},
 		{503, `{"error":{"code":"unavailable","message":"ray down"}}`, domain.ErrUnavailable, "ray down"},
 		{504, "", domain.ErrDeadline, "function answered 504 Gateway Timeout"},
 		{507, "", domain.ErrUnavailable, "function answered 507 Insufficient Storage"},
 		{500, "", nil, "function answered 500 Internal Server Error"},
-		{401, "", nil, "function answered 401 Unauthorized"},
-		{403, "", nil, "function answered 403 Forbidden"},
+		{401, "", domain.ErrUnauthenticated, "function answered 401 Unauthorized"},
+		{401, `{"error":{"code":"unauthenticated","message":"no credential"}}`, domain.ErrUnauthenticated, "no credential"},
+		{403, "", domain.ErrPermissionDenied, "function answered 403 Forbidden"},
 		{405, "", nil, "function answered 405 Method Not Allowed"},
 		{206, "", nil, "function answered 206 Partial Content"},
 	}
 	for _, tt := range tests {
-		t.Run(fmt.Sprint(tt.status), func(t *testing.T) {
+		t.Run(fmt.Sprint(tt.status, " ", tt.wantMessage), func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.WriteHeader(tt.status)
 				io.WriteString(w, tt.body)

@@ -2,6 +2,7 @@ package rpcevents
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
@@ -122,11 +124,20 @@ func mediaType(ct string) string {
 
 // Server is the HTTP side of a function: it accepts request events in binary and structured
 // mode, dispatches them by type and replies with a CloudEvent in binary mode.
+//
+// Every caller is admitted and at most DefaultMaxInflight requests are worked on at once
+// until SetAccess says otherwise.
 type Server struct {
 	source       string
 	logger       *slog.Logger
 	maxBodyBytes int64
 	routes       map[string]Handler
+	// tokenHash is the SHA-256 of the internal credential; nil admits every caller.
+	tokenHash *[sha256.Size]byte
+	// openTypes are admitted without the credential.
+	openTypes   map[string]bool
+	maxInflight int64
+	inflight    atomic.Int64
 }
 
 // NewServer returns a server whose replies name source (the function's URI reference, e.g.
@@ -135,7 +146,8 @@ func NewServer(source string, logger *slog.Logger, maxBodyBytes int64) *Server {
 	if maxBodyBytes <= 0 {
 		maxBodyBytes = DefaultMaxBodyBytes
 	}
-	return &Server{source: source, logger: logger, maxBodyBytes: maxBodyBytes, routes: map[string]Handler{}}
+	return &Server{source: source, logger: logger, maxBodyBytes: maxBodyBytes,
+		routes: map[string]Handler{}, maxInflight: DefaultMaxInflight}
 }
 
 // Handle routes request events of type ceType to h.
@@ -157,20 +169,43 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "send CloudEvents with POST")
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, s.maxBodyBytes)
-	ev, err := s.decode(r)
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large",
-				fmt.Sprintf("request is larger than %d bytes", s.maxBodyBytes))
-			return
-		}
-		writeError(w, http.StatusBadRequest, "invalid_argument", "not a valid CloudEvent: "+err.Error())
+	// The credential is checked before the body is read: a caller without it costs a header
+	// comparison. Only an open type may go further without it; in binary mode the type is a
+	// header, so everything else is refused here, in structured mode it is known only once
+	// the body is decoded.
+	cred := s.authenticate(r.Header)
+	if cred != credentialValid && (len(s.openTypes) == 0 || isBinary(r.Header) && !s.openTypes[headerValue(r.Header, headerType)]) {
+		s.refuseUnauthenticated(w, r, cred)
 		return
 	}
-	if err := ev.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "not a valid CloudEvent: "+err.Error())
+	if !s.acquire() {
+		s.refuseBusy(w)
+		return
+	}
+	defer s.release()
+	if r.ContentLength > s.maxBodyBytes {
+		s.refuseTooLarge(w, r, cred)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.maxBodyBytes)
+	ev, err := s.decode(r)
+	if err == nil {
+		err = ev.Validate()
+	}
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooBig):
+			s.refuseTooLarge(w, r, cred)
+		case cred != credentialValid: // nothing about the request is told to an unknown caller
+			s.refuseUnauthenticated(w, r, cred)
+		default:
+			writeError(w, http.StatusBadRequest, "invalid_argument", "not a valid CloudEvent: "+err.Error())
+		}
+		return
+	}
+	if cred != credentialValid && !s.openTypes[ev.Type()] {
+		s.refuseUnauthenticated(w, r, cred)
 		return
 	}
 	req := &Request{Event: ev, Base: s.logger}
@@ -193,6 +228,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else {
 			req.Logger().Info("request refused", "status", code, "error", err.Error())
 		}
+		if code == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", "1")
+		}
 		writeError(w, code, name, msg)
 		return
 	}
@@ -203,6 +241,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := s.reply(w, ev, resp, strings.Contains(r.Header.Get("Accept"), ContentTypeProtobuf)); err != nil {
 		req.Logger().Error("writing reply failed", "error", err.Error())
 	}
+}
+
+// refuseTooLarge answers 413, or 401 to a caller without the credential.
+func (s *Server) refuseTooLarge(w http.ResponseWriter, r *http.Request, cred credential) {
+	if cred != credentialValid {
+		s.refuseUnauthenticated(w, r, cred)
+		return
+	}
+	writeError(w, http.StatusRequestEntityTooLarge, "too_large",
+		fmt.Sprintf("request is larger than %d bytes", s.maxBodyBytes))
 }
 
 // decode reads a request event in either content mode.
@@ -264,8 +312,14 @@ func HTTPStatus(err error) (int, string) {
 	case errors.Is(err, domain.ErrDeadline), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout, "deadline_exceeded"
 	case errors.Is(err, domain.ErrUnauthenticated):
-		// Ray refused this gateway's credentials: the gateway's fault, not the caller's.
+		// Ray refused this gateway's credentials: the gateway's fault, not the caller's. A
+		// caller without the internal credential never gets here: the server refuses it
+		// with 401 before any handler runs.
 		return http.StatusBadGateway, "upstream_unauthenticated"
+	case errors.Is(err, domain.ErrPermissionDenied):
+		return http.StatusForbidden, "permission_denied"
+	case errors.Is(err, domain.ErrResourceExhausted):
+		return http.StatusTooManyRequests, "resource_exhausted"
 	case errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable, "cancelled"
 	default:

@@ -52,6 +52,14 @@ func (s *seen) snapshot() (int, *pb.ExecuteDeliberationRequest, string, string, 
 // when it is not nil, else echoed) and GetDeliberationStatus.
 func startServer(t *testing.T, maxBody int64, fail error) (*httptest.Server, *seen) {
 	t.Helper()
+	s, rec := newServer(maxBody, fail)
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	return srv, rec
+}
+
+// newServer is startServer's server, not yet serving.
+func newServer(maxBody int64, fail error) (*rpcevents.Server, *seen) {
 	rec := &seen{}
 	s := rpcevents.NewServer(serverSource, discard, maxBody)
 	s.Handle(rpcevents.TypeExecuteDeliberation, rpcevents.Route(
@@ -79,9 +87,7 @@ func startServer(t *testing.T, maxBody int64, fail error) (*httptest.Server, *se
 		func(ctx context.Context, r *rpcevents.Request, req *pb.GetDeliberationStatusRequest) (proto.Message, error) {
 			return &pb.GetDeliberationStatusResponse{DeliberationId: req.GetDeliberationId(), Status: "running"}, nil
 		}))
-	srv := httptest.NewServer(s)
-	t.Cleanup(srv.Close)
-	return srv, rec
+	return s, rec
 }
 
 // binaryRequest builds a binary-mode request event; headers override the defaults, and an
@@ -627,6 +633,8 @@ func TestServerHandlerErrors(t *testing.T) {
 		{"context deadline", fmt.Errorf("ray: %w", context.DeadlineExceeded), 504, "deadline_exceeded", "ray: context deadline exceeded"},
 		{"unauthenticated", fmt.Errorf("ray 401: %w", domain.ErrUnauthenticated), 502, "upstream_unauthenticated", "ray 401: unauthenticated"},
 		{"cancelled", fmt.Errorf("ray: %w", context.Canceled), 503, "cancelled", "ray: context canceled"},
+		{"resource exhausted", fmt.Errorf("busy: %w", domain.ErrResourceExhausted), 429, "resource_exhausted", "busy: resource exhausted"},
+		{"permission denied", fmt.Errorf("nope: %w", domain.ErrPermissionDenied), 403, "permission_denied", "nope: permission denied"},
 		{"unknown", errors.New(secret), 500, "internal", "internal error"},
 		{"unknown wrapping nothing known", fmt.Errorf("submit: %w", errors.New(secret)), 500, "internal", "internal error"},
 	}
@@ -661,7 +669,10 @@ func TestHTTPStatus(t *testing.T) {
 		{domain.ErrUnavailable, 503, "unavailable"},
 		{domain.ErrDeadline, 504, "deadline_exceeded"},
 		{context.DeadlineExceeded, 504, "deadline_exceeded"},
+		// Ray refusing our credential; a caller without one is refused 401 before any handler.
 		{domain.ErrUnauthenticated, 502, "upstream_unauthenticated"},
+		{domain.ErrPermissionDenied, 403, "permission_denied"},
+		{domain.ErrResourceExhausted, 429, "resource_exhausted"},
 		{context.Canceled, 503, "cancelled"},
 		{errors.New("boom"), 500, "internal"},
 		{fmt.Errorf("a: %w", fmt.Errorf("b: %w", domain.ErrNotFound)), 404, "not_found"},
