@@ -1,7 +1,9 @@
 package ingress
 
 import (
+	"math"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
@@ -23,6 +25,17 @@ type Config struct {
 	HealthTTL time.Duration
 	// MaxMessageBytes (MAX_MESSAGE_BYTES) bounds a received gRPC message.
 	MaxMessageBytes int
+	// MaxConcurrentStreams (MAX_CONCURRENT_STREAMS) bounds the RPCs open at once on one
+	// HTTP/2 connection.
+	MaxConcurrentStreams int
+	// Auth: AUTH_TOKENS(_FILE), TLS_CERT_FILE, TLS_KEY_FILE, TLS_CLIENT_CA_FILE,
+	// TLS_CLIENT_NAMES, AUTH_OPEN_HEALTH, AUTH_OPEN_REFLECTION.
+	Auth AuthConfig
+	// Limits: CALLER_MAX_INFLIGHT, CALLER_SUBMIT_RATE, CALLER_SUBMIT_BURST.
+	Limits Limits
+	// InternalToken (INTERNAL_TOKEN or INTERNAL_TOKEN_FILE) is the credential the functions
+	// require of their callers; empty when they rely on cluster-local visibility.
+	InternalToken string
 	// Reflection (ENABLE_REFLECTION) serves gRPC server reflection, for grpcurl.
 	Reflection bool
 	// Source (CE_SOURCE) is the source of request events.
@@ -42,12 +55,20 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			Status:  r.String("STATUS_URL", "http://127.0.0.1:8082"),
 			List:    r.String("LIST_URL", "http://127.0.0.1:8083"),
 		},
-		CallTimeout:     r.Duration("CALL_TIMEOUT", 30*time.Second),
-		HealthTTL:       r.Duration("HEALTH_CACHE_TTL", 2*time.Second),
-		MaxMessageBytes: r.Int("MAX_MESSAGE_BYTES", 4<<20),
-		Reflection:      r.Bool("ENABLE_REFLECTION", true),
-		Source:          r.String("CE_SOURCE", "ray-executor/ingress"),
-		Events:          events.ReadConfig(r),
+		CallTimeout:          r.Duration("CALL_TIMEOUT", 30*time.Second),
+		HealthTTL:            r.Duration("HEALTH_CACHE_TTL", 2*time.Second),
+		MaxMessageBytes:      r.Int("MAX_MESSAGE_BYTES", 4<<20),
+		MaxConcurrentStreams: r.Int("MAX_CONCURRENT_STREAMS", 1000),
+		Reflection:           r.Bool("ENABLE_REFLECTION", true),
+		Source:               r.String("CE_SOURCE", "ray-executor/ingress"),
+		Events:               events.ReadConfig(r),
+		Auth:                 readAuth(r),
+		Limits: Limits{
+			MaxInflight: r.Int("CALLER_MAX_INFLIGHT", 64),
+			SubmitRate:  r.Float("CALLER_SUBMIT_RATE", 50),
+			SubmitBurst: r.Int("CALLER_SUBMIT_BURST", 100),
+		},
+		InternalToken: r.Secret("INTERNAL_TOKEN"),
 	}
 	for name, u := range map[string]string{"EXECUTE_URL": cfg.Routes.Execute, "STATUS_URL": cfg.Routes.Status, "LIST_URL": cfg.Routes.List} {
 		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
@@ -57,5 +78,61 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if cfg.MaxMessageBytes <= 0 {
 		r.Fail("MAX_MESSAGE_BYTES must be positive")
 	}
+	if cfg.MaxConcurrentStreams <= 0 || int64(cfg.MaxConcurrentStreams) > math.MaxUint32 {
+		r.Fail("MAX_CONCURRENT_STREAMS must be positive")
+	}
+	if strings.ContainsAny(cfg.InternalToken, " \t\r\n") {
+		r.Fail("INTERNAL_TOKEN must not contain whitespace (it is sent in an HTTP header)")
+	}
+	if cfg.Limits.MaxInflight <= 0 {
+		r.Fail("CALLER_MAX_INFLIGHT must be positive")
+	}
+	if !(cfg.Limits.SubmitRate > 0) || math.IsInf(cfg.Limits.SubmitRate, 0) {
+		r.Fail("CALLER_SUBMIT_RATE must be a positive number of submissions per second")
+	}
+	if cfg.Limits.SubmitBurst <= 0 {
+		r.Fail("CALLER_SUBMIT_BURST must be positive")
+	}
 	return cfg, r.Err()
+}
+
+// readAuth reads who may call. The token list is a secret: errors about it name lines and
+// callers, never tokens.
+func readAuth(r *config.Reader) AuthConfig {
+	a := AuthConfig{
+		OpenHealth:     r.Bool("AUTH_OPEN_HEALTH", true),
+		OpenReflection: r.Bool("AUTH_OPEN_REFLECTION", false),
+	}
+	if text := r.Secret("AUTH_TOKENS"); text != "" {
+		t, err := ParseTokens(text)
+		if err != nil {
+			r.Fail("%w", err)
+		}
+		a.Tokens = t
+	}
+	cert, key, ca := r.String("TLS_CERT_FILE", ""), r.String("TLS_KEY_FILE", ""), r.String("TLS_CLIENT_CA_FILE", "")
+	switch {
+	case (cert == "") != (key == ""):
+		r.Fail("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+	case ca != "" && cert == "":
+		r.Fail("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE: client certificates are asked for only over TLS")
+	case cert != "":
+		tc, err := LoadTLS(cert, key, ca)
+		if err != nil {
+			r.Fail("%w", err)
+		}
+		a.TLS = tc
+	}
+	if names := r.String("TLS_CLIENT_NAMES", ""); names != "" {
+		if ca == "" {
+			r.Fail("TLS_CLIENT_NAMES needs TLS_CLIENT_CA_FILE: without client certificates there are no names to check")
+		}
+		a.ClientNames = map[string]bool{}
+		for _, n := range strings.Split(names, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				a.ClientNames[n] = true
+			}
+		}
+	}
+	return a
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
@@ -26,14 +27,35 @@ func NewGRPCServer(s *Server, cfg Config) *grpc.Server {
 	return gs
 }
 
-// ServerOptions are the ingress's gRPC server settings. Stream workers are reused
-// goroutines: a fresh goroutine per RPC would grow its stack again on every call through
-// the CloudEvents and JSON code (5% of the chain's CPU in `make bench` without them).
+// maxSendMessageBytes is the largest reply the ingress passes on: what rpcevents.Client
+// accepts from a function (GetActiveJobs of a busy cluster is the largest).
+const maxSendMessageBytes = 64 << 20
+
+// maxHeaderListBytes bounds a call's metadata: an authorization, an idempotency key and a
+// traceparent need a fraction of it, and every token presented is hashed in full.
+const maxHeaderListBytes = 64 << 10
+
+// ServerOptions are the ingress's gRPC server settings: size and stream limits, TLS when
+// configured, and the Guard in front of every RPC. Stream workers are reused goroutines: a
+// fresh goroutine per RPC would grow its stack again on every call through the CloudEvents
+// and JSON code (5% of the chain's CPU in `make bench` without them).
 func ServerOptions(cfg Config) []grpc.ServerOption {
-	return []grpc.ServerOption{
+	guard := NewGuard(cfg.Auth, cfg.Limits)
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
+		grpc.MaxSendMsgSize(maxSendMessageBytes),
+		grpc.MaxHeaderListSize(maxHeaderListBytes),
 		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
+		grpc.ChainUnaryInterceptor(guard.Unary),
+		grpc.ChainStreamInterceptor(guard.Stream),
 	}
+	if cfg.MaxConcurrentStreams > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)))
+	}
+	if cfg.Auth.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.Auth.TLS)))
+	}
+	return opts
 }
 
 // Serve runs gs on ln until ctx is done, then reports NOT_SERVING, lets in-flight calls

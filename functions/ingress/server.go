@@ -140,7 +140,13 @@ func GRPCError(err error) error {
 	case errors.Is(err, domain.ErrConflict), errors.Is(err, domain.ErrAlreadyExists):
 		return status.Error(codes.AlreadyExists, msg)
 	case errors.Is(err, domain.ErrUnavailable), errors.Is(err, domain.ErrUnauthenticated):
+		// ErrUnauthenticated here is a function or Ray refusing the ingress's own credential:
+		// the caller did nothing wrong, the service is unavailable to it.
 		return status.Error(codes.Unavailable, msg)
+	case errors.Is(err, domain.ErrResourceExhausted):
+		return status.Error(codes.ResourceExhausted, msg)
+	case errors.Is(err, domain.ErrPermissionDenied):
+		return status.Error(codes.PermissionDenied, msg)
 	case errors.Is(err, domain.ErrDeadline), errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded before the deliberation service answered")
 	case errors.Is(err, context.Canceled):

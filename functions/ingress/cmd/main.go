@@ -23,6 +23,13 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	logger := serving.NewLogger(stdout, cfg.Serving, "ingress")
+	if cfg.Auth.Enabled() {
+		logger.Info("access control on", "token_callers", cfg.Auth.Tokens.Len(), "mutual_tls", cfg.Auth.MutualTLS(),
+			"open_health", cfg.Auth.OpenHealth, "open_reflection", cfg.Auth.OpenReflection)
+	} else {
+		logger.Warn("access control is off: the ingress accepts calls from anyone who can reach it; " +
+			"set AUTH_TOKENS(_FILE) and/or TLS_CLIENT_CA_FILE in production")
+	}
 	hc := ingress.NewHTTPClient()
 	health := &ingress.Health{
 		HTTP: hc,
@@ -34,7 +41,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		},
 	}
 	srv := &ingress.Server{
-		Caller:         &rpcevents.Client{HTTP: hc, Source: cfg.Source, Protobuf: true},
+		Caller:         &rpcevents.Client{HTTP: hc, Source: cfg.Source, Protobuf: true, Token: cfg.InternalToken},
 		Routes:         cfg.Routes,
 		Health:         health,
 		DefaultTimeout: cfg.CallTimeout,
