@@ -26,6 +26,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// Source (CE_SOURCE) names this function in reply events.
 	Source string
+	// Access: INTERNAL_TOKEN(_FILE), INTERNAL_AUTH_OPEN_TYPES, INTERNAL_AUTH_REQUIRED and
+	// MAX_INFLIGHT, who may call the function and how much it takes on at once.
+	Access rpcevents.Access
 	// Events: ENABLE_NATS, NATS_* (specs/nats.md).
 	Events events.Config
 	// PayloadNATSURL (PAYLOAD_NATS_URL) is NATS as the Ray cluster reaches it; default
@@ -51,6 +54,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		PackageFreshFor: r.Duration("PAYLOAD_PACKAGE_RECHECK", ray.DefaultFreshFor),
 		MaxBodyBytes:    int64(r.Int("MAX_BODY_BYTES", rpcevents.DefaultMaxBodyBytes)),
 		Source:          r.String("CE_SOURCE", "ray-executor/execute"),
+		Access:          rpcevents.ReadAccess(r),
 		Events:          events.ReadConfig(r),
 	}
 	cfg.PayloadNATSURL = r.String("PAYLOAD_NATS_URL", cfg.Events.URL)

@@ -5,6 +5,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
 // Config is everything the list function reads from its environment.
@@ -15,6 +16,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// Source (CE_SOURCE) names this function in reply events.
 	Source string
+	// Access: INTERNAL_TOKEN(_FILE), INTERNAL_AUTH_OPEN_TYPES, INTERNAL_AUTH_REQUIRED and
+	// MAX_INFLIGHT, who may call the function and how much it takes on at once.
+	Access rpcevents.Access
 	// Events: ENABLE_NATS, NATS_* (specs/nats.md). The reconciler needs them.
 	Events events.Config
 	// ReconcileInterval (RECONCILE_INTERVAL) runs the reconciler on a timer; 0 leaves it to
@@ -32,6 +36,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		Ray:               config.ReadRay(r),
 		MaxBodyBytes:      int64(r.Int("MAX_BODY_BYTES", 64<<10)),
 		Source:            r.String("CE_SOURCE", "ray-executor/list"),
+		Access:            rpcevents.ReadAccess(r),
 		Events:            events.ReadConfig(r),
 		ReconcileInterval: r.Duration("RECONCILE_INTERVAL", 0),
 		ReconcileLookback: r.Duration("RECONCILE_LOOKBACK", 24*time.Hour),

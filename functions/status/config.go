@@ -3,6 +3,7 @@ package status
 import (
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
 // Config is everything the status function reads from its environment.
@@ -15,6 +16,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// Source (CE_SOURCE) names this function in reply events.
 	Source string
+	// Access: INTERNAL_TOKEN(_FILE), INTERNAL_AUTH_OPEN_TYPES, INTERNAL_AUTH_REQUIRED and
+	// MAX_INFLIGHT, who may call the function and how much it takes on at once.
+	Access rpcevents.Access
 	// Events: ENABLE_NATS, NATS_* (specs/nats.md). With them, a deliberation Ray has lost
 	// is reported as such (and answered from its stored events) instead of not_found.
 	Events events.Config
@@ -29,6 +33,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		CacheSize:    r.Int("RESULT_CACHE_SIZE", 1024),
 		MaxBodyBytes: int64(r.Int("MAX_BODY_BYTES", 64<<10)),
 		Source:       r.String("CE_SOURCE", "ray-executor/status"),
+		Access:       rpcevents.ReadAccess(r),
 		Events:       events.ReadConfig(r),
 	}
 	if cfg.CacheSize <= 0 {

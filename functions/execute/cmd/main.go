@@ -42,5 +42,6 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		svc.JobOptions.EnvVars = map[string]string{events.PayloadURLEnv: cfg.PayloadNATSURL}
 	}
 	h := execute.NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
+	h.SetAccess(cfg.Access)
 	return serving.Run(ctx, cfg.Serving, h, logger, serving.Options{Ready: client.Ready})
 }

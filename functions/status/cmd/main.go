@@ -35,5 +35,6 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		svc.Events = bus
 	}
 	h := status.NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
+	h.SetAccess(cfg.Access)
 	return serving.Run(ctx, cfg.Serving, h, logger, serving.Options{Ready: client.Ready})
 }
