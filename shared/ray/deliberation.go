@@ -47,6 +47,13 @@ type JobOptions struct {
 	AgentNumCPUs float64
 	// EnvVars are passed to the payload besides the request (NATS settings, API keys).
 	EnvVars map[string]string
+	// EntrypointNumCPUs and EntrypointResources are reserved for each deliberation's driver.
+	// They are the cluster's admission control: Ray keeps a job PENDING, with no process
+	// started, until its reservation fits, so a burst queues in Ray instead of starting
+	// more drivers than the nodes can give workers to (which makes agents time out
+	// waiting for a worker). Zero and nil reserve nothing.
+	EntrypointNumCPUs   float64
+	EntrypointResources map[string]float64
 }
 
 // RequestHash identifies a normalized request's content, to tell a retried request from a
@@ -113,7 +120,9 @@ func DeliberationJob(id string, r domain.Request, traceparent string, opts JobOp
 			"working_dir": opts.WorkingDir,
 			"env_vars":    env,
 		},
-		Metadata: meta.Map(),
+		Metadata:            meta.Map(),
+		EntrypointNumCPUs:   opts.EntrypointNumCPUs,
+		EntrypointResources: opts.EntrypointResources,
 	}, nil
 }
 
