@@ -22,6 +22,11 @@ var leftUnset = map[string]string{
 	"RAY_AUTH_TOKEN_FILE": "the token comes from the Secret as RAY_AUTH_TOKEN",
 	"NATS_TOKEN_FILE":     "the token comes from the Secret as NATS_TOKEN",
 	"NATS_PASSWORD_FILE":  "the password comes from the Secret as NATS_PASSWORD",
+	"AUTH_TOKENS":         "the ingress's tokens come from the Secret ray-executor-ingress-auth, mounted as AUTH_TOKENS_FILE",
+	"TLS_CERT_FILE":       "queue-proxy speaks h2c to the ingress: TLS ends at the cluster's Knative ingress (mTLS is for direct deployments; see ingress.yaml)",
+	"TLS_KEY_FILE":        "as TLS_CERT_FILE",
+	"TLS_CLIENT_CA_FILE":  "as TLS_CERT_FILE",
+	"TLS_CLIENT_NAMES":    "as TLS_CERT_FILE",
 }
 
 var envVarName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
