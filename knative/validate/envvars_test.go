@@ -27,7 +27,15 @@ var leftUnset = map[string]string{
 	"TLS_KEY_FILE":        "as TLS_CERT_FILE",
 	"TLS_CLIENT_CA_FILE":  "as TLS_CERT_FILE",
 	"TLS_CLIENT_NAMES":    "as TLS_CERT_FILE",
+	"INTERNAL_TOKEN_FILE": "the internal credential comes from the Secret ray-executor-internal as INTERNAL_TOKEN",
 }
+
+// The functions' internal credential has a Secret of its own, required rather than optional:
+// a function must never start open because the Secret was forgotten.
+const (
+	internalSecretName = "ray-executor-internal"
+	internalSecretKey  = "token"
+)
 
 var envVarName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
@@ -139,6 +147,18 @@ func TestEnvVars(t *testing.T) {
 					if err := parses(r.Method, e.Value); err != nil {
 						t.Errorf("Service %q: %s=%q is refused by Reader.%s: %v", bin, e.Name, e.Value, r.Method, err)
 					}
+				}
+			case vf.SecretKeyRef != nil && vf.SecretKeyRef.Name == internalSecretName:
+				provided[e.Name] = "Secret"
+				ref := vf.SecretKeyRef
+				if e.Name != "INTERNAL_TOKEN" || ref.Key != internalSecretKey {
+					t.Errorf("Service %q: %s from Secret %q key %q, want INTERNAL_TOKEN from key %q", bin, e.Name, ref.Name, ref.Key, internalSecretKey)
+				}
+				if ref.Optional != nil && *ref.Optional {
+					t.Errorf("Service %q: INTERNAL_TOKEN must not be optional: without the Secret the function would run open", bin)
+				}
+				if isec := m.secrets[internalSecretName]; isec == nil || !secretKeys(isec)[internalSecretKey] {
+					t.Errorf("Service %q: INTERNAL_TOKEN comes from Secret %q key %q, which no template under knative/secrets/ declares", bin, internalSecretName, internalSecretKey)
 				}
 			case vf.SecretKeyRef != nil:
 				provided[e.Name] = "Secret"
