@@ -372,7 +372,8 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// Ready reports whether the dashboard answers (a readiness probe's question).
+// Ready reports whether the dashboard answers (a readiness probe's question). While the
+// breaker is open it answers at once, without asking Ray.
 func (c *Client) Ready(ctx context.Context) error {
 	_, err := c.Version(ctx)
 	return err
