@@ -51,6 +51,14 @@ fi
 # Requests may only aim the workers at the configured LLM endpoint (SSRF guard).
 export LLM_ENDPOINT_ALLOWLIST="${LLM_ENDPOINT_ALLOWLIST:-$LLM_URL}"
 
+# The functions' internal credential: a fresh random one per run, in a file only this user
+# can read, unless one is given. The ingress presents it; curl needs it too (README).
+if [ -z "${INTERNAL_TOKEN:-}" ] && [ -z "${INTERNAL_TOKEN_FILE:-}" ]; then
+  rm -f .run/internal-token
+  (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > .run/internal-token)
+  export INTERNAL_TOKEN_FILE="$root/.run/internal-token"
+fi
+
 start() { # name port
   PORT="$2" "bin/$1" > ".run/$1.log" 2>&1 &
   pids+=($!)
@@ -76,6 +84,7 @@ bin/grpc-health-probe -addr 127.0.0.1:50056 >/dev/null 2>&1 || { echo "run: ingr
 
 cat <<TXT
 run: up. gRPC on 127.0.0.1:50056, functions on :8081-8083, NATS on :4222, logs in .run/.
+run: the functions want -H "Authorization: Bearer \$(cat .run/internal-token)" (unless you set INTERNAL_TOKEN).
 run: LLM endpoint for requests: $LLM_URL
 run: try it (README.md, "Quick start"):
   bin/grpcurl -plaintext -d '{"task_id":"t1","task_description":"Pick a database","role":"architect",

@@ -122,7 +122,7 @@ func (s *Server) authenticate(h http.Header) credential {
 
 // refuseUnauthenticated answers 401 with the challenge RFC 6750 asks for.
 func (s *Server) refuseUnauthenticated(w http.ResponseWriter, r *http.Request, c credential) {
-	challenge, msg := "Bearer", "this function accepts only callers presenting the internal credential (Authorization: Bearer <INTERNAL_TOKEN>)"
+	challenge, msg := "Bearer", "this function accepts only callers presenting the internal credential: send Authorization: Bearer and the deployment's INTERNAL_TOKEN"
 	if c == credentialWrong {
 		challenge, msg = `Bearer error="invalid_token"`, "the bearer token is not this deployment's internal credential"
 	}
