@@ -1,6 +1,10 @@
 package execute
 
 import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
@@ -19,6 +23,11 @@ type Config struct {
 	Limits domain.Limits
 	// AgentNumCPUs (AGENT_NUM_CPUS) is reserved on the cluster per agent task.
 	AgentNumCPUs float64
+	// EntrypointNumCPUs (ENTRYPOINT_NUM_CPUS) and EntrypointResources
+	// (ENTRYPOINT_RESOURCES, "name=amount,...") are reserved per deliberation driver: Ray
+	// keeps deliberations beyond what the cluster holds PENDING (ray.JobOptions).
+	EntrypointNumCPUs   float64
+	EntrypointResources map[string]float64
 	// PackageFreshFor (PAYLOAD_PACKAGE_RECHECK) is how long a confirmed payload upload is
 	// trusted before the next submission checks Ray still has it.
 	PackageFreshFor time.Duration
@@ -50,12 +59,15 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			MaxTimeoutSeconds:      int32(r.Int("MAX_TIMEOUT_SECONDS", 0)),
 			MaxRetries:             int32(r.Int("MAX_RETRIES", 0)),
 		},
-		AgentNumCPUs:    r.Float("AGENT_NUM_CPUS", 0),
-		PackageFreshFor: r.Duration("PAYLOAD_PACKAGE_RECHECK", ray.DefaultFreshFor),
-		MaxBodyBytes:    int64(r.Int("MAX_BODY_BYTES", rpcevents.DefaultMaxBodyBytes)),
-		Source:          r.String("CE_SOURCE", "ray-executor/execute"),
-		Access:          rpcevents.ReadAccess(r),
-		Events:          events.ReadConfig(r),
+		AgentNumCPUs: r.Float("AGENT_NUM_CPUS", 0),
+		// A quarter CPU per driver: a node with N CPUs runs 4N deliberations at once, and
+		// a burst beyond that waits in Ray instead of starving every driver of workers.
+		EntrypointNumCPUs: r.Float("ENTRYPOINT_NUM_CPUS", 0.25),
+		PackageFreshFor:   r.Duration("PAYLOAD_PACKAGE_RECHECK", ray.DefaultFreshFor),
+		MaxBodyBytes:      int64(r.Int("MAX_BODY_BYTES", rpcevents.DefaultMaxBodyBytes)),
+		Source:            r.String("CE_SOURCE", "ray-executor/execute"),
+		Access:            rpcevents.ReadAccess(r),
+		Events:            events.ReadConfig(r),
 	}
 	cfg.PayloadNATSURL = r.String("PAYLOAD_NATS_URL", cfg.Events.URL)
 	// LLM_ENDPOINT_ALLOWLIST: the endpoints requests may aim the workers at (comma-separated
@@ -65,8 +77,37 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		r.Fail("%v", err)
 	}
 	cfg.Limits.Endpoints = policy
+	res, err := parseResources(r.String("ENTRYPOINT_RESOURCES", ""))
+	if err != nil {
+		r.Fail("ENTRYPOINT_RESOURCES: %v", err)
+	}
+	cfg.EntrypointResources = res
+	if cfg.EntrypointNumCPUs < 0 {
+		r.Fail("ENTRYPOINT_NUM_CPUS must not be negative")
+	}
 	if cfg.AgentNumCPUs < 0 {
 		r.Fail("AGENT_NUM_CPUS must not be negative")
 	}
 	return cfg, r.Err()
+}
+
+// parseResources reads "name=amount,name=amount" (Ray custom resources, amounts > 0).
+func parseResources(s string) (map[string]float64, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	out := map[string]float64{}
+	for _, part := range strings.Split(s, ",") {
+		name, amount, ok := strings.Cut(strings.TrimSpace(part), "=")
+		name = strings.TrimSpace(name)
+		v, err := strconv.ParseFloat(strings.TrimSpace(amount), 64)
+		if !ok || name == "" || err != nil || v <= 0 || math.IsInf(v, 0) {
+			return nil, fmt.Errorf("%q is not name=amount with an amount above 0", part)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("resource %q is named twice", name)
+		}
+		out[name] = v
+	}
+	return out, nil
 }

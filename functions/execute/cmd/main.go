@@ -29,7 +29,8 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		Jobs:        client,
 		WorkingDirs: ray.NewPackager(client, name, zip, cfg.PackageFreshFor),
 		Limits:      cfg.Limits,
-		JobOptions:  ray.JobOptions{AgentNumCPUs: cfg.AgentNumCPUs},
+		JobOptions: ray.JobOptions{AgentNumCPUs: cfg.AgentNumCPUs,
+			EntrypointNumCPUs: cfg.EntrypointNumCPUs, EntrypointResources: cfg.EntrypointResources},
 	}
 	if cfg.Events.Enabled {
 		bus, err := events.Connect(cfg.Events, "ray-executor-execute", logger)
