@@ -103,7 +103,9 @@ func readAuth(r *config.Reader) AuthConfig {
 		OpenHealth:     r.Bool("AUTH_OPEN_HEALTH", true),
 		OpenReflection: r.Bool("AUTH_OPEN_REFLECTION", false),
 	}
-	if text := r.Secret("AUTH_TOKENS"); text != "" {
+	// A tokens file that is named but empty (a Secret key left blank) must not turn access
+	// control off: ParseTokens refuses a list that names no caller.
+	if text := r.Secret("AUTH_TOKENS"); text != "" || r.String("AUTH_TOKENS_FILE", "") != "" {
 		t, err := ParseTokens(text)
 		if err != nil {
 			r.Fail("%w", err)

@@ -75,6 +75,10 @@ func TestLoadConfigAuth(t *testing.T) {
 
 func TestLoadConfigRefuses(t *testing.T) {
 	f := newMTLS(t)
+	empty := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	secret := "a-secret-token-0123456789"
 	cases := []struct {
 		name string
@@ -82,6 +86,8 @@ func TestLoadConfigRefuses(t *testing.T) {
 		want string
 	}{
 		{"bad tokens", map[string]string{"AUTH_TOKENS": "a " + secret + "\nb short"}, `AUTH_TOKENS: line 2: caller "b": token is 5 characters`},
+		{"tokens file empty", map[string]string{"AUTH_TOKENS_FILE": empty}, "AUTH_TOKENS: names no caller"},
+		{"tokens only blank", map[string]string{"AUTH_TOKENS": " \n "}, "AUTH_TOKENS: names no caller"},
 		{"tokens file missing", map[string]string{"AUTH_TOKENS_FILE": "/nonexistent/tokens"}, "AUTH_TOKENS_FILE"},
 		{"cert without key", map[string]string{"TLS_CERT_FILE": f.serverCert}, "TLS_CERT_FILE and TLS_KEY_FILE must be set together"},
 		{"client CA without TLS", map[string]string{"TLS_CLIENT_CA_FILE": f.ca.CertPEM}, "TLS_CLIENT_CA_FILE needs TLS_CERT_FILE"},
