@@ -135,6 +135,9 @@ func readAuth(r *config.Reader) AuthConfig {
 				a.ClientNames[n] = true
 			}
 		}
+		if len(a.ClientNames) == 0 {
+			r.Fail("TLS_CLIENT_NAMES=%q names nobody (unset it to let in every certificate of the CA)", names)
+		}
 	}
 	return a
 }

@@ -92,6 +92,7 @@ func TestLoadConfigRefuses(t *testing.T) {
 		{"cert without key", map[string]string{"TLS_CERT_FILE": f.serverCert}, "TLS_CERT_FILE and TLS_KEY_FILE must be set together"},
 		{"client CA without TLS", map[string]string{"TLS_CLIENT_CA_FILE": f.ca.CertPEM}, "TLS_CLIENT_CA_FILE needs TLS_CERT_FILE"},
 		{"names without client CA", map[string]string{"TLS_CERT_FILE": f.serverCert, "TLS_KEY_FILE": f.serverKey, "TLS_CLIENT_NAMES": "alice"}, "TLS_CLIENT_NAMES needs TLS_CLIENT_CA_FILE"},
+		{"names of nobody", map[string]string{"TLS_CERT_FILE": f.serverCert, "TLS_KEY_FILE": f.serverKey, "TLS_CLIENT_CA_FILE": f.ca.CertPEM, "TLS_CLIENT_NAMES": " , "}, "names nobody"},
 		{"unreadable cert", map[string]string{"TLS_CERT_FILE": "/nonexistent.pem", "TLS_KEY_FILE": f.serverKey}, "TLS_CERT_FILE/TLS_KEY_FILE"},
 		{"zero inflight", map[string]string{"CALLER_MAX_INFLIGHT": "0"}, "CALLER_MAX_INFLIGHT must be positive"},
 		{"negative rate", map[string]string{"CALLER_SUBMIT_RATE": "-1"}, "CALLER_SUBMIT_RATE must be a positive"},
