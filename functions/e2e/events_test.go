@@ -37,8 +37,10 @@ func readBus(t *testing.T, url string) *events.Bus {
 func stored(t *testing.T, b *events.Bus, id string, done func([]events.Stored) bool) []events.Stored {
 	t.Helper()
 	var got []events.Stored
+	var err error
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-		evs, err := b.Stored(context.Background(), id)
+		var evs []events.Stored
+		evs, err = b.Stored(context.Background(), id)
 		if err == nil {
 			got = evs
 			if done(evs) {
@@ -46,7 +48,7 @@ func stored(t *testing.T, b *events.Bus, id string, done func([]events.Stored) b
 			}
 		}
 	}
-	t.Fatalf("events of %s never complete; got %s", id, kinds(got))
+	t.Fatalf("events of %s never complete; got %s (last read: %v)", id, kinds(got), err)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package list
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +28,9 @@ type Bus interface {
 	Stored(ctx context.Context, id string) ([]events.Stored, error)
 	SubmittedSince(ctx context.Context, since time.Time, limit int) ([]events.Stored, error)
 }
+
+// maxRunErrors is how many failed steps end a run early.
+const maxRunErrors = 5
 
 // lostScanLimit bounds how many submitted events one run reads while looking for
 // deliberations Ray lost.
@@ -70,6 +74,8 @@ func (r *Reconciler) Run(ctx context.Context) (ReconcileReport, error) {
 	if r.Now != nil {
 		now = r.Now()
 	}
+	var firstErr error
+	errs := 0
 	inRay := make(map[string]bool, len(jobs))
 	for _, job := range jobs {
 		meta, ours := domain.ParseJobMeta(job.Metadata)
@@ -90,12 +96,18 @@ func (r *Reconciler) Run(ctx context.Context) (ReconcileReport, error) {
 		n, err := r.one(ctx, job, meta)
 		rep.Published += n
 		if err != nil {
-			return rep, err
+			// One job Ray cannot answer about (its logs, say) must not starve the rest, nor
+			// the look for lost deliberations; an ended run, or Ray or NATS gone (errors
+			// piling up), stops it.
+			firstErr, errs = cmp.Or(firstErr, err), errs+1
+			if ctx.Err() != nil || errs >= maxRunErrors {
+				return rep, firstErr
+			}
 		}
 	}
 	n, err := r.lost(ctx, inRay, now)
 	rep.Lost, rep.Published = n, rep.Published+n
-	return rep, err
+	return rep, cmp.Or(firstErr, err)
 }
 
 // lost ends the deliberations this system accepted (a submitted event within Lookback)

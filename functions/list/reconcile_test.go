@@ -51,10 +51,14 @@ type recJobs struct {
 	logs map[string]string
 	// unlisted are found by Job but missing from Jobs: submitted after the listing.
 	unlisted []ray.JobDetails
+	// logsErr fails Logs for these jobs.
+	logsErr map[string]error
 }
 
 func (r recJobs) Jobs(context.Context) ([]ray.JobDetails, error)    { return r.jobs, nil }
-func (r recJobs) Logs(_ context.Context, id string) (string, error) { return r.logs[id], nil }
+func (r recJobs) Logs(_ context.Context, id string) (string, error) {
+	return r.logs[id], r.logsErr[id]
+}
 func (r recJobs) Job(_ context.Context, id string) (ray.JobDetails, error) {
 	for _, j := range append(r.jobs, r.unlisted...) {
 		if j.SubmissionID == id {
@@ -198,5 +202,29 @@ func TestReconcilerEndsDeliberationsRayLost(t *testing.T) {
 	_ = bus.Publish(ctx, ev)
 	if rep, err := old.Run(ctx); err != nil || rep.Lost != 0 {
 		t.Errorf("a run 3 h later ended %d (%v), want 0: the submission is outside the lookback", rep.Lost, err)
+	}
+}
+
+func TestOneJobRayCannotAnswerAboutDoesNotStarveTheRest(t *testing.T) {
+	ctx := context.Background()
+	job := func(id string) ray.JobDetails {
+		return ray.JobDetails{SubmissionID: id, Status: ray.StatusFailed, EndTime: time.Now(),
+			Metadata: domain.JobMeta{DeliberationID: id, TaskID: "t-" + id}.Map()}
+	}
+	jobs := recJobs{jobs: []ray.JobDetails{job("sick"), job("fine")},
+		logsErr: map[string]error{"sick": fmt.Errorf("ray: logs: %w", domain.ErrUnavailable)}}
+	bus := &memBus{stored: map[string][]events.Stored{}}
+	lost, _ := events.SubmittedEvent(events.SourceExecute, domain.JobMeta{DeliberationID: "gone", TaskID: "t-gone"})
+	_ = bus.Publish(ctx, lost)
+	r := &Reconciler{Jobs: jobs, Bus: bus, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Lookback: time.Hour}
+	rep, err := r.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "sick") {
+		t.Errorf("got %v, want the sick job's error reported", err)
+	}
+	if got := kindsOf(bus.stored["fine"]); got != "failed,submitted" {
+		t.Errorf("fine: got %q, want its events published despite the sick job", got)
+	}
+	if rep.Lost != 1 || kindsOf(bus.stored["gone"]) != "failed,submitted" {
+		t.Errorf("lost pass: %d lost, gone has %q", rep.Lost, kindsOf(bus.stored["gone"]))
 	}
 }
