@@ -3,6 +3,8 @@
 # 127.0.0.1, dashboard (the Jobs REST API) on $RAY_DASHBOARD_PORT (8265), usage stats off.
 #   scripts/ray-head.sh up     start one unless a head already answers; remember if we did
 #   scripts/ray-head.sh down   stop it, only if `up` started it
+#   scripts/ray-head.sh stop   stop whatever Ray runs here (the outage test's fault), keeping
+#                              the marker so a later `up` + `down` pair still cleans up
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
@@ -44,8 +46,12 @@ down)
     echo "ray-head: stopped"
   fi
   ;;
+stop)
+  "$venv/bin/ray" stop --force >/dev/null 2>&1 || true
+  echo "ray-head: stopped (outage)"
+  ;;
 *)
-  echo "usage: $0 up|down" >&2
+  echo "usage: $0 up|down|stop" >&2
   exit 2
   ;;
 esac
