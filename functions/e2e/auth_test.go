@@ -2,15 +2,7 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -30,6 +22,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // startGuardedIngress runs the ingress binary in front of the shared functions with env
@@ -225,13 +218,13 @@ func TestAuthIngressOffWarns(t *testing.T) {
 // name gets in; none, another CA's, or an unlisted name do not.
 func TestAuthIngressMutualTLS(t *testing.T) {
 	t.Parallel()
-	ca, other := newAuthCA(t, "ingress-clients"), newAuthCA(t, "elsewhere")
-	serverCert, serverKey := ca.issue(t, "ingress", true)
-	aliceCert, aliceKey := ca.issue(t, "alice", false)
-	malloryCert, malloryKey := ca.issue(t, "mallory", false)
-	eveCert, eveKey := other.issue(t, "alice", false) // the right name, the wrong CA
+	ca, other := testenv.NewCA(t, "ingress-clients"), testenv.NewCA(t, "elsewhere")
+	serverCert, serverKey := ca.Issue(t, "ingress", nil, true)
+	aliceCert, aliceKey := ca.Issue(t, "alice", nil, false)
+	malloryCert, malloryKey := ca.Issue(t, "mallory", nil, false)
+	eveCert, eveKey := other.Issue(t, "alice", nil, false) // the right name, the wrong CA
 	addr, _ := startGuardedIngress(t, "TLS_CERT_FILE="+serverCert, "TLS_KEY_FILE="+serverKey,
-		"TLS_CLIENT_CA_FILE="+ca.certFile, "TLS_CLIENT_NAMES=alice,planner")
+		"TLS_CLIENT_CA_FILE="+ca.CertFile, "TLS_CLIENT_NAMES=alice,planner")
 
 	call := func(creds credentials.TransportCredentials) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -245,113 +238,25 @@ func TestAuthIngressMutualTLS(t *testing.T) {
 		creds credentials.TransportCredentials
 		code  codes.Code
 	}{
-		{"no client certificate", credentials.NewTLS(ca.clientTLS(t, "", "")), codes.Unavailable},
-		{"certificate of another CA", credentials.NewTLS(ca.clientTLS(t, eveCert, eveKey)), codes.Unavailable},
+		{"no client certificate", credentials.NewTLS(ca.ClientTLS(t, "", "")), codes.Unavailable},
+		{"certificate of another CA", credentials.NewTLS(ca.ClientTLS(t, eveCert, eveKey)), codes.Unavailable},
 		{"plaintext", insecure.NewCredentials(), codes.Unavailable},
-		{"unlisted name", credentials.NewTLS(ca.clientTLS(t, malloryCert, malloryKey)), codes.PermissionDenied},
-		{"listed name", credentials.NewTLS(ca.clientTLS(t, aliceCert, aliceKey)), codes.OK},
+		{"unlisted name", credentials.NewTLS(ca.ClientTLS(t, malloryCert, malloryKey)), codes.PermissionDenied},
+		{"listed name", credentials.NewTLS(ca.ClientTLS(t, aliceCert, aliceKey)), codes.OK},
 	}
 	for _, tc := range cases {
 		if err := call(tc.creds); status.Code(err) != tc.code {
 			t.Errorf("%s: got %v, want %s", tc.name, err, tc.code)
 		}
 	}
-	alice := pb.NewRayExecutorServiceClient(dialIngress(t, addr, credentials.NewTLS(ca.clientTLS(t, aliceCert, aliceKey))))
+	alice := pb.NewRayExecutorServiceClient(dialIngress(t, addr, credentials.NewTLS(ca.ClientTLS(t, aliceCert, aliceKey))))
 	st, err := alice.GetDeliberationStatus(context.Background(), &pb.GetDeliberationStatusRequest{DeliberationId: "delib-nope"})
 	if err != nil || st.GetStatus() != "not_found" {
 		t.Errorf("alice, GetDeliberationStatus: got %v %v, want OK with not_found from the status function", st, err)
 	}
-	out, err := exec.Command(tool(t, "grpc-health-probe"), "-addr", addr, "-tls", "-tls-ca-cert", ca.certFile,
+	out, err := exec.Command(tool(t, "grpc-health-probe"), "-addr", addr, "-tls", "-tls-ca-cert", ca.CertFile,
 		"-tls-client-cert", aliceCert, "-tls-client-key", aliceKey).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "SERVING") {
 		t.Errorf("grpc-health-probe with alice's certificate: %v: %s, want SERVING", err, out)
 	}
-}
-
-// authCA is a certificate authority made for one test, its files in t.TempDir().
-type authCA struct {
-	cert     *x509.Certificate
-	key      *ecdsa.PrivateKey
-	dir      string
-	certFile string
-}
-
-func newAuthCA(t *testing.T, name string) *authCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &authCA{cert: cert, key: key, dir: t.TempDir()}
-	ca.certFile = writeAuthPEM(t, ca.dir, "ca.pem", "CERTIFICATE", der)
-	return ca
-}
-
-// issue signs a certificate for cn: a server's for 127.0.0.1, or a client's.
-func (ca *authCA) issue(t *testing.T, cn string, server bool) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return writeAuthPEM(t, ca.dir, cn+".pem", "CERTIFICATE", der), writeAuthPEM(t, ca.dir, cn+"-key.pem", "EC PRIVATE KEY", kder)
-}
-
-// clientTLS trusts ca for the server and presents certFile/keyFile when given.
-func (ca *authCA) clientTLS(t *testing.T, certFile, keyFile string) *tls.Config {
-	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
-	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if certFile != "" {
-		c, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Certificates = []tls.Certificate{c}
-	}
-	return cfg
-}
-
-func writeAuthPEM(t *testing.T, dir, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }

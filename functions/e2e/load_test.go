@@ -23,6 +23,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 )
 
@@ -193,15 +194,7 @@ func TestLoadTwoHundredDeliberations(t *testing.T) {
 			t.Errorf("task %s has %d Ray jobs, want 1", task, c)
 		}
 	}
-	calls := map[string]int{}
-	for _, c := range stub.Calls() {
-		for _, m := range c.Messages {
-			if i := strings.Index(m.Content, run+"-"); i >= 0 {
-				calls[m.Content[i:i+len(run)+4]]++
-				break
-			}
-		}
-	}
+	calls := llmCallsPerTask(stub, run)
 	if len(calls) != n {
 		t.Errorf("the LLM was asked about %d tasks, want %d", len(calls), n)
 	}
@@ -231,6 +224,21 @@ func maps(m map[string]string) map[string]bool {
 		out[k] = true
 	}
 	return out
+}
+
+// llmCallsPerTask counts the stub's calls by the task they were about: the first message
+// naming a task of run ("<run>-NNN", as both tests number them) decides.
+func llmCallsPerTask(stub *llmstub.Server, run string) map[string]int {
+	calls := map[string]int{}
+	for _, c := range stub.Calls() {
+		for _, m := range c.Messages {
+			if i := strings.Index(m.Content, run+"-"); i >= 0 {
+				calls[m.Content[i:i+len(run)+4]]++
+				break
+			}
+		}
+	}
+	return calls
 }
 
 func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -217,15 +216,7 @@ func TestRayOutageUnderSteadyLoad(t *testing.T) {
 	for _, j := range jobs {
 		jobsOf[j.Metadata[domain.MetaTaskID]]++
 	}
-	calls := map[string]int{}
-	for _, c := range stub.Calls() {
-		for _, m := range c.Messages {
-			if i := strings.Index(m.Content, run+"-"); i >= 0 {
-				calls[m.Content[i:i+len(run)+4]]++
-				break
-			}
-		}
-	}
+	calls := llmCallsPerTask(stub, run)
 	byOutcome := map[string]int{}
 	for task, id := range accepted {
 		rep := final[task]

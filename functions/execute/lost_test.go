@@ -2,36 +2,21 @@ package execute
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // A retry of a deliberation Ray lost (its head restarted and forgot the job) must not run it
 // again: the stored terminal event says it was accepted and has ended.
 func TestRetryOfADeliberationRayLostDoesNotRunItTwice(t *testing.T) {
-	srv, err := events.StartLocal("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	bus, err := events.Connect(events.Config{URL: srv.URL(), Provision: true}, "execute-test", quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	bus := testenv.NATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for !bus.Connected() && ctx.Err() == nil {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err := bus.Provision(ctx); err != nil {
-		t.Fatal(err)
-	}
 	submits := 0
 	svc := &Service{
 		Jobs: &fakeJobs{JobFn: notFound, SubmitFn: func(_ context.Context, r ray.SubmitRequest) (string, error) {

@@ -24,6 +24,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 const (
@@ -345,7 +346,7 @@ func TestAuthOffLetsEveryoneIn(t *testing.T) {
 // mtlsFixture is a server CA with certificates for a listed client, an unlisted one, one
 // listed by its DNS SAN only, and a client of another CA.
 type mtlsFixture struct {
-	ca, other                                *testCA
+	ca, other                                *testenv.CA
 	serverCert, serverKey                    string
 	aliceCert, aliceKey, bobCert, bobKey     string
 	malloryCert, malloryKey, sanCert, sanKey string
@@ -353,19 +354,19 @@ type mtlsFixture struct {
 }
 
 func newMTLS(t *testing.T) *mtlsFixture {
-	f := &mtlsFixture{ca: newTestCA(t, "ingress-clients"), other: newTestCA(t, "someone-else")}
-	f.serverCert, f.serverKey = f.ca.issue(t, "ingress", []string{"localhost"}, true)
-	f.aliceCert, f.aliceKey = f.ca.issue(t, "alice", nil, false)
-	f.bobCert, f.bobKey = f.ca.issue(t, "bob", nil, false)
-	f.malloryCert, f.malloryKey = f.ca.issue(t, "mallory", nil, false)
-	f.sanCert, f.sanKey = f.ca.issue(t, "", []string{"svc.example"}, false)
-	f.eveCert, f.eveKey = f.other.issue(t, "alice", nil, false) // the right name from the wrong CA
+	f := &mtlsFixture{ca: testenv.NewCA(t, "ingress-clients"), other: testenv.NewCA(t, "someone-else")}
+	f.serverCert, f.serverKey = f.ca.Issue(t, "ingress", []string{"localhost"}, true)
+	f.aliceCert, f.aliceKey = f.ca.Issue(t, "alice", nil, false)
+	f.bobCert, f.bobKey = f.ca.Issue(t, "bob", nil, false)
+	f.malloryCert, f.malloryKey = f.ca.Issue(t, "mallory", nil, false)
+	f.sanCert, f.sanKey = f.ca.Issue(t, "", []string{"svc.example"}, false)
+	f.eveCert, f.eveKey = f.other.Issue(t, "alice", nil, false) // the right name from the wrong CA
 	return f
 }
 
 func (f *mtlsFixture) serve(t *testing.T, tokens Tokens, limits Limits, srv *Server) string {
 	t.Helper()
-	tc, err := LoadTLS(f.serverCert, f.serverKey, f.ca.CertPEM)
+	tc, err := LoadTLS(f.serverCert, f.serverKey, f.ca.CertFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +387,7 @@ func TestMutualTLS(t *testing.T) {
 		return err
 	}
 	tlsWith := func(certFile, keyFile string) credentials.TransportCredentials {
-		return credentials.NewTLS(clientTLS(t, f.ca, certFile, keyFile))
+		return credentials.NewTLS(f.ca.ClientTLS(t, certFile, keyFile))
 	}
 	cases := []struct {
 		name  string
@@ -414,8 +415,8 @@ func TestMutualTLS(t *testing.T) {
 func TestMutualTLSAndTokensRequireBoth(t *testing.T) {
 	f := newMTLS(t)
 	addr := f.serve(t, mustTokens(t, testTokens), Limits{}, &Server{})
-	alice := pb.NewRayExecutorServiceClient(connect(t, addr, credentials.NewTLS(clientTLS(t, f.ca, f.aliceCert, f.aliceKey))))
-	mallory := pb.NewRayExecutorServiceClient(connect(t, addr, credentials.NewTLS(clientTLS(t, f.ca, f.malloryCert, f.malloryKey))))
+	alice := pb.NewRayExecutorServiceClient(connect(t, addr, credentials.NewTLS(f.ca.ClientTLS(t, f.aliceCert, f.aliceKey))))
+	mallory := pb.NewRayExecutorServiceClient(connect(t, addr, credentials.NewTLS(f.ca.ClientTLS(t, f.malloryCert, f.malloryKey))))
 	req := &pb.ExecuteDeliberationRequest{}
 	if _, err := alice.ExecuteDeliberation(context.Background(), req); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("right certificate, no token: got %v, want Unauthenticated", err)

@@ -332,8 +332,8 @@ func TestSubmitRateOverGRPC(t *testing.T) {
 func TestLimitsPerCertificate(t *testing.T) {
 	f := newMTLS(t)
 	addr := f.serve(t, Tokens{}, Limits{SubmitRate: 0.01, SubmitBurst: 1}, &Server{})
-	alice := pb.NewRayExecutorServiceClient(connect(t, addr, credentials.NewTLS(clientTLS(t, f.ca, f.aliceCert, f.aliceKey))))
-	bob := pb.NewRayExecutorServiceClient(connect(t, addr, credentials.NewTLS(clientTLS(t, f.ca, f.bobCert, f.bobKey))))
+	alice := pb.NewRayExecutorServiceClient(connect(t, addr, credentials.NewTLS(f.ca.ClientTLS(t, f.aliceCert, f.aliceKey))))
+	bob := pb.NewRayExecutorServiceClient(connect(t, addr, credentials.NewTLS(f.ca.ClientTLS(t, f.bobCert, f.bobKey))))
 	if _, err := alice.ExecuteDeliberation(context.Background(), &pb.ExecuteDeliberationRequest{}); err != nil {
 		t.Fatal(err)
 	}

@@ -55,7 +55,7 @@ type recJobs struct {
 	logsErr map[string]error
 }
 
-func (r recJobs) Jobs(context.Context) ([]ray.JobDetails, error)    { return r.jobs, nil }
+func (r recJobs) Jobs(context.Context) ([]ray.JobDetails, error) { return r.jobs, nil }
 func (r recJobs) Logs(_ context.Context, id string) (string, error) {
 	return r.logs[id], r.logsErr[id]
 }

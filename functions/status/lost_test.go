@@ -3,40 +3,13 @@ package status
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
-
-// bus starts a real local NATS JetStream with the streams provisioned.
-func bus(t *testing.T) *events.Bus {
-	t.Helper()
-	srv, err := events.StartLocal("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	b, err := events.Connect(events.Config{URL: srv.URL(), Provision: true}, "status-test", slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for !b.Connected() && ctx.Err() == nil {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err := b.Provision(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 // forgetful is a Ray that has no record of anything: a head restarted without GCS fault
 // tolerance.
@@ -47,7 +20,7 @@ func forgetful() *fakeJobs {
 }
 
 func TestAcceptedDeliberationRayLostIsReportedAsSuch(t *testing.T) {
-	b := bus(t)
+	b := testenv.NATS(t)
 	ctx := context.Background()
 	svc := NewService(forgetful(), 8)
 	svc.Events = b
@@ -92,7 +65,7 @@ func TestAcceptedDeliberationRayLostIsReportedAsSuch(t *testing.T) {
 }
 
 func TestFinishedDeliberationRayForgotIsAnsweredFromItsEvents(t *testing.T) {
-	b := bus(t)
+	b := testenv.NATS(t)
 	ctx := context.Background()
 	m := domain.JobMeta{DeliberationID: "delib-done1", TaskID: "t-done", NumAgents: 1}
 	a := domain.AgentResult{AgentID: "a1", Status: "completed", Proposal: "ship it", Score: 0.9}
@@ -121,7 +94,7 @@ func TestFinishedDeliberationRayForgotIsAnsweredFromItsEvents(t *testing.T) {
 }
 
 func TestNATSDownLeavesTheOriginalAnswer(t *testing.T) {
-	b := bus(t)
+	b := testenv.NATS(t)
 	b.Close()
 	svc := NewService(forgetful(), 8)
 	svc.Events = b

@@ -1,6 +1,7 @@
-// Package testenv gives tests the real dependencies they run against (a Ray head, later a
-// NATS server). A missing dependency fails the test with instructions; it never skips, so
-// CI cannot pass without having run the real-dependency tests.
+// Package testenv gives tests the real dependencies they run against (a Ray head, a NATS
+// server) and the fixtures several packages share (a test CA, start-up checks). A missing
+// dependency fails the test with instructions; it never skips, so CI cannot pass without
+// having run the real-dependency tests.
 package testenv
 
 import (

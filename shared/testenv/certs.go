@@ -1,4 +1,4 @@
-package ingress
+package testenv
 
 import (
 	"crypto/ecdsa"
@@ -16,15 +16,18 @@ import (
 	"time"
 )
 
-// testCA is a certificate authority made for one test, with its files in t.TempDir().
-type testCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
-	dir     string
-	CertPEM string // path of the CA certificate
+// CA is a certificate authority made for one test, with its files in t.TempDir(): what
+// the mutual-TLS tests of the ingress, in process and end to end, trust and issue from.
+type CA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	dir  string
+	// CertFile is the path of the CA certificate (PEM), for TLS_CLIENT_CA_FILE and the like.
+	CertFile string
 }
 
-func newTestCA(t *testing.T, name string) *testCA {
+// NewCA makes a CA named name, valid for the hour around now.
+func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -47,20 +50,24 @@ func newTestCA(t *testing.T, name string) *testCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := &testCA{cert: cert, key: key, dir: t.TempDir()}
-	ca.CertPEM = writePEM(t, ca.dir, name+"-ca.pem", "CERTIFICATE", der)
+	ca := &CA{cert: cert, key: key, dir: t.TempDir()}
+	ca.CertFile = writePEM(t, ca.dir, name+"-ca.pem", "CERTIFICATE", der)
 	return ca
 }
 
-// issue signs a leaf certificate for cn (and dns SANs); server certificates are for
-// 127.0.0.1. It returns the certificate and key files.
-func (ca *testCA) issue(t *testing.T, cn string, dns []string, server bool) (certFile, keyFile string) {
+// Issue signs a leaf certificate for cn (which may be empty) and the dns SANs: a server's,
+// also for 127.0.0.1, or a client's. It returns the certificate and key files; issuing the
+// same cn twice from one CA overwrites them.
+func (ca *CA) Issue(t testing.TB, cn string, dns []string, server bool) (certFile, keyFile string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: cn},
@@ -89,8 +96,9 @@ func (ca *testCA) issue(t *testing.T, cn string, dns []string, server bool) (cer
 	return writePEM(t, ca.dir, base+".pem", "CERTIFICATE", der), writePEM(t, ca.dir, base+"-key.pem", "EC PRIVATE KEY", kder)
 }
 
-// clientTLS is a client configuration trusting ca, presenting certFile/keyFile when given.
-func clientTLS(t *testing.T, ca *testCA, certFile, keyFile string) *tls.Config {
+// ClientTLS is a client configuration that trusts ca for the server and presents
+// certFile/keyFile when certFile is not empty.
+func (ca *CA) ClientTLS(t testing.TB, certFile, keyFile string) *tls.Config {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.cert)
@@ -105,7 +113,7 @@ func clientTLS(t *testing.T, ca *testCA, certFile, keyFile string) *tls.Config {
 	return cfg
 }
 
-func writePEM(t *testing.T, dir, name, typ string, der []byte) string {
+func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
