@@ -13,6 +13,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
+	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
@@ -413,5 +414,48 @@ func TestTwoExecuteProcessesGivenTheSameEventMakeOneJob(t *testing.T) {
 	}
 	for _, id := range ids {
 		s.waitDone(t, s.status.url, id)
+	}
+}
+
+// Prompt and completion text stay out of info-level logs: the functions' own, and the
+// payload's lines in the Ray job log (only the marked result line carries the proposal,
+// as the data status reads).
+func TestPromptsAndCompletionsStayOutOfInfoLogs(t *testing.T) {
+	t.Parallel()
+	stub, url := llm(t)
+	secret := uniqueTask(t)
+	stub.Script("model-secret", llmstub.Behavior{Content: "COMPLETION-" + secret, Reasoning: "REASONING-" + secret})
+	execute, status := start(t, "execute"), start(t, "status")
+	s := shared(t)
+	req := request("task-"+secret, url, "model-secret")
+	req.TaskDescription = "PROMPT-" + secret
+	var resp pb.ExecuteDeliberationResponse
+	if err := s.client.Call(context.Background(), execute.url, rpcevents.TypeExecuteDeliberation, req, rpcevents.CallOptions{}, &resp); err != nil {
+		t.Fatal(err)
+	}
+	st := s.waitDone(t, status.url, resp.GetDeliberationId())
+	if !strings.Contains(st.GetResult().GetProposal(), "COMPLETION-"+secret) {
+		t.Fatalf("got proposal %q, want the scripted completion", st.GetResult().GetProposal())
+	}
+	if len(stub.Calls()) != 1 || !strings.Contains(fmt.Sprint(stub.Calls()[0].Messages), "PROMPT-"+secret) {
+		t.Fatalf("the LLM did not get the prompt")
+	}
+	logs, err := s.ray.Logs(context.Background(), resp.GetDeliberationId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var payloadLines []string
+	for _, line := range strings.Split(logs, "\n") {
+		if !strings.HasPrefix(line, ray.ResultMarker) {
+			payloadLines = append(payloadLines, line)
+		}
+	}
+	for what, out := range map[string]string{"execute": execute.out.String(), "status": status.out.String(),
+		"payload (Ray job log)": strings.Join(payloadLines, "\n")} {
+		for _, text := range []string{"PROMPT-", "COMPLETION-", "REASONING-"} {
+			if strings.Contains(out, text+secret) {
+				t.Errorf("%s logged %s text at info level", what, strings.TrimSuffix(text, "-"))
+			}
+		}
 	}
 }
