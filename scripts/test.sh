@@ -18,9 +18,10 @@ export NATS_SERVER_BIN="$root/bin/nats-local"
 echo "== pytest (payload)"
 .venv/bin/python -m pytest -q shared/ray/payload/tests
 
-# Last, alone, because they stop and restart the Ray head: the Ray head stopped for 30 s
-# under steady load, and a load run (LOAD_DELIBERATIONS, 60 here to keep CI short; `make
-# bench` runs the full 200). -v prints their figures.
-echo "== go test -tags exclusive (Ray outage, load run)"
+# Last, alone, because they stop and restart the Ray head or take all of it: the Ray head
+# stopped for 30 s under steady load, a load run (LOAD_DELIBERATIONS, 60 here to keep CI
+# short; `make bench` runs the full 200), and deliberations cancelled while one reserves
+# every CPU. -v prints their figures.
+echo "== go test -tags exclusive (Ray outage, load run, queued cancel)"
 LOAD_DELIBERATIONS="${LOAD_DELIBERATIONS:-60}" go test -count=1 -timeout 25m -tags exclusive -v \
-  -run '^(TestRayOutageUnderSteadyLoad|TestLoadTwoHundredDeliberations)$' ./functions/e2e/
+  -run '^(TestRayOutageUnderSteadyLoad|TestLoadTwoHundredDeliberations|TestQueuedCancelNeverRunsTheDeliberation)$' ./functions/e2e/

@@ -44,11 +44,12 @@ type Service struct {
 	Events Publisher
 }
 
-// publish stores a lifecycle event if events are on. NATS trouble never fails a request
-// whose Ray side succeeded: it is logged, and the reconciler repairs the gap.
-func (s *Service) publish(ctx context.Context, build func() (events.Event, error), logger *slog.Logger) {
+// publish stores a lifecycle event if events are on, and reports whether it is stored. NATS
+// trouble never fails a request whose Ray side succeeded: it is logged, and the reconciler
+// repairs the gap.
+func (s *Service) publish(ctx context.Context, build func() (events.Event, error), logger *slog.Logger) bool {
 	if s.Events == nil {
-		return
+		return false
 	}
 	ev, err := build()
 	if err == nil {
@@ -56,7 +57,9 @@ func (s *Service) publish(ctx context.Context, build func() (events.Event, error
 	}
 	if err != nil {
 		logger.Warn("lifecycle event not published; the reconciler will publish it", "event_id", ev.ID, "error", err.Error())
+		return false
 	}
+	return true
 }
 
 // TerminalReader is implemented by an event bus that can say whether a deliberation's end
@@ -168,6 +171,12 @@ type Cancellation struct {
 // Cancel stops a deliberation's Ray job. Cancelling a finished deliberation changes nothing
 // and reports its final status. Errors: ErrInvalid for a malformed id, ErrNotFound for an
 // unknown one, ErrUnavailable/ErrDeadline when Ray cannot answer.
+//
+// A PENDING job (waiting for its ENTRYPOINT_NUM_CPUS reservation) is not kept from
+// starting by Ray's stop: Ray queues the stop and starts the driver anyway once the
+// reservation fits. So for a pending job the cancelled event is stored first; the payload
+// looks for it before it starts any agent, and ends at once when it finds it. Once that
+// event is stored the deliberation is cancelled, whatever Ray makes of the stop.
 func (s *Service) Cancel(ctx context.Context, id string, logger *slog.Logger) (Cancellation, error) {
 	if err := domain.CheckDeliberationID(id); err != nil {
 		return Cancellation{}, err
@@ -184,12 +193,31 @@ func (s *Service) Cancel(ctx context.Context, id string, logger *slog.Logger) (C
 		st := ray.DeliberationStatus(job.Status)
 		return Cancellation{Status: st, Message: "deliberation had already finished: " + string(st)}, nil
 	}
+	cancelled := func() (events.Event, error) {
+		return events.TerminalEvent(events.SourceExecute, meta, domain.StatusCancelled, nil, "cancelled by request", "cancelled")
+	}
+	if job.Status == ray.StatusPending {
+		stored := s.publish(ctx, cancelled, logger)
+		if _, err := s.Jobs.Stop(ctx, id); err != nil {
+			if !stored {
+				return Cancellation{}, fmt.Errorf("execute: stop %s: %w", id, err)
+			}
+			logger.Warn("Ray did not take the stop of a pending deliberation; its stored cancelled event keeps it from running",
+				"deliberation_id", id, "error", err.Error())
+		}
+		logger.Info("deliberation cancelled before it started", "deliberation_id", id, "event_stored", stored)
+		msg := "deliberation cancelled before it started"
+		if !stored {
+			msg += " (Ray job stop requested; the cancellation could not be recorded on NATS)"
+		}
+		return Cancellation{Status: domain.StatusCancelled, Message: msg}, nil
+	}
+	// A running job is stopped first: its cancelled event must not be stored for a
+	// deliberation that Ray would not stop and that then completes.
 	if _, err := s.Jobs.Stop(ctx, id); err != nil {
 		return Cancellation{}, fmt.Errorf("execute: stop %s: %w", id, err)
 	}
 	logger.Info("deliberation cancelled", "deliberation_id", id)
-	s.publish(ctx, func() (events.Event, error) {
-		return events.TerminalEvent(events.SourceExecute, meta, domain.StatusCancelled, nil, "cancelled by request", "cancelled")
-	}, logger)
+	s.publish(ctx, cancelled, logger)
 	return Cancellation{Status: domain.StatusCancelled, Message: "Ray job stopped"}, nil
 }

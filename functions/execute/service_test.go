@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
@@ -179,6 +180,98 @@ func TestInvalidRequestNeverReachesRay(t *testing.T) {
 		if !strings.Contains(se.Message, field) {
 			t.Errorf("got %q, want it to name %s", se.Message, field)
 		}
+	}
+}
+
+// fakePublisher is a hand-written fake of the event bus.
+type fakePublisher struct {
+	PublishFn func(context.Context, events.Event) error
+}
+
+func (f *fakePublisher) Publish(ctx context.Context, ev events.Event) error {
+	return f.PublishFn(ctx, ev)
+}
+
+// A PENDING job starts once its reservation fits even after Ray took its stop, so its
+// cancelled event is stored first (the payload looks for it before running any agent),
+// and once stored the deliberation is cancelled whatever Ray answers to the stop.
+func TestCancelPendingStoresTheEventBeforeTheStop(t *testing.T) {
+	ours := domain.JobMeta{DeliberationID: "d1", TaskID: "t1", NumAgents: 2}.Map()
+	pending := func(_ context.Context, id string) (ray.JobDetails, error) {
+		return ray.JobDetails{SubmissionID: id, Status: ray.StatusPending, Metadata: ours}, nil
+	}
+	rayDown := fmt.Errorf("ray: %w", domain.ErrUnavailable)
+	natsDown := fmt.Errorf("events: %w", domain.ErrUnavailable)
+	cases := []struct {
+		name       string
+		stopErr    error
+		publishErr error
+		want       domain.Status
+		wantErr    error
+		wantMsg    string
+	}{
+		{"stop taken", nil, nil, domain.StatusCancelled, nil, "deliberation cancelled before it started"},
+		{"stop refused, event stored", rayDown, nil, domain.StatusCancelled, nil, "deliberation cancelled before it started"},
+		{"stop taken, NATS down", nil, natsDown, domain.StatusCancelled, nil, "could not be recorded on NATS"},
+		{"stop refused, NATS down", rayDown, natsDown, "", domain.ErrUnavailable, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls []string
+			var published events.Event
+			svc := &Service{
+				Jobs: &fakeJobs{JobFn: pending, StopFn: func(context.Context, string) (bool, error) {
+					calls = append(calls, "stop")
+					return tc.stopErr == nil, tc.stopErr
+				}},
+				Events: &fakePublisher{PublishFn: func(_ context.Context, ev events.Event) error {
+					calls = append(calls, "publish")
+					published = ev
+					return tc.publishErr
+				}},
+			}
+			c, err := svc.Cancel(context.Background(), "d1", quiet)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && err != nil) {
+				t.Fatalf("got error %v, want %v", err, tc.wantErr)
+			}
+			if c.Status != tc.want || !strings.Contains(c.Message, tc.wantMsg) {
+				t.Errorf("got %q %q, want %q with %q", c.Status, c.Message, tc.want, tc.wantMsg)
+			}
+			if got := strings.Join(calls, ","); got != "publish,stop" {
+				t.Errorf("got calls %s, want publish,stop (the event stored before Ray is asked)", got)
+			}
+			if published.ID != "d1.terminal" || published.Kind() != events.Cancelled {
+				t.Errorf("got event %s of kind %s, want d1.terminal, cancelled", published.ID, published.Kind())
+			}
+		})
+	}
+}
+
+// A running job is stopped before its cancelled event is stored: a stop Ray refuses leaves
+// no cancelled event behind for a deliberation that goes on and completes.
+func TestCancelRunningStopsBeforeTheEvent(t *testing.T) {
+	ours := domain.JobMeta{DeliberationID: "d1"}.Map()
+	var calls []string
+	svc := &Service{
+		Jobs: &fakeJobs{
+			JobFn: func(_ context.Context, id string) (ray.JobDetails, error) {
+				return ray.JobDetails{SubmissionID: id, Status: ray.StatusRunning, Metadata: ours}, nil
+			},
+			StopFn: func(context.Context, string) (bool, error) {
+				calls = append(calls, "stop")
+				return false, fmt.Errorf("ray: %w", domain.ErrUnavailable)
+			},
+		},
+		Events: &fakePublisher{PublishFn: func(context.Context, events.Event) error {
+			calls = append(calls, "publish")
+			return nil
+		}},
+	}
+	if _, err := svc.Cancel(context.Background(), "d1", quiet); !errors.Is(err, domain.ErrUnavailable) {
+		t.Fatalf("got %v, want ErrUnavailable", err)
+	}
+	if got := strings.Join(calls, ","); got != "stop" {
+		t.Errorf("got calls %s, want stop alone", got)
 	}
 }
 

@@ -336,8 +336,13 @@ func decodeStored(msg jetstream.Msg) (Stored, bool) {
 	return st, true
 }
 
-// PayloadURLEnv carries the NATS address to the payload in the Ray job's environment.
-const PayloadURLEnv = "RAY_EXECUTOR_NATS_URL"
+// PayloadURLEnv carries the NATS address to the payload in the Ray job's environment, and
+// PayloadEventsStreamEnv the lifecycle stream's name (the payload looks a terminal event up
+// on it before it starts any agent).
+const (
+	PayloadURLEnv          = "RAY_EXECUTOR_NATS_URL"
+	PayloadEventsStreamEnv = "RAY_EXECUTOR_NATS_EVENTS_STREAM"
+)
 
 // ProvisionInBackground creates or updates the streams as soon as NATS answers (at once
 // when it is up), retrying until it succeeds or ctx ends, so that a NATS that is down at

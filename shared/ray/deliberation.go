@@ -1,6 +1,7 @@
 package ray
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -173,13 +174,29 @@ type Conclusion struct {
 	ErrorType    string
 }
 
+// ResultCancelled is the status of a result line by which the payload reports that its
+// deliberation was cancelled before it started (its cancelled event was already stored):
+// it ran no agent.
+const ResultCancelled = string(domain.StatusCancelled)
+
 // Conclude judges a terminal job: SUCCEEDED with at least one agent completed is
 // "completed"; a job that succeeded without a (valid) result, failed, or whose every agent
-// failed is "failed"; a stopped job is "cancelled". The status function and the reconciler
-// both use it, so the status callers read and the terminal event on NATS always agree.
+// failed is "failed"; a stopped job, or one whose payload reported "cancelled", is
+// "cancelled". The status function and the reconciler both use it, so the status callers
+// read and the terminal event on NATS always agree.
 func Conclude(job JobDetails, logs string) Conclusion {
 	c := Conclusion{Status: DeliberationStatus(job.Status)}
 	outcome, ok, perr := ParseResult(logs)
+	if ok && outcome.Status == ResultCancelled {
+		// Ray starts a PENDING job's driver even after it was stopped; the payload then
+		// saw the stored cancelled event and ran no agent. Ray may record that run as
+		// SUCCEEDED, STOPPED or FAILED (its queued stop finding the process gone): the
+		// deliberation was cancelled all the same. No Outcome: no agent ran, so there is
+		// nothing to report, and the reconciler must not announce a start.
+		c.Status, c.ErrorType = domain.StatusCancelled, "cancelled"
+		c.ErrorMessage = "the deliberation was cancelled: " + cmp.Or(outcome.Error, "cancelled before it started")
+		return c
+	}
 	if ok {
 		c.Outcome = &outcome
 	}

@@ -40,7 +40,8 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		defer bus.Close()
 		events.ProvisionInBackground(ctx, bus, logger)
 		svc.Events = bus
-		svc.JobOptions.EnvVars = map[string]string{events.PayloadURLEnv: cfg.PayloadNATSURL}
+		svc.JobOptions.EnvVars = map[string]string{events.PayloadURLEnv: cfg.PayloadNATSURL,
+			events.PayloadEventsStreamEnv: cfg.Events.EventsStream}
 	}
 	h := execute.NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)

@@ -2,9 +2,16 @@
 
 Reads the request from RAY_EXECUTOR_REQUEST, runs one Ray task per agent, prints exactly one
 result line (RAY_EXECUTOR_RESULT {json}) on stdout and exits with
-  0  at least one agent completed,
+  0  at least one agent completed, or the deliberation was cancelled before it started,
   1  every agent failed (or Ray was unavailable, or an internal error),
   2  the request is missing or invalid.
+
+Ray starts a PENDING job's driver even after the job was stopped. So before anything else
+(Ray, events, agents), when NATS is configured, the payload looks up whether its
+deliberation's terminal event is already stored (execute stores the cancelled event before
+it asks Ray to stop a pending job). If one is, it runs no agent, publishes nothing, prints a
+"cancelled" result and exits 0. When NATS cannot answer (bounded: 5 s), it runs: a
+deliberation is not lost to a NATS outage.
 
 Inside a Ray job, ray.init() finds the cluster from the RAY_ADDRESS the job supervisor
 sets. For development and tests, RAY_EXECUTOR_LOCAL_RAY=<num_cpus> starts a private local
@@ -19,10 +26,10 @@ import sys
 import time
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional
 
-from . import llm
+from . import llm, nats_events
 from .events import EventsGuard, make_events
 from .request import DeliberationRequest, RequestError, load_request
-from .result import COMPLETED, AgentResult, ResultPrinter, failure, summarize
+from .result import COMPLETED, AgentResult, ResultPrinter, cancelled, failure, summarize
 from .runner import failed_agent, log, plan_jobs, run_deliberation, setup_logging
 
 LOCAL_RAY_ENV = "RAY_EXECUTOR_LOCAL_RAY"
@@ -81,6 +88,24 @@ def _all_failed(req: DeliberationRequest, started: float, error_type: str, error
     return [failed_agent(job, error_type, error, started, now) for job in jobs]
 
 
+def ended_before_start(environ: Mapping[str, str], req: DeliberationRequest) -> Optional[str]:
+    """The kind of the deliberation's terminal event if one is already stored (cancelled:
+    it was cancelled while it waited for its reservation), else None. None too when NATS is
+    not configured or cannot answer (logged): the run then goes on."""
+    settings = nats_events.settings_from_env(environ)
+    if settings is None:
+        return None
+    try:
+        return nats_events.stored_terminal(settings, req.deliberation_id)
+    except Exception as exc:  # noqa: BLE001 - LookupFailed, or a bug: the run goes on either way
+        why = str(exc) if isinstance(exc, nats_events.LookupFailed) else f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "deliberation %s: cannot tell whether it was cancelled before it started (%s); running it",
+            req.deliberation_id, why,
+        )
+        return None
+
+
 def _run(environ: MutableMapping[str, str], printer: ResultPrinter, started: float, ids: List[str]) -> int:
     try:
         req = load_request(environ)
@@ -98,6 +123,14 @@ def _run(environ: MutableMapping[str, str], printer: ResultPrinter, started: flo
         req.deliberation_id, req.kind, req.task_id, len(req.agents),
         ", ".join(a.id for a in req.agents), req.timeout_seconds, req.max_retries,
     )
+    ended = ended_before_start(environ, req)
+    if ended is not None:
+        error = "cancelled before it started"
+        if ended != nats_events.TERMINAL_CANCELLED:
+            error = f"not started: its end ({ended}) is already stored"
+        log.info("deliberation %s: its %s event is already stored; no agent runs", req.deliberation_id, ended)
+        printer.print(cancelled(req.deliberation_id, req.task_id, len(req.agents), error, started, time.time()))
+        return EXIT_COMPLETED
     events = EventsGuard(make_events(environ))
     events.on_started(req)
     try:

@@ -8,6 +8,11 @@ Two kinds of messages, both built here from the payload's own request and result
 - compatible agent responses: the original service's envelope on agent.response.*, one per
   agent, with Nats-Msg-Id = the envelope's idempotency_key.
 
+Before the driver starts any agent, stored_terminal looks up whether the deliberation's end
+is already stored (a cancelled event: Ray starts a PENDING job's driver even after it was
+stopped). That one look-up is bounded (LOOKUP_TIMEOUT_SECONDS) and made on a connection of
+its own, which is closed before the run goes on.
+
 Publishing is best effort and never on the deliberation's critical path: the hooks build the
 messages and hand them to one background thread that runs an asyncio event loop with the
 nats-py client, which publishes them one at a time, in order. Each message gets a bounded
@@ -42,6 +47,8 @@ URL_ENV = "RAY_EXECUTOR_NATS_URL"
 TOKEN_ENV = "RAY_EXECUTOR_NATS_TOKEN"
 CREDS_FILE_ENV = "RAY_EXECUTOR_NATS_CREDS_FILE"
 TLS_CA_FILE_ENV = "RAY_EXECUTOR_NATS_TLS_CA_FILE"
+EVENTS_STREAM_ENV = "RAY_EXECUTOR_NATS_EVENTS_STREAM"  # execute's NATS_EVENTS_STREAM
+DEFAULT_EVENTS_STREAM = "RAY_EXECUTOR_EVENTS"
 
 # Bounds of the best-effort publishing.
 CONNECT_TIMEOUT_SECONDS = 2.0
@@ -51,6 +58,7 @@ MAX_ATTEMPTS = 3
 RETRY_DELAY_SECONDS = 0.25  # doubled after each failed attempt
 CLOSE_TIMEOUT_SECONDS = 4.0  # close() waits this long for the queue to drain and flush
 SHUTDOWN_SECONDS = 1.0  # closing the connection (it flushes first), and the cleanup after
+LOOKUP_TIMEOUT_SECONDS = 5.0  # the whole look-up of a stored terminal event, connect included
 
 # Lifecycle events.
 SOURCE = "ray-executor/payload"
@@ -62,6 +70,8 @@ AGENT_COMPLETED = "agent_completed"
 AGENT_FAILED = "agent_failed"
 TERMINAL_COMPLETED = "completed"
 TERMINAL_FAILED = "failed"
+TERMINAL_CANCELLED = "cancelled"
+TERMINAL_KINDS = (TERMINAL_CANCELLED, TERMINAL_COMPLETED, TERMINAL_FAILED)  # cancelled: the likely one
 ALL_AGENTS_FAILED = "all_agents_failed"
 
 # Compatible agent responses.
@@ -88,6 +98,7 @@ class NatsSettings:
     token: str = field(default="", repr=False)
     creds_file: str = ""
     tls_ca_file: str = ""
+    events_stream: str = DEFAULT_EVENTS_STREAM
 
     @property
     def display(self) -> str:
@@ -108,7 +119,29 @@ def settings_from_env(environ: Mapping[str, str]) -> Optional[NatsSettings]:
         token=environ.get(TOKEN_ENV, "").strip(),
         creds_file=environ.get(CREDS_FILE_ENV, "").strip(),
         tls_ca_file=environ.get(TLS_CA_FILE_ENV, "").strip(),
+        events_stream=environ.get(EVENTS_STREAM_ENV, "").strip() or DEFAULT_EVENTS_STREAM,
     )
+
+
+def connect_options(settings: NatsSettings, tls: Optional[ssl.SSLContext], timeout: float, error_cb: Any) -> Dict[str, Any]:
+    """nats.connect arguments: one connection attempt per server, no reconnection (each
+    caller decides when to connect again), credentials from the settings."""
+    kwargs: Dict[str, Any] = {
+        "servers": list(settings.servers),
+        "name": "ray-executor-payload",
+        "connect_timeout": max(0.1, min(CONNECT_TIMEOUT_SECONDS, timeout)),
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.1,
+        "error_cb": error_cb,
+    }
+    if settings.token:
+        kwargs["token"] = settings.token
+    if settings.creds_file:
+        kwargs["user_credentials"] = settings.creds_file
+    if tls is not None:
+        kwargs["tls"] = tls
+    return kwargs
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -326,6 +359,74 @@ def agent_messages(req: DeliberationRequest, index: int, a: AgentResult, now: Op
     return [lifecycle_event(req, kind, agent_data(req, index, a), index, now), agent_response(req, a, now)]
 
 
+# --- the terminal event already stored ----------------------------------------------------
+
+
+class LookupFailed(Exception):
+    """NATS could not say whether a terminal event is stored (unreachable, no answer in
+    time, no such stream, ...). The message names the cause, never any request text."""
+
+
+# JetStream's error code for "no message" (as opposed to 10059, "stream not found").
+_NO_MESSAGE_FOUND = 10037
+
+
+def stored_terminal(settings: NatsSettings, deliberation_id: str, timeout: float = LOOKUP_TIMEOUT_SECONDS) -> Optional[str]:
+    """The kind (cancelled, completed or failed) of the terminal event of deliberation_id
+    stored on the events stream, or None when none is. Raises LookupFailed when NATS cannot
+    answer within `timeout` seconds, the whole look-up included."""
+    if not valid_subject_token(deliberation_id):
+        raise LookupFailed("the deliberation id is not a valid NATS subject token")
+    try:
+        import nats
+        from nats.js.errors import NotFoundError
+    except ImportError as exc:
+        raise LookupFailed(f"nats-py cannot be imported: {exc}") from None
+    try:
+        tls = ssl.create_default_context(cafile=settings.tls_ca_file) if settings.tls_ca_file else None
+    except (OSError, ssl.SSLError) as exc:
+        raise LookupFailed(f"{TLS_CA_FILE_ENV}: {_describe(exc)}") from None
+    last_error: List[BaseException] = []
+
+    async def remember(exc: Exception) -> None:
+        last_error.append(exc)
+
+    async def look_up() -> Optional[str]:
+        nc = nats.NATS()
+        await nc.connect(**connect_options(settings, tls, timeout, remember))
+        try:
+            js = nc.jetstream(timeout=timeout)
+            for kind in TERMINAL_KINDS:
+                try:
+                    await js.get_last_msg(settings.events_stream, lifecycle_subject(deliberation_id, kind))
+                except NotFoundError as exc:
+                    if getattr(exc, "err_code", None) != _NO_MESSAGE_FOUND:
+                        raise LookupFailed(f"stream {settings.events_stream}: {_describe(exc)}") from None
+                    continue
+                return kind
+            return None
+        finally:
+            try:
+                await asyncio.wait_for(nc.close(), SHUTDOWN_SECONDS)
+            except BaseException:  # noqa: BLE001 - best effort
+                pass
+
+    async def bounded() -> Optional[str]:
+        return await asyncio.wait_for(look_up(), timeout)
+
+    begun = time.monotonic()
+    try:
+        return asyncio.run(bounded())
+    except LookupFailed:
+        raise
+    except asyncio.TimeoutError:
+        what = "connecting timed out" if time.monotonic() - begun < timeout else f"no answer within {timeout:g}s"
+        raise LookupFailed(f"NATS at {settings.display}: {what}") from None
+    except Exception as exc:  # noqa: BLE001 - refused, auth, TLS, no responders ...
+        cause = last_error[-1] if isinstance(exc, nats.errors.NoServersError) and last_error else exc
+        raise LookupFailed(_describe(cause)) from None
+
+
 # --- the publisher -------------------------------------------------------------------------
 
 
@@ -497,21 +598,8 @@ class NatsEvents(Events):
         async def remember(exc: Exception) -> None:  # our own failure log reports it
             self._last_error = exc
 
-        kwargs: Dict[str, Any] = {
-            "servers": list(self._settings.servers),
-            "name": "ray-executor-payload",
-            "connect_timeout": max(0.1, min(CONNECT_TIMEOUT_SECONDS, timeout)),
-            "allow_reconnect": False,  # reconnection is ours: the next publish connects again
-            "max_reconnect_attempts": 1,
-            "reconnect_time_wait": 0.1,
-            "error_cb": remember,
-        }
-        if self._settings.token:
-            kwargs["token"] = self._settings.token
-        if self._settings.creds_file:
-            kwargs["user_credentials"] = self._settings.creds_file
-        if self._tls is not None:
-            kwargs["tls"] = self._tls
+        # Reconnection is ours: the next publish connects again.
+        kwargs = connect_options(self._settings, self._tls, timeout, remember)
         nc = self._nats.NATS()
         self._last_error = None
         try:

@@ -21,6 +21,7 @@ RESULT_VERSION = 1
 
 COMPLETED = "completed"
 FAILED = "failed"
+CANCELLED = "cancelled"  # cancelled before it started: no agent ran
 
 
 def iso_utc(epoch: float) -> str:
@@ -89,6 +90,8 @@ class DeliberationResult:
     duration_ms: int
     error: str = ""
     agents: List[AgentResult] = field(default_factory=list)
+    # The request's agent count when no agent ran (a cancelled run); else len(agents).
+    planned_agents: Optional[int] = None
 
     @property
     def completed_agents(self) -> int:
@@ -104,7 +107,7 @@ class DeliberationResult:
             "deliberation_id": self.deliberation_id,
             "task_id": self.task_id,
             "status": self.status,
-            "num_agents": len(self.agents),
+            "num_agents": len(self.agents) if self.planned_agents is None else self.planned_agents,
             "completed_agents": self.completed_agents,
             "failed_agents": self.failed_agents,
             "started_at": self.started_at,
@@ -158,6 +161,28 @@ def failure(
         duration_ms=duration_ms(started, finished),
         error=_short(error, 1000),
         agents=list(agents or []),
+    )
+
+
+def cancelled(
+    deliberation_id: str,
+    task_id: str,
+    num_agents: int,
+    error: str,
+    started: float,
+    finished: float,
+) -> DeliberationResult:
+    """A deliberation that was cancelled before it started: none of its num_agents agents
+    ran (so none completed or failed)."""
+    return DeliberationResult(
+        deliberation_id=deliberation_id,
+        task_id=task_id,
+        status=CANCELLED,
+        started_at=iso_utc(started),
+        finished_at=iso_utc(finished),
+        duration_ms=duration_ms(started, finished),
+        error=_short(error, 1000),
+        planned_agents=num_agents,
     )
 
 

@@ -69,6 +69,20 @@ class Stored:
         return self.headers.get("Nats-Msg-Id", "")
 
 
+def terminal_event(deliberation_id: str, kind: str = "cancelled", task_id: str = "task-42", num_agents: int = 1) -> bytes:
+    """A terminal lifecycle event as the Go side stores it (events.TerminalEvent): for
+    "cancelled", what execute publishes on CancelDeliberation."""
+    data: Dict[str, Any] = {"deliberation_id": deliberation_id, "task_id": task_id, "status": kind, "num_agents": num_agents}
+    if kind == "cancelled":
+        data["reason"] = "cancelled by request"
+    event = {
+        "specversion": "1.0", "id": f"{deliberation_id}.terminal", "source": "ray-executor/execute",
+        "type": f"fleet.ray_executor.v1.deliberation.{kind}", "subject": deliberation_id,
+        "time": "2026-01-02T03:04:05.678Z", "datacontenttype": "application/json", "data": data,
+    }
+    return json.dumps(event).encode()
+
+
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -163,6 +177,24 @@ class NatsServer:
 
         return _run(go())
 
+    def publish(self, subject: str, data: bytes, msg_id: str, content_type: str = "application/cloudevents+json") -> None:
+        """Stores one message on JetStream (as the Go side does), waiting for the ack."""
+
+        async def go() -> None:
+            nc = await self._connect()
+            try:
+                headers = {"Nats-Msg-Id": msg_id, "Content-Type": content_type}
+                await nc.jetstream(timeout=5).publish(subject, data, headers=headers)
+            finally:
+                await nc.close()
+
+        _run(go())
+
+    def store_terminal(self, deliberation_id: str, kind: str = "cancelled", num_agents: int = 1) -> None:
+        """Stores deliberation_id's terminal event of `kind`, as the Go side would."""
+        self.publish(f"ray_executor.deliberation.{deliberation_id}.{kind}",
+                     terminal_event(deliberation_id, kind, num_agents=num_agents), f"{deliberation_id}.terminal")
+
     def messages(self, stream: str) -> List[Stored]:
         """Every message of the stream, in stream order."""
         from nats.js.errors import NotFoundError
@@ -172,7 +204,9 @@ class NatsServer:
             try:
                 js = nc.jetstream(timeout=5)
                 state = (await js.stream_info(stream)).state
-                out = []
+                out: List[Stored] = []
+                if not state.messages:  # an empty stream's first_seq is 0, which get_msg refuses
+                    return out
                 for seq in range(state.first_seq, state.last_seq + 1):
                     try:
                         m = await js.get_msg(stream, seq)

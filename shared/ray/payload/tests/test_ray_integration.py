@@ -25,6 +25,7 @@ import pytest
 
 import llm_stub
 from helpers import NASTY_DESCRIPTION, agent, request, request_dict
+from nats_server import closed_port
 from ray_executor_payload.__main__ import init_ray
 from ray_executor_payload.events import Events, EventsGuard
 from ray_executor_payload.request import REQUEST_ENV
@@ -71,7 +72,7 @@ def private_ray():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def run_payload(gcs_address, request_data, timeout=180, nats=None):
+def run_payload(gcs_address, request_data, timeout=180, nats=None, nats_url=""):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_EXECUTOR_")}
     env.update(
         {
@@ -83,6 +84,8 @@ def run_payload(gcs_address, request_data, timeout=180, nats=None):
     )
     if nats is not None:
         env["RAY_EXECUTOR_NATS_URL"] = nats.url
+    if nats_url:
+        env["RAY_EXECUTOR_NATS_URL"] = nats_url
     start = time.time()
     proc = subprocess.run(
         [sys.executable, "-u", "-m", "ray_executor_payload"],
@@ -219,6 +222,46 @@ def test_all_agents_failing_fails_the_job(private_ray, stub, optional_nats_serve
     if optional_nats_server is not None:
         terminal = optional_nats_server.lifecycle(did)[-1].json["data"]
         assert (terminal["error"], terminal["error_type"]) == (res["error"], "all_agents_failed")
+
+
+# --- cancelled while it waited for its reservation ----------------------------------------
+# Ray starts a PENDING job's driver even after the job was stopped; execute stores the
+# cancelled event first. The driver, a real one on a real Ray, must then ask no LLM.
+
+
+def test_a_deliberation_cancelled_before_it_started_asks_no_llm(private_ray, stub, nats_server):
+    stub.set("m-cx", llm_stub.ok("must never be asked"))
+    did = new_id()
+    nats_server.store_terminal(did, "cancelled", num_agents=2)
+    data = request_dict(stub.url, [agent("c1", "m-cx"), agent("c2", "m-cx")], deliberation_id=did)
+    proc, res, _ = run_payload(private_ray, data, nats=nats_server)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (res["status"], res["error"], res["num_agents"], res["completed_agents"], res["agents"]) == (
+        "cancelled", "cancelled before it started", 2, 0, [])
+    assert stub.requests == []
+    assert [m.msg_id for m in nats_server.lifecycle(did)] == [f"{did}.terminal"]
+    assert nats_server.responses(did) == []
+    assert "Design the cache layer" not in proc.stderr
+
+
+def test_a_deliberation_with_no_stored_end_runs(private_ray, stub, nats_server):
+    stub.set("m-run", llm_stub.ok("ran"))
+    did = new_id()
+    data = request_dict(stub.url, [agent("r1", "m-run")], deliberation_id=did)
+    proc, res, _ = run_payload(private_ray, data, nats=nats_server)
+    assert proc.returncode == 0 and res["status"] == "completed", proc.stderr[-3000:]
+    assert len(stub.requests_for("m-run")) == 1
+    check_events(nats_server, did, res, "agent.response.completed")
+
+
+def test_with_nats_unreachable_a_deliberation_runs(private_ray, stub):
+    stub.set("m-down", llm_stub.ok("ran without NATS"))
+    did = new_id()
+    data = request_dict(stub.url, [agent("u1", "m-down")], deliberation_id=did)
+    proc, res, _ = run_payload(private_ray, data, nats_url=f"nats://127.0.0.1:{closed_port()}")
+    assert proc.returncode == 0 and res["status"] == "completed", proc.stderr[-3000:]
+    assert len(stub.requests_for("m-down")) == 1
+    assert "cannot tell whether it was cancelled before it started" in proc.stderr
 
 
 # --- driver-side failures, in this process (it is a driver of the private Ray too) -------
