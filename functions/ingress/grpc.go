@@ -46,8 +46,9 @@ func ServerOptions(cfg Config) []grpc.ServerOption {
 		grpc.MaxSendMsgSize(maxSendMessageBytes),
 		grpc.MaxHeaderListSize(maxHeaderListBytes),
 		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
-		grpc.ChainUnaryInterceptor(guard.Unary),
-		grpc.ChainStreamInterceptor(guard.Stream),
+		grpc.ForceServerCodecV2(newTolerantCodec()),
+		grpc.ChainUnaryInterceptor(decodeUnary, guard.Unary),
+		grpc.ChainStreamInterceptor(decodeStream, guard.Stream),
 	}
 	if cfg.MaxConcurrentStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)))

@@ -1,0 +1,93 @@
+package ingress
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+)
+
+// rawCodec sends pre-encoded bytes as they are, so a test can send what no protobuf library
+// would produce.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error) { return v.([]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	*(v.(*[]byte)) = append([]byte(nil), data...)
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
+
+// Hostile messages get INVALID_ARGUMENT (or gRPC's RESOURCE_EXHAUSTED for a message over
+// the size limit), never INTERNAL, and the server keeps serving.
+func TestHostileMessagesAreInvalidArgument(t *testing.T) {
+	addr := guarded(t, Config{MaxMessageBytes: 64 << 10}, &Server{})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	// task_id (field 1) holding invalid UTF-8: proto3 strings must be UTF-8.
+	badUTF8 := protowire.AppendTag(nil, 1, protowire.BytesType)
+	badUTF8 = protowire.AppendBytes(badUTF8, []byte{'t', 0xff, 0xfe})
+	// A length that runs past the end of the message.
+	truncated := protowire.AppendTag(nil, 1, protowire.BytesType)
+	truncated = protowire.AppendVarint(truncated, 1000)
+	// agents (field 4) nested as a message whose own field claims a group that never ends.
+	junk := []byte{0x22, 0x02, 0x0b, 0x00}
+	execute, status_ := pb.RayExecutorService_ExecuteDeliberation_FullMethodName, pb.RayExecutorService_GetDeliberationStatus_FullMethodName
+	cases := []struct {
+		name    string
+		body    []byte
+		want    codes.Code
+		methods []string
+	}{
+		{"invalid UTF-8 in a string", badUTF8, codes.InvalidArgument, []string{execute, status_}},
+		{"truncated field", truncated, codes.InvalidArgument, []string{execute, status_}},
+		// Field 4 is agents in ExecuteDeliberationRequest (unknown, so kept as is, elsewhere).
+		{"malformed nested message", junk, codes.InvalidArgument, []string{execute}},
+		{"over the size limit", protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), []byte(strings.Repeat("x", 70<<10))),
+			codes.ResourceExhausted, []string{execute, status_}},
+	}
+	for _, tc := range cases {
+		for _, method := range tc.methods {
+			var out []byte
+			err := conn.Invoke(context.Background(), method, tc.body, &out, grpc.ForceCodec(rawCodec{}))
+			if status.Code(err) != tc.want {
+				t.Errorf("%s to %s: got %v, want %s", tc.name, method, err, tc.want)
+			}
+		}
+	}
+	// Watch is a server stream: its one request is read the same way.
+	stream, err := conn.NewStream(context.Background(), &grpc.StreamDesc{ServerStreams: true},
+		pb.RayExecutorService_WatchDeliberation_FullMethodName, grpc.ForceCodec(rawCodec{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.SendMsg(badUTF8); err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.CloseSend()
+	var out []byte
+	if err := stream.RecvMsg(&out); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("watch with invalid UTF-8: got %v, want InvalidArgument", err)
+	}
+	// Every recorded failure was answered and forgotten: nothing piles up.
+	left := 0
+	undecodable.Range(func(any, any) bool { left++; return true })
+	if left != 0 {
+		t.Errorf("%d undecodable requests still remembered", left)
+	}
+	// Still serving.
+	if _, err := pb.NewRayExecutorServiceClient(conn).GetDeliberationStatus(context.Background(),
+		&pb.GetDeliberationStatusRequest{DeliberationId: "delib-abc"}); err != nil {
+		t.Fatalf("after hostile input: %v", err)
+	}
+}
