@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
@@ -159,17 +158,7 @@ func TestAuthIngressTokens(t *testing.T) {
 
 	// Of the three submissions of req (refused to the reader, the writer's, refused over the
 	// rate) exactly one reached Ray.
-	jobs, err := shared(t).ray.Jobs(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, j := range jobs {
-		if j.Metadata[domain.MetaTaskID] == req.TaskId {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := shared(t).jobsForTask(t, req.TaskId); n != 1 {
 		t.Errorf("got %d Ray jobs for the task, want 1: refused calls must start nothing", n)
 	}
 

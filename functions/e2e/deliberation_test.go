@@ -199,17 +199,7 @@ func TestSameKeyTwentyTimesConcurrentlyMakesOneJob(t *testing.T) {
 			t.Fatalf("request %d got deliberation %q, request 0 got %q, want the same", i, ids[i], ids[0])
 		}
 	}
-	jobs, err := s.ray.Jobs(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, j := range jobs {
-		if j.Metadata[domain.MetaTaskID] == task {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := s.jobsForTask(t, task); n != 1 {
 		t.Fatalf("got %d Ray jobs for task %s, want exactly 1", n, task)
 	}
 	// The same key with a different request is a conflict, not a silent reuse.
@@ -361,19 +351,6 @@ func TestTwoExecuteProcessesGivenTheSameEventMakeOneJob(t *testing.T) {
 	s := shared(t)
 	other := start(t, "execute")
 	_, url := llm(t)
-	jobsOf := func(task string) int {
-		jobs, err := s.ray.Jobs(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for _, j := range jobs {
-			if j.Metadata[domain.MetaTaskID] == task {
-				n++
-			}
-		}
-		return n
-	}
 	var ids []string
 	for round := 0; round < 5; round++ {
 		task := fmt.Sprintf("%s-%d", uniqueTask(t), round)
@@ -407,7 +384,7 @@ func TestTwoExecuteProcessesGivenTheSameEventMakeOneJob(t *testing.T) {
 			t.Errorf("round %d: duplicate flags %v and %v, want exactly one submission", round,
 				resps[0].GetDuplicate(), resps[1].GetDuplicate())
 		}
-		if n := jobsOf(task); n != 1 {
+		if n := s.jobsForTask(t, task); n != 1 {
 			t.Fatalf("round %d: %d Ray jobs for one event, want exactly 1", round, n)
 		}
 		ids = append(ids, resps[0].GetDeliberationId())

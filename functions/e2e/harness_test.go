@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
@@ -212,6 +213,22 @@ func startShared(t *testing.T, name string) *proc {
 	}
 	t.Fatalf("%s did not become ready; output:\n%s", name, p.out.String())
 	return nil
+}
+
+// jobsForTask counts the Ray jobs this system submitted for task.
+func (s *system) jobsForTask(t *testing.T, task string) int {
+	t.Helper()
+	jobs, err := s.ray.Jobs(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, j := range jobs {
+		if j.Metadata[domain.MetaTaskID] == task {
+			n++
+		}
+	}
+	return n
 }
 
 // llm starts a private LLM stand-in for one test.
