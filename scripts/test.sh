@@ -9,6 +9,12 @@ trap 'scripts/ray-head.sh down' EXIT
 scripts/ray-head.sh up
 
 export RAY_ADDRESS="http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}"
+# The head's own token (scripts/ray-head.sh), by file; a RAY_AUTH_TOKEN meant for another
+# cluster must not shadow it.
+unset RAY_AUTH_TOKEN
+if [ -s "$root/.run/ray-auth-token" ]; then
+  export RAY_AUTH_TOKEN_FILE="$root/.run/ray-auth-token"
+fi
 export PATH="$root/.venv/bin:$PATH"
 
 echo "== go test"

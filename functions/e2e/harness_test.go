@@ -107,7 +107,7 @@ func start(t testing.TB, name string, env ...string) *proc {
 	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		fmt.Sprintf("PORT=%d", port),
-		"RAY_ADDRESS=" + testenv.RayAddress(t),
+		"RAY_ADDRESS=" + testenv.RayAddress(t), "RAY_AUTH_TOKEN_FILE=" + os.Getenv("RAY_AUTH_TOKEN_FILE"),
 		"LOG_LEVEL=info",
 		"NATS_URL=" + natsURL,
 		"LLM_ENDPOINT_ALLOWLIST=" + testLLMEndpoints,
@@ -176,7 +176,7 @@ func shared(t *testing.T) *system {
 			list:    startShared(t, "list"),
 		}
 		sharedSys.client = &rpcevents.Client{HTTP: &http.Client{Timeout: 30 * time.Second}, Source: "e2e-test"}
-		rc, err := ray.New(ray.Config{Address: testenv.RayAddress(t)})
+		rc, err := ray.New(ray.Config{Address: testenv.RayAddress(t), Token: testenv.RayToken(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,7 +194,7 @@ func startShared(t *testing.T, name string) *proc {
 	port := freePort(t)
 	cmd := exec.Command(filepath.Join(binDir, name))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port),
-		"RAY_ADDRESS=" + testenv.RayAddress(t), "LOG_LEVEL=warn", "NATS_URL=" + natsURL,
+		"RAY_ADDRESS=" + testenv.RayAddress(t), "RAY_AUTH_TOKEN_FILE=" + os.Getenv("RAY_AUTH_TOKEN_FILE"), "LOG_LEVEL=warn", "NATS_URL=" + natsURL,
 		"LLM_ENDPOINT_ALLOWLIST=" + testLLMEndpoints}
 	p := &proc{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out

@@ -83,7 +83,7 @@ func TestFunctionsRequireTheInternalCredential(t *testing.T) {
 			"INTERNAL_AUTH_REQUIRED=true", "MAX_INFLIGHT=64"),
 		client: &rpcevents.Client{HTTP: &http.Client{Timeout: 30 * time.Second}, Source: "e2e-test", Token: internalToken},
 	}
-	rc, err := ray.New(ray.Config{Address: testenv.RayAddress(t)})
+	rc, err := ray.New(ray.Config{Address: testenv.RayAddress(t), Token: testenv.RayToken(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func runToExit(t *testing.T, name string, env ...string) (string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, name))
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "PORT=0", "HOST=127.0.0.1",
-		"RAY_ADDRESS=" + testenv.RayAddress(t), "NATS_URL=" + natsURL}, env...)
+		"RAY_ADDRESS=" + testenv.RayAddress(t), "RAY_AUTH_TOKEN_FILE=" + os.Getenv("RAY_AUTH_TOKEN_FILE"), "NATS_URL=" + natsURL}, env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

@@ -74,7 +74,7 @@ func TestRayOutageUnderSteadyLoad(t *testing.T) {
 	st := start(t, "status")
 	list := start(t, "list", "RECONCILE_INTERVAL=5s", "RECONCILE_LOOKBACK=1h")
 	client, _ := startIngress(t, execute.url, st.url, list.url)
-	rc, err := ray.New(ray.Config{Address: testenv.RayAddress(t)})
+	rc, err := ray.New(ray.Config{Address: testenv.RayAddress(t), Token: testenv.RayToken(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

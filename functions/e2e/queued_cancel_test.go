@@ -32,7 +32,14 @@ func headCPUs(t *testing.T) float64 {
 	re := regexp.MustCompile(`ResourceUsage: ([0-9.]+)/([0-9.]+) CPU`)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		resp, err := http.Get(testenv.RayAddress(t) + "/api/cluster_status")
+		req, err := http.NewRequest(http.MethodGet, testenv.RayAddress(t)+"/api/cluster_status", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok := testenv.RayToken(t); tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,6 +12,13 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 )
 
+// What a caller of a token-protected dashboard is told, at once, instead of a timeout: the
+// Ray head answers 401 when no token was sent and 403 when the token is not its own.
+const (
+	MsgTokenRequired = "the Ray dashboard requires a token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_FILE"
+	MsgTokenRefused  = "the Ray dashboard refused the token: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_FILE is wrong for this cluster"
+)
+
 // maxMessage caps how much of a Ray response body goes into an error message.
 const maxMessage = 512
 
@@ -27,7 +34,8 @@ const maxMessage = 512
 //   - the caller cancelled                          -> context.Canceled
 //   - any other transport failure (refused, DNS, reset) -> domain.ErrUnavailable
 //   - 400 and other 4xx not listed here             -> domain.ErrInvalid
-//   - 401, 403                                      -> domain.ErrUnauthenticated
+//   - 401, 403                                      -> domain.ErrUnauthenticated, with a
+//     message that says what to set (401: no token sent; 403: the token is wrong)
 //   - 404                                           -> domain.ErrNotFound
 //   - 408                                           -> domain.ErrDeadline
 //   - 409, or 500 whose body says "already exists"  -> domain.ErrAlreadyExists
@@ -67,6 +75,12 @@ func classify(ctx context.Context, op string, status int, body []byte, err error
 		sentinel = domain.ErrUnavailable
 	}
 	msg := fmt.Sprintf("HTTP %d", status)
+	switch status {
+	case http.StatusUnauthorized:
+		msg = MsgTokenRequired + ": " + msg
+	case http.StatusForbidden:
+		msg = MsgTokenRefused + ": " + msg
+	}
 	if s := summarize(body); s != "" {
 		msg += ": " + s
 	}

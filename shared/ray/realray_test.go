@@ -30,7 +30,7 @@ func randomSuffix(t *testing.T) string {
 
 func realClient(t *testing.T) *Client {
 	t.Helper()
-	c, err := New(Config{Address: testenv.RayAddress(t), Timeout: 30 * time.Second})
+	c, err := New(Config{Address: testenv.RayAddress(t), Token: testenv.RayToken(t), Timeout: 30 * time.Second})
 	if err != nil {
 		t.Fatalf("New: got %v, want nil", err)
 	}

@@ -101,7 +101,7 @@ func TestRealRayResilience(t *testing.T) {
 	t.Run("answers are not retried and keep the breaker closed", func(t *testing.T) {
 		t.Parallel()
 		p := newRayProxy(t)
-		c, err := New(Config{Address: p.URL(), Timeout: 30 * time.Second}) // retries and breaker at their defaults
+		c, err := New(Config{Address: p.URL(), Token: testenv.RayToken(t), Timeout: 30 * time.Second}) // retries and breaker at their defaults
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,7 +134,7 @@ func TestRealRayResilience(t *testing.T) {
 		t.Parallel()
 		p := newRayProxy(t)
 		const cooldown = 300 * time.Millisecond
-		c, err := New(Config{Address: p.URL(), Timeout: 30 * time.Second, RetryBase: time.Millisecond,
+		c, err := New(Config{Address: p.URL(), Token: testenv.RayToken(t), Timeout: 30 * time.Second, RetryBase: time.Millisecond,
 			BreakerFailures: 2, BreakerCooldown: cooldown})
 		if err != nil {
 			t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -44,7 +45,7 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	var out bytes.Buffer
 	go func() {
 		done <- run(ctx, env(map[string]string{"PORT": fmt.Sprint(port), "HOST": "127.0.0.1",
-			"RAY_ADDRESS": testenv.RayAddress(t), "K_SERVICE": "execute", "K_REVISION": "execute-00001"}), &out)
+			"RAY_ADDRESS": testenv.RayAddress(t), "RAY_AUTH_TOKEN_FILE": os.Getenv("RAY_AUTH_TOKEN_FILE"), "K_SERVICE": "execute", "K_REVISION": "execute-00001"}), &out)
 	}()
 	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", port)
 	var ready bool
