@@ -338,11 +338,17 @@ func TestUnknownDeliberationIsNotFound(t *testing.T) {
 	if got := s.statusOf(t, s.status.url, "delib-never-submitted").GetStatus(); got != "not_found" {
 		t.Errorf("got %q, want not_found", got)
 	}
+	// An id this system could never have minted is not_found too (the original answered so
+	// for every unknown id), without reaching Ray: "../../api/jobs" would otherwise name
+	// Ray's job listing.
+	if got := s.statusOf(t, s.status.url, "../../api/jobs").GetStatus(); got != "not_found" {
+		t.Errorf("got %q for a foreign id, want not_found", got)
+	}
 	var resp pb.GetDeliberationStatusResponse
 	err := s.client.Call(context.Background(), s.status.url, rpcevents.TypeGetDeliberationStatus,
-		&pb.GetDeliberationStatusRequest{DeliberationId: "../../api/jobs"}, rpcevents.CallOptions{}, &resp)
+		&pb.GetDeliberationStatusRequest{DeliberationId: strings.Repeat("x", domain.MaxLookupIDBytes+1)}, rpcevents.CallOptions{}, &resp)
 	if !errors.Is(err, domain.ErrInvalid) || !strings.Contains(err.Error(), "deliberation_id") {
-		t.Errorf("got %v for a malformed id, want ErrInvalid naming deliberation_id", err)
+		t.Errorf("got %v for an oversize id, want ErrInvalid naming deliberation_id", err)
 	}
 }
 

@@ -169,8 +169,8 @@ type Cancellation struct {
 }
 
 // Cancel stops a deliberation's Ray job. Cancelling a finished deliberation changes nothing
-// and reports its final status. Errors: ErrInvalid for a malformed id, ErrNotFound for an
-// unknown one, ErrUnavailable/ErrDeadline when Ray cannot answer.
+// and reports its final status. Errors: ErrInvalid for an empty or oversize id, ErrNotFound
+// for an unknown one (any id this system could not have minted is unknown, unread), ErrUnavailable/ErrDeadline when Ray cannot answer.
 //
 // A PENDING job (waiting for its ENTRYPOINT_NUM_CPUS reservation) is not kept from
 // starting by Ray's stop: Ray queues the stop and starts the driver anyway once the
@@ -178,8 +178,12 @@ type Cancellation struct {
 // looks for it before it starts any agent, and ends at once when it finds it. Once that
 // event is stored the deliberation is cancelled, whatever Ray makes of the stop.
 func (s *Service) Cancel(ctx context.Context, id string, logger *slog.Logger) (Cancellation, error) {
-	if err := domain.CheckDeliberationID(id); err != nil {
+	ours, err := domain.LookupDeliberationID(id)
+	if err != nil {
 		return Cancellation{}, err
+	}
+	if !ours {
+		return Cancellation{}, fmt.Errorf("execute: cancel: no such deliberation: %w", domain.ErrNotFound)
 	}
 	job, err := s.Jobs.Job(ctx, id)
 	if err != nil {

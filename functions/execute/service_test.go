@@ -311,3 +311,26 @@ func TestCancel(t *testing.T) {
 		})
 	}
 }
+
+// Cancelling an id this system could never have minted (the original's, with ':') is
+// NOT_FOUND without a call to Ray; an empty or oversize id is a malformed request.
+func TestCancelForeignIDIsNotFoundWithoutAskingRay(t *testing.T) {
+	asked := 0
+	svc := &Service{Jobs: &fakeJobs{JobFn: func(context.Context, string) (ray.JobDetails, error) {
+		asked++
+		return ray.JobDetails{}, domain.ErrNotFound
+	}}}
+	for _, id := range []string{"deliberation-ceremony-c1:story-s1:role-QA-1733000000", "a.b", "../x", "delib >"} {
+		if _, err := svc.Cancel(context.Background(), id, slog.Default()); !errors.Is(err, domain.ErrNotFound) {
+			t.Errorf("cancel %q: got %v, want ErrNotFound", id, err)
+		}
+	}
+	if asked != 0 {
+		t.Errorf("got %d calls to Ray for foreign ids, want none", asked)
+	}
+	for _, id := range []string{"", strings.Repeat("x", domain.MaxLookupIDBytes+1)} {
+		if _, err := svc.Cancel(context.Background(), id, slog.Default()); !errors.Is(err, domain.ErrInvalid) {
+			t.Errorf("cancel an id of %d bytes: got %v, want ErrInvalid", len(id), err)
+		}
+	}
+}

@@ -26,8 +26,12 @@ func (s *Server) WatchDeliberation(req *pb.WatchDeliberationRequest, stream pb.R
 		return status.Error(codes.FailedPrecondition, "lifecycle events are off (ENABLE_NATS=false)")
 	}
 	id := req.GetDeliberationId()
-	if err := domain.CheckDeliberationID(id); err != nil {
+	ours, err := domain.LookupDeliberationID(id)
+	if err != nil {
 		return GRPCError(err)
+	}
+	if !ours {
+		return status.Error(codes.NotFound, "no such deliberation")
 	}
 	ctx := stream.Context()
 	// Ask status first: an id nobody submitted would otherwise wait forever.
@@ -40,7 +44,7 @@ func (s *Server) WatchDeliberation(req *pb.WatchDeliberationRequest, stream pb.R
 		return status.Errorf(codes.NotFound, "deliberation %s does not exist", id)
 	}
 	var sendErr error
-	err := s.Events.Watch(ctx, id, func(ev events.Stored) bool {
+	err = s.Events.Watch(ctx, id, func(ev events.Stored) bool {
 		if sendErr = stream.Send(&pb.WatchDeliberationResponse{Event: lifecycleEvent(ev)}); sendErr != nil {
 			return true
 		}

@@ -59,12 +59,18 @@ func NewService(jobs Jobs, cacheSize int) *Service {
 	return &Service{jobs: jobs, finished: newCache(cacheSize)}
 }
 
-// Status reports deliberation id. An id Ray does not know, or a job this system did not
-// submit, is reported with status not_found (not an error), as the original did. Errors:
-// ErrInvalid for a malformed id, ErrUnavailable/ErrDeadline when Ray cannot answer.
+// Status reports deliberation id. An id Ray does not know, a job this system did not
+// submit, or an id it could never have minted (the original's ids, any characters) is
+// reported with status not_found (not an error), as the original did; the last kind never
+// reaches Ray or NATS. Errors: ErrInvalid for an empty id or one over
+// domain.MaxLookupIDBytes, ErrUnavailable/ErrDeadline when Ray cannot answer.
 func (s *Service) Status(ctx context.Context, id string) (Report, error) {
-	if err := domain.CheckDeliberationID(id); err != nil {
+	ours, err := domain.LookupDeliberationID(id)
+	if err != nil {
 		return Report{}, err
+	}
+	if !ours {
+		return Report{DeliberationID: id, Status: domain.StatusNotFound}, nil
 	}
 	if rep, ok := s.finished.get(id); ok {
 		return rep, nil

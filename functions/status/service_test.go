@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
@@ -128,11 +129,27 @@ func TestResponseIsCompatible(t *testing.T) {
 	}
 }
 
-func TestMalformedIDIsInvalid(t *testing.T) {
-	svc := NewService(&fakeJobs{}, 8)
-	for _, id := range []string{"", "a/b", "a.b", "../x"} {
+// Ids this system could not have minted (the original's, with ':'; any characters) are
+// not_found without a call to Ray; only an empty or oversize id is a malformed request.
+func TestForeignIDIsNotFoundWithoutAskingRay(t *testing.T) {
+	asked := 0
+	svc := NewService(&fakeJobs{JobFn: func(context.Context, string) (ray.JobDetails, error) {
+		asked++
+		return ray.JobDetails{}, domain.ErrNotFound
+	}}, 8)
+	for _, id := range []string{"a/b", "a.b", "../x", "deliberation-ceremony-c1:story-s1:role-QA-1733000000",
+		"delib-*", "delib >", "délib", strings.Repeat("x", domain.MaxLookupIDBytes)} {
+		rep, err := svc.Status(context.Background(), id)
+		if err != nil || rep.Status != domain.StatusNotFound {
+			t.Errorf("id %.40q: got %v, %v, want not_found and no error", id, rep.Status, err)
+		}
+	}
+	if asked != 0 {
+		t.Errorf("got %d calls to Ray for foreign ids, want none", asked)
+	}
+	for _, id := range []string{"", strings.Repeat("x", domain.MaxLookupIDBytes+1)} {
 		if _, err := svc.Status(context.Background(), id); !errors.Is(err, domain.ErrInvalid) {
-			t.Errorf("id %q: got %v, want ErrInvalid", id, err)
+			t.Errorf("id of %d bytes: got %v, want ErrInvalid", len(id), err)
 		}
 	}
 }

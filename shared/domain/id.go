@@ -32,16 +32,25 @@ func DeliberationIDForKey(key string) string {
 	return idPrefix + "k" + hex.EncodeToString(sum[:16])
 }
 
-// CheckDeliberationID rejects IDs that could not have been minted here or by a caller-chosen
-// Ray submission; it wraps ErrInvalid.
-func CheckDeliberationID(id string) error {
-	if id == "" {
-		return fmt.Errorf("deliberation_id is required: %w", ErrInvalid)
+// MaxLookupIDBytes bounds a deliberation id a caller asks about. Callers keep ids across
+// deployments, including ones the original service minted (`deliberation-<task_id>-<unix
+// seconds>`, so with ':' inside), and poll them: any id up to this size is a fair question
+// whose answer may be "not found"; a longer or empty one is a malformed request.
+const MaxLookupIDBytes = 512
+
+// LookupDeliberationID says whether id can name a deliberation of this system. It returns
+// an error wrapping ErrInvalid only for an empty id or one over MaxLookupIDBytes; any other
+// id that this system could not have minted (foreign characters, the original's ids) is
+// (false, nil): it names no deliberation here, so readers answer not_found without passing
+// it to Ray, a NATS subject or a file name.
+func LookupDeliberationID(id string) (bool, error) {
+	switch {
+	case id == "":
+		return false, fmt.Errorf("deliberation_id is required: %w", ErrInvalid)
+	case len(id) > MaxLookupIDBytes:
+		return false, fmt.Errorf("deliberation_id is %d bytes, over the limit of %d: %w", len(id), MaxLookupIDBytes, ErrInvalid)
 	}
-	if !validID(id) {
-		return fmt.Errorf("deliberation_id must be 1 to 128 characters of A-Z, a-z, 0-9, '_' and '-', not starting with '_' or '-': %w", ErrInvalid)
-	}
-	return nil
+	return validID(id), nil
 }
 
 // validID matches ^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$ (by hand: it runs on every status call).

@@ -46,8 +46,10 @@ type RayExecutorServiceClient interface {
 	ExecuteDeliberation(ctx context.Context, in *ExecuteDeliberationRequest, opts ...grpc.CallOption) (*ExecuteDeliberationResponse, error)
 	// Submits a backlog-review deliberation (task_id `ceremony-<c>:story-<s>:role-<r>`).
 	ExecuteBacklogReviewDeliberation(ctx context.Context, in *ExecuteBacklogReviewDeliberationRequest, opts ...grpc.CallOption) (*ExecuteDeliberationResponse, error)
-	// Reports a deliberation's status and, once finished, its results. An unknown id answers
-	// OK with status "not_found", as the original did.
+	// Reports a deliberation's status and, once finished, its results. Any id that names no
+	// deliberation here answers OK with status "not_found", as the original did, whatever its
+	// characters (the original's own ids included); only an empty id or one over 512 bytes is
+	// INVALID_ARGUMENT.
 	GetDeliberationStatus(ctx context.Context, in *GetDeliberationStatusRequest, opts ...grpc.CallOption) (*GetDeliberationStatusResponse, error)
 	// Reports the gateway's health (functions and Ray actually checked) and statistics.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
@@ -158,8 +160,10 @@ type RayExecutorServiceServer interface {
 	ExecuteDeliberation(context.Context, *ExecuteDeliberationRequest) (*ExecuteDeliberationResponse, error)
 	// Submits a backlog-review deliberation (task_id `ceremony-<c>:story-<s>:role-<r>`).
 	ExecuteBacklogReviewDeliberation(context.Context, *ExecuteBacklogReviewDeliberationRequest) (*ExecuteDeliberationResponse, error)
-	// Reports a deliberation's status and, once finished, its results. An unknown id answers
-	// OK with status "not_found", as the original did.
+	// Reports a deliberation's status and, once finished, its results. Any id that names no
+	// deliberation here answers OK with status "not_found", as the original did, whatever its
+	// characters (the original's own ids included); only an empty id or one over 512 bytes is
+	// INVALID_ARGUMENT.
 	GetDeliberationStatus(context.Context, *GetDeliberationStatusRequest) (*GetDeliberationStatusResponse, error)
 	// Reports the gateway's health (functions and Ray actually checked) and statistics.
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
