@@ -102,6 +102,25 @@ func freePort(t testing.TB) int {
 // its readiness probe answers.
 func start(t testing.TB, name string, env ...string) *proc {
 	t.Helper()
+	p := launch(t, name, env...)
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(p.url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s did not become ready; output:\n%s", name, p.out.String())
+	return nil
+}
+
+// launch runs function name like start, without waiting for it to be ready.
+func launch(t testing.TB, name string, env ...string) *proc {
+	t.Helper()
 	port := freePort(t)
 	cmd := exec.Command(filepath.Join(binDir, name))
 	cmd.Env = append([]string{
@@ -123,19 +142,7 @@ func start(t testing.TB, name string, env ...string) *proc {
 			t.Logf("%s output:\n%s", name, p.out.String())
 		}
 	})
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(p.url + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s did not become ready; output:\n%s", name, p.out.String())
-	return nil
+	return p
 }
 
 func (p *proc) stop(sig syscall.Signal) {

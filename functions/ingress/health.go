@@ -130,7 +130,9 @@ func (s *Server) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.G
 		case !p.Reachable:
 			c.Status, c.Message = Unhealthy, p.Message
 		case !p.Ready:
-			c.Message = "up, not ready: " + p.Message
+			// Up, but its dependency refuses or does not answer it (the message says which,
+			// e.g. Ray refusing its token): not healthy, whatever the other functions see.
+			c.Status, c.Message = Degraded, "up, not ready: "+p.Message
 			rayMsg = "Ray does not answer the functions: " + p.Message
 		default:
 			rayOK = true

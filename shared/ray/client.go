@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -403,4 +404,25 @@ func NewFromConfig(c config.Ray) (*Client, error) {
 		cfg.BreakerFailures = -1
 	}
 	return New(cfg)
+}
+
+// LogReachability asks the dashboard once and logs the answer, so an operator reading a
+// function's start-up log learns at once that Ray refuses its credential (or is not
+// there), instead of from a readiness probe failing later. It never blocks start-up: run
+// it in a goroutine. The token itself is never logged.
+func (c *Client) LogReachability(ctx context.Context, logger *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	v, err := c.Version(ctx)
+	switch {
+	case err == nil:
+		logger.Info("ray: the dashboard answers", "ray_address", c.base, "ray_version", v.RayVersion,
+			"token", c.token != "")
+	case errors.Is(err, domain.ErrUnauthenticated):
+		logger.Error("ray: the dashboard refuses this function's credential; every Ray call will fail until it is fixed",
+			"ray_address", c.base, "error", err.Error())
+	case errors.Is(err, context.Canceled): // shutting down
+	default:
+		logger.Warn("ray: the dashboard does not answer yet", "ray_address", c.base, "error", err.Error())
+	}
 }

@@ -600,3 +600,27 @@ func TestPackageMissing(t *testing.T) {
 		}
 	}
 }
+
+// A dashboard refusing our credential says what to set, so nobody waits out a timeout to
+// learn it: 401 (no token sent) and 403 (the token is not the cluster's) read differently.
+func TestTokenRefusalsSayWhatToSet(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		status int
+		token  string
+		want   string
+	}{
+		{401, "", MsgTokenRequired},
+		{403, "not-the-clusters-token", MsgTokenRefused},
+	}
+	for _, tt := range tests {
+		c := stub(t, Config{Token: tt.token}, reply(tt.status, "Forbidden: Invalid authentication token"))
+		_, err := c.Version(context.Background())
+		if !errors.Is(err, domain.ErrUnauthenticated) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("HTTP %d: got %v, want ErrUnauthenticated saying %q", tt.status, err, tt.want)
+		}
+		if tt.token != "" && strings.Contains(err.Error(), tt.token) {
+			t.Errorf("HTTP %d: got the token in %q, want it kept out", tt.status, err)
+		}
+	}
+}

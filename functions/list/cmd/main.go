@@ -39,5 +39,6 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	h := list.NewHandler(&list.Service{Jobs: client}, rec, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)
+	go client.LogReachability(ctx, logger)
 	return serving.Run(ctx, cfg.Serving, h, logger, serving.Options{Ready: client.Ready})
 }
