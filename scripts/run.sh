@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: the whole system on this machine, in the foreground until Ctrl-C (or SIGTERM),
 # then everything this script started is stopped again, the Ray head included.
-#   Ray head        127.0.0.1:8265 (dashboard / Jobs API)
+#   Ray head        127.0.0.1:8265 (dashboard / Jobs API), token auth on (.run/ray-auth-token);
+#                   with RAY_ADDRESS set, that cluster instead (RAY_AUTH_TOKEN(_FILE) if it
+#                   uses token auth) and no local head
 #   execute         127.0.0.1:8081
 #   status          127.0.0.1:8082
 #   list            127.0.0.1:8083
@@ -20,14 +22,27 @@ cleanup() {
   echo "run: stopping"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  scripts/ray-head.sh down
+  if [ "${managed_head:-false}" = true ]; then scripts/ray-head.sh down; fi
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
 make --no-print-directory build
-scripts/ray-head.sh up
-export RAY_ADDRESS="http://127.0.0.1:8265"
+if [ -n "${RAY_ADDRESS:-}" ]; then
+  # An existing cluster: its dashboard, with its token (RAY_AUTH_TOKEN or
+  # RAY_AUTH_TOKEN_FILE) if it uses token authentication. Checked once here, so a refused
+  # token is said at once rather than after every function's readiness times out.
+  scripts/ray-check.sh "$RAY_ADDRESS"
+  managed_head=false
+else
+  managed_head=true
+  scripts/ray-head.sh up
+  export RAY_ADDRESS="http://127.0.0.1:8265"
+  # The local head's own token, by file (scripts/ray-head.sh); a RAY_AUTH_TOKEN meant for
+  # another cluster must not shadow it.
+  unset RAY_AUTH_TOKEN
+  [ -s "$root/.run/ray-auth-token" ] && export RAY_AUTH_TOKEN_FILE="$root/.run/ray-auth-token"
+fi
 export HOST=127.0.0.1
 export NATS_URL="nats://127.0.0.1:4222"
 
