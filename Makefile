@@ -118,7 +118,7 @@ bench: $(VENV_STAMP) tools ## benchmarks: gRPC floor vs ingress chain, cold star
 	$(GO) test -tags bench -count=1 -run TestBenchmarkReport -v ./functions/ingress/
 	$(GO) test -tags bench -count=1 -run 'TestColdStartReport|TestFunctionCapacityReport' -v ./functions/e2e/
 	$(GO) test -count=1 -run '^$$' -bench 'JobOverhead' ./shared/ray/
-	scripts/ray-head.sh up; PATH="$(CURDIR)/.venv/bin:$$PATH" LOAD_DELIBERATIONS=200 $(GO) test -tags exclusive -count=1 \
+	scripts/ray-head.sh up; PATH="$(CURDIR)/.venv/bin:$$PATH" RAY_AUTH_TOKEN_FILE="$(CURDIR)/.run/ray-auth-token" LOAD_DELIBERATIONS=200 $(GO) test -tags exclusive -count=1 \
 		-timeout 30m -run '^TestLoadTwoHundredDeliberations$$' -v ./functions/e2e/; rc=$$?; scripts/ray-head.sh down; exit $$rc
 
 .PHONY: build
