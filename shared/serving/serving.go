@@ -1,6 +1,8 @@
 // Package serving runs a function's HTTP server the way Knative expects: on $PORT, with
 // HTTP/1.1 and h2c, liveness and readiness endpoints, and a drain of in-flight requests on
-// shutdown.
+// shutdown. Where Knative has a convention it uses Knative's own code (knative.dev/pkg):
+// signals for the shutdown context, network's probe headers to recognise probes, changeset
+// for the commit every log line and GetStatus carry.
 package serving
 
 import (
@@ -12,10 +14,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
+
+	"knative.dev/pkg/changeset"
+	"knative.dev/pkg/network"
+	"knative.dev/pkg/signals"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 )
@@ -34,36 +38,34 @@ type Options struct {
 	OnListen func(addr string)
 }
 
+// Function is one composed function (execute, status or list): its handler and what serving
+// it needs. The Knative binary serves it with Run; the Functions Framework registration
+// (the module root) serves Probes of the same handler.
+type Function struct {
+	Serving config.Serving
+	Logger  *slog.Logger
+	// Handler answers the function's request events.
+	Handler http.Handler
+	// Ready reports whether it can do useful work (its Ray dashboard answers).
+	Ready   func(ctx context.Context) error
+	closers []func()
+}
+
+// OnClose adds fn to what Close runs (last added, first run).
+func (f *Function) OnClose(fn func()) { f.closers = append(f.closers, fn) }
+
+// Close releases what the function holds, such as its NATS connection.
+func (f *Function) Close() {
+	for i := len(f.closers) - 1; i >= 0; i-- {
+		f.closers[i]()
+	}
+	f.closers = nil
+}
+
 // Run serves h until ctx is done, then stops accepting, lets in-flight requests finish
 // within the drain timeout, and returns.
 func Run(ctx context.Context, cfg config.Serving, h http.Handler, logger *slog.Logger, opts Options) error {
-	live := func(w http.ResponseWriter) {
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write([]byte("ok\n"))
-	}
-	ready := func(w http.ResponseWriter, r *http.Request) {
-		if opts.Ready != nil {
-			rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-			defer cancel()
-			if err := opts.Ready(rctx); err != nil {
-				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-		}
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write([]byte("ready\n"))
-	}
-	// Two fixed paths and the function: a switch, not a ServeMux, on the request path.
-	mux := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case LivenessPath:
-			live(w)
-		case ReadinessPath:
-			ready(w, r)
-		default:
-			h.ServeHTTP(w, r)
-		}
-	})
+	mux := Probes(h, opts.Ready)
 
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -105,8 +107,57 @@ func Run(ctx context.Context, cfg config.Serving, h http.Handler, logger *slog.L
 	return nil
 }
 
-// NewLogger returns the JSON logger every binary uses, tagged with the Knative service and
-// revision.
+// Probes returns h behind the probe endpoints: GET LivenessPath answers 200 while the
+// process runs, GET ReadinessPath 200 once ready (503 with the reason otherwise), and every
+// other request reaches h. The kubelet's and Knative's probes are also recognised by their
+// headers (knative.dev/pkg/network), whatever path they were given: a GET with the
+// kubelet's "kube-probe/" User-Agent (queue-proxy sends it too when it runs the readiness
+// probe) is a readiness probe unless it asks for LivenessPath, and one with
+// "K-Network-Probe: probe" is Knative's network probe, answered like queue-proxy answers it
+// (its K-Network-Hash echoed) once ready. So a probe left without a path, which Kubernetes
+// sends to "/", never reaches the function as a request event.
+func Probes(h http.Handler, ready func(ctx context.Context) error) http.Handler {
+	readiness := func(w http.ResponseWriter, r *http.Request) {
+		if ready != nil {
+			rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			if err := ready(rctx); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("ready\n"))
+	}
+	// Two fixed paths, two headers and the function: a switch, not a ServeMux.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		probe := r.Method == http.MethodGet || r.Method == http.MethodHead
+		switch {
+		case probe && r.Header.Get(network.ProbeHeaderName) == network.ProbeHeaderValue:
+			if hash := r.Header.Get(network.HashHeaderName); hash != "" {
+				w.Header().Set(network.HashHeaderName, hash)
+			}
+			readiness(w, r)
+		case r.URL.Path == LivenessPath:
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write([]byte("ok\n"))
+		case r.URL.Path == ReadinessPath, probe && network.IsKubeletProbe(r):
+			readiness(w, r)
+		default:
+			h.ServeHTTP(w, r)
+		}
+	})
+}
+
+// Commit is the source revision the binary was built from, as Knative reports its own
+// (knative.dev/pkg/changeset): the VCS revision Go stamped into the build, 7 hex digits,
+// "-dirty" when the tree had uncommitted changes; "unknown" when built without VCS stamping
+// (`go run`, `go test`, GOFLAGS=-buildvcs=false). `make build` and `make images` stamp it.
+func Commit() string { return changeset.Get() }
+
+// NewLogger returns the JSON logger every binary uses, tagged with the commit (Knative's
+// convention: every line of a Knative component carries it, so the first line a binary
+// logs at start says what runs) and with the Knative service and revision.
 func NewLogger(w io.Writer, cfg config.Serving, component string) *slog.Logger {
 	var level slog.Level
 	switch strings.ToLower(cfg.LogLevel) {
@@ -117,7 +168,7 @@ func NewLogger(w io.Writer, cfg config.Serving, component string) *slog.Logger {
 	case "error":
 		level = slog.LevelError
 	}
-	l := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("component", component)
+	l := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("component", component, "commit", Commit())
 	if cfg.Service != "" {
 		l = l.With("k_service", cfg.Service)
 	}
@@ -127,14 +178,14 @@ func NewLogger(w io.Writer, cfg config.Serving, component string) *slog.Logger {
 	return l
 }
 
-// Main is every binary's main: it runs run with the process's environment and stdout until
-// SIGINT or SIGTERM (Knative's stop signal), and exits 1 with the error if run fails.
+// Main is every binary's main: it runs run with the process's environment and stdout, and
+// exits 1 with the error if run fails. The context is Knative's shutdown context
+// (knative.dev/pkg/signals): done at the first SIGTERM (Knative's stop signal) or SIGINT,
+// so run drains; a second signal exits at once (status 1), without waiting for the drain.
+// Call it once per process.
 func Main(name string, run func(ctx context.Context, getenv func(string) string, stdout io.Writer) error) {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
+	if err := run(signals.NewContext(), os.Getenv, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, name+":", err)
-		stop()
 		os.Exit(1)
 	}
 }
