@@ -1,0 +1,46 @@
+package list
+
+import (
+	"context"
+	"io"
+
+	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/serving"
+)
+
+// Compose wires the list function from its configuration (read from getenv once, here): the
+// handler its Knative binary serves through shared/serving and the module root registers
+// with the Functions Framework. The reconciler's timer (RECONCILE_INTERVAL), stream
+// provisioning and the Ray reachability log stop when ctx is done; Close releases the NATS
+// connection.
+func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) (*serving.Function, error) {
+	cfg, err := LoadConfig(getenv)
+	if err != nil {
+		return nil, err
+	}
+	logger := serving.NewLogger(stdout, cfg.Serving, "list")
+	client, err := ray.NewFromConfig(cfg.Ray)
+	if err != nil {
+		return nil, err
+	}
+	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: client.Ready}
+	var rec *Reconciler
+	if cfg.Events.Enabled {
+		bus, err := events.Connect(cfg.Events, "ray-executor-list", logger)
+		if err != nil {
+			return nil, err
+		}
+		f.OnClose(bus.Close)
+		events.ProvisionInBackground(ctx, bus, logger)
+		rec = &Reconciler{Jobs: client, Bus: bus, Logger: logger, Lookback: cfg.ReconcileLookback}
+		if cfg.ReconcileInterval > 0 {
+			go rec.Every(ctx, cfg.ReconcileInterval)
+		}
+	}
+	h := NewHandler(&Service{Jobs: client}, rec, cfg.Source, cfg.MaxBodyBytes, logger)
+	h.SetAccess(cfg.Access)
+	f.Handler = h
+	go client.LogReachability(ctx, logger)
+	return f, nil
+}
