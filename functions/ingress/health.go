@@ -16,6 +16,7 @@ import (
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/serving"
 )
 
 // Component health strings.
@@ -118,9 +119,10 @@ func (h *Health) Serving(ctx context.Context) bool {
 // GetStatus tells the truth: "healthy" only when every function and Ray answer;
 // "unhealthy" when no deliberation could be submitted (execute or Ray down); "degraded"
 // when something else is wrong. Statistics come from the list function, which counts this
-// system's Ray jobs, so they survive restarts and count each deliberation once.
+// system's Ray jobs, so they survive restarts and count each deliberation once. Version is
+// the ingress's own build (serving.Commit).
 func (s *Server) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.GetStatusResponse, error) {
-	resp := &pb.GetStatusResponse{UptimeSeconds: int64(time.Since(s.Started).Seconds())}
+	resp := &pb.GetStatusResponse{UptimeSeconds: int64(time.Since(s.Started).Seconds()), Version: serving.Commit()}
 	probes := s.Health.Probes(ctx)
 	rayOK, rayMsg := false, "no function could reach Ray"
 	executeOK, othersOK := false, true

@@ -25,6 +25,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/serving"
 )
 
 // fakeCaller is a hand-written fake of the function transport.
@@ -213,6 +214,10 @@ func TestGetStatusAndHealthTellTheTruth(t *testing.T) {
 			}
 			if resp.GetUptimeSeconds() < 59 {
 				t.Errorf("got uptime %d, want >= 59", resp.GetUptimeSeconds())
+			}
+			// Whatever Ray and the functions answer, the ingress reports its own build.
+			if resp.GetVersion() == "" || resp.GetVersion() != serving.Commit() {
+				t.Errorf("got version %q, want the build's commit %q", resp.GetVersion(), serving.Commit())
 			}
 			byName := map[string]*pb.ComponentHealth{}
 			for _, c := range resp.GetComponents() {

@@ -10,12 +10,14 @@ import (
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/serving"
 )
 
 // NewHandler returns the function's HTTP handler: GetActiveJobs request events in,
 // GetActiveJobsResponse reply events out; GetStatus, answered with the statistics of this
-// system's Ray jobs (a reply means Ray answered: the "ray" component is healthy); and, when
-// rec is not nil, Reconcile and PingSource events, which run the reconciler (202, no reply).
+// system's Ray jobs (a reply means Ray answered: the "ray" component is healthy) and this
+// binary's version (serving.Commit); and, when rec is not nil, Reconcile and PingSource
+// events, which run the reconciler (202, no reply).
 func NewHandler(svc *Service, rec *Reconciler, source string, maxBodyBytes int64, logger *slog.Logger) *rpcevents.Server {
 	srv := rpcevents.NewServer(source, logger, maxBodyBytes)
 	if rec != nil {
@@ -53,6 +55,7 @@ func NewHandler(svc *Service, rec *Reconciler, source string, maxBodyBytes int64
 			}
 			return &pb.GetStatusResponse{
 				Status:     "healthy",
+				Version:    serving.Commit(),
 				Stats:      StatsMessage(st),
 				Components: []*pb.ComponentHealth{{Name: "ray", Status: "healthy", Message: "Ray listed its jobs"}},
 			}, nil

@@ -524,7 +524,12 @@ type GetStatusResponse struct {
 	UptimeSeconds int64             `protobuf:"varint,2,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
 	Stats         *RayExecutorStats `protobuf:"bytes,3,opt,name=stats,proto3" json:"stats,omitempty"`
 	// Added: what was checked and how each part answered.
-	Components    []*ComponentHealth `protobuf:"bytes,4,rep,name=components,proto3" json:"components,omitempty"`
+	Components []*ComponentHealth `protobuf:"bytes,4,rep,name=components,proto3" json:"components,omitempty"`
+	// Added: the build of the answering binary (the ingress through gRPC, the list function
+	// for its own GetStatus event): its source commit as knative.dev/pkg/changeset reports it,
+	// 7 hex digits with "-dirty" for a build from uncommitted changes, "unknown" when the
+	// build carries no VCS stamp.
+	Version       string `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -585,6 +590,13 @@ func (x *GetStatusResponse) GetComponents() []*ComponentHealth {
 		return x.Components
 	}
 	return nil
+}
+
+func (x *GetStatusResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
 }
 
 type ComponentHealth struct {
@@ -1760,14 +1772,15 @@ const file_fleet_ray_executor_v1_ray_executor_proto_rawDesc = "" +
 	"\bend_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12'\n" +
 	"\x0fdeliberation_id\x18\f \x01(\tR\x0edeliberationId\"7\n" +
 	"\x10GetStatusRequest\x12#\n" +
-	"\rinclude_stats\x18\x01 \x01(\bR\fincludeStats\"\xd9\x01\n" +
+	"\rinclude_stats\x18\x01 \x01(\bR\fincludeStats\"\xf3\x01\n" +
 	"\x11GetStatusResponse\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12%\n" +
 	"\x0euptime_seconds\x18\x02 \x01(\x03R\ruptimeSeconds\x12=\n" +
 	"\x05stats\x18\x03 \x01(\v2'.fleet.ray_executor.v1.RayExecutorStatsR\x05stats\x12F\n" +
 	"\n" +
 	"components\x18\x04 \x03(\v2&.fleet.ray_executor.v1.ComponentHealthR\n" +
-	"components\"W\n" +
+	"components\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\tR\aversion\"W\n" +
 	"\x0fComponentHealth\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x18\n" +
