@@ -67,6 +67,10 @@ check-generate: generate ## fail if the committed generated code is stale
 	@test -z "$$(git status --porcelain -- shared/gen)" || { echo "shared/gen has untracked files: run 'make generate' and commit" >&2; exit 1; }
 
 # --- checks ------------------------------------------------------------------------------
+.PHONY: breaking
+breaking: $(BIN)/buf ## buf breaking: the work tree, every commit that changed the proto, and the original's contract (scripts/proto-breaking.sh)
+	scripts/proto-breaking.sh
+
 .PHONY: lint
 lint: $(BIN)/staticcheck ## go vet, staticcheck and gofmt
 	@test -z "$$(gofmt -l functions shared knative)" || { gofmt -l functions shared knative; echo "gofmt needed" >&2; exit 1; }
