@@ -73,7 +73,7 @@ breaking: $(BIN)/buf ## buf breaking: the work tree, every commit that changed t
 
 .PHONY: lint
 lint: $(BIN)/staticcheck ## go vet, staticcheck and gofmt
-	@test -z "$$(gofmt -l functions shared knative)" || { gofmt -l functions shared knative; echo "gofmt needed" >&2; exit 1; }
+	@test -z "$$(gofmt -l functions shared knative *.go)" || { gofmt -l functions shared knative *.go; echo "gofmt needed" >&2; exit 1; }
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
 	cd knative/validate && $(GO) vet ./...
@@ -124,6 +124,23 @@ bench: $(VENV_STAMP) tools ## benchmarks: gRPC floor vs ingress chain, cold star
 	$(GO) test -count=1 -run '^$$' -bench 'JobOverhead' ./shared/ray/
 	scripts/ray-head.sh up; PATH="$(CURDIR)/.venv/bin:$$PATH" RAY_AUTH_TOKEN_FILE="$(CURDIR)/.run/ray-auth-token" LOAD_DELIBERATIONS=200 $(GO) test -tags exclusive -count=1 \
 		-timeout 30m -run '^TestLoadTwoHundredDeliberations$$' -v ./functions/e2e/; rc=$$?; scripts/ray-head.sh down; exit $$rc
+
+# Execution models on Ray (issue 11): the original's actor per agent against standing async
+# actors and Ray Serve, in one Ray job (shared/ray/payload/bench/README.md). Ray Serve is
+# installed into .venv for it only. A head that already answers is used and left running.
+SERVE_REQUIREMENTS := shared/ray/payload/bench/requirements-serve.txt
+SERVE_STAMP        := $(VENV)/.installed-serve
+$(SERVE_STAMP): $(VENV_STAMP) $(SERVE_REQUIREMENTS)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $(SERVE_REQUIREMENTS)
+	touch $@
+
+.PHONY: bench-models
+bench-models: $(SERVE_STAMP) ## execution models on Ray: original actor-per-agent vs async actors vs Ray Serve (BENCHMARKS.md)
+	@own=0; if [ -z "$$RAY_ADDRESS" ]; then \
+		test -f .ray-head-started || own=1; scripts/ray-head.sh up || exit 1; \
+		unset RAY_AUTH_TOKEN; export RAY_AUTH_TOKEN_FILE="$(CURDIR)/.run/ray-auth-token"; fi; \
+	$(GO) test -tags bench -count=1 -timeout 120m -run '^TestExecutionModelsReport$$' -v ./shared/ray/payload/bench/; rc=$$?; \
+	if [ $$own = 1 ]; then scripts/ray-head.sh down; fi; exit $$rc
 
 .PHONY: build
 build: ## build every binary into ./bin
