@@ -118,10 +118,11 @@ fuzz: ## run each fuzz target for FUZZTIME (50000 inputs each; crashers land in 
 	done
 
 .PHONY: bench
-bench: $(VENV_STAMP) tools ## benchmarks: gRPC floor vs ingress chain, cold starts, capacity, 200-deliberation load run (BENCHMARKS.md)
+bench: $(VENV_STAMP) tools ## benchmarks: gRPC floor vs ingress chain, cold starts, capacity, FF-Go vs shared/serving CPU, 200-deliberation load run (BENCHMARKS.md)
 	$(GO) test -tags bench -count=1 -run TestBenchmarkReport -v ./functions/ingress/
 	$(GO) test -tags bench -count=1 -run 'TestColdStartReport|TestFunctionCapacityReport' -v ./functions/e2e/
 	$(GO) test -count=1 -run '^$$' -bench 'JobOverhead' ./shared/ray/
+	$(GO) test -tags bench -count=1 -run '^TestFrameworkCPUReport$$' -v ./functions/framework/
 	scripts/ray-head.sh up; PATH="$(CURDIR)/.venv/bin:$$PATH" RAY_AUTH_TOKEN_FILE="$(CURDIR)/.run/ray-auth-token" LOAD_DELIBERATIONS=200 $(GO) test -tags exclusive -count=1 \
 		-timeout 30m -run '^TestLoadTwoHundredDeliberations$$' -v ./functions/e2e/; rc=$$?; scripts/ray-head.sh down; exit $$rc
 
