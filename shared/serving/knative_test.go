@@ -208,3 +208,24 @@ func TestMainSignals(t *testing.T) {
 		})
 	}
 }
+
+// knative.dev/pkg is pinned where knative/validate pins it: that revision builds with the
+// Knative serving and eventing release the manifests are validated against.
+func TestKnativePkgPinnedAsKnativeValidatePinsIt(t *testing.T) {
+	pin := func(gomod string) string {
+		b, err := os.ReadFile(gomod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "knative.dev/pkg" {
+				return f[1]
+			}
+		}
+		t.Fatalf("%s: no knative.dev/pkg requirement", gomod)
+		return ""
+	}
+	if got, want := pin("../../go.mod"), pin("../../knative/validate/go.mod"); got != want {
+		t.Errorf("knative.dev/pkg: got %s in go.mod, want %s as in knative/validate/go.mod", got, want)
+	}
+}
