@@ -21,6 +21,8 @@ type Jobs interface {
 	Submit(ctx context.Context, req ray.SubmitRequest) (string, error)
 	Job(ctx context.Context, id string) (ray.JobDetails, error)
 	Stop(ctx context.Context, id string) (bool, error)
+	// EnsurePackage uploads a deliberation's request package unless Ray has it already.
+	EnsurePackage(ctx context.Context, p ray.Package) error
 }
 
 // WorkingDirs yields the URI of the payload package, uploading it when Ray lacks it.
@@ -128,10 +130,16 @@ func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparen
 		return Submission{}, fmt.Errorf("execute: payload package: %w", err)
 	}
 	opts.WorkingDir = wd
-	sub, err := ray.DeliberationJob(id, r, traceparent, opts)
+	dj, err := ray.DeliberationJob(id, r, traceparent, opts)
 	if err != nil {
 		return Submission{}, err
 	}
+	// The request travels in a package of its own, which the job names: it must be in the
+	// cluster first. Content-addressed, so a retry finds it there and uploads nothing.
+	if err := s.Jobs.EnsurePackage(ctx, dj.Request); err != nil {
+		return Submission{}, fmt.Errorf("execute: request package of %s: %w", id, err)
+	}
+	sub := dj.Submit
 	if _, err := s.Jobs.Submit(ctx, sub); err != nil {
 		if !errors.Is(err, domain.ErrAlreadyExists) {
 			return Submission{}, fmt.Errorf("execute: submit %s: %w", id, err)

@@ -20,10 +20,12 @@ import (
 )
 
 // fakeJobs is a hand-written fake of the Ray port: each method delegates to its Fn field.
+// A nil PackageFn takes every package.
 type fakeJobs struct {
-	SubmitFn func(context.Context, ray.SubmitRequest) (string, error)
-	JobFn    func(context.Context, string) (ray.JobDetails, error)
-	StopFn   func(context.Context, string) (bool, error)
+	SubmitFn  func(context.Context, ray.SubmitRequest) (string, error)
+	JobFn     func(context.Context, string) (ray.JobDetails, error)
+	StopFn    func(context.Context, string) (bool, error)
+	PackageFn func(context.Context, ray.Package) error
 }
 
 func (f *fakeJobs) Submit(ctx context.Context, r ray.SubmitRequest) (string, error) {
@@ -33,6 +35,12 @@ func (f *fakeJobs) Job(ctx context.Context, id string) (ray.JobDetails, error) {
 	return f.JobFn(ctx, id)
 }
 func (f *fakeJobs) Stop(ctx context.Context, id string) (bool, error) { return f.StopFn(ctx, id) }
+func (f *fakeJobs) EnsurePackage(ctx context.Context, p ray.Package) error {
+	if f.PackageFn == nil {
+		return nil
+	}
+	return f.PackageFn(ctx, p)
+}
 
 type fakeWD struct{ err error }
 
@@ -55,10 +63,17 @@ func notFound(context.Context, string) (ray.JobDetails, error) {
 
 func TestExecuteSubmitsWhatStatusAndListNeed(t *testing.T) {
 	var got ray.SubmitRequest
+	var uploaded []ray.Package
+	var calls []string
 	svc := &Service{
 		Jobs: &fakeJobs{JobFn: notFound, SubmitFn: func(_ context.Context, r ray.SubmitRequest) (string, error) {
+			calls = append(calls, "submit")
 			got = r
 			return r.SubmissionID, nil
+		}, PackageFn: func(_ context.Context, p ray.Package) error {
+			calls = append(calls, "package")
+			uploaded = append(uploaded, p)
+			return nil
 		}},
 		WorkingDirs: fakeWD{},
 	}
@@ -79,13 +94,29 @@ func TestExecuteSubmitsWhatStatusAndListNeed(t *testing.T) {
 	if wd := got.RuntimeEnv["working_dir"]; wd != "gcs://_ray_pkg_test.zip" {
 		t.Errorf("got working_dir %v", wd)
 	}
+	// The request goes first, in a package of its own that the job names.
+	if strings.Join(calls, ",") != "package,submit" || len(uploaded) != 1 {
+		t.Fatalf("got calls %v, want the request package uploaded, then the job submitted", calls)
+	}
+	if mods, _ := got.RuntimeEnv["py_modules"].([]string); len(mods) != 1 || mods[0] != uploaded[0].URI() {
+		t.Errorf("got py_modules %v, want [%s]", got.RuntimeEnv["py_modules"], uploaded[0].URI())
+	}
+	env, _ := got.RuntimeEnv["env_vars"].(map[string]string)
+	if !strings.HasPrefix(env[ray.RequestModuleEnv], ray.RequestModulePrefix) {
+		t.Errorf("got env_vars %v, want %s naming the request module", env, ray.RequestModuleEnv)
+	}
+	for k, v := range env {
+		if strings.Contains(v, "t1") || k == "RAY_EXECUTOR_REQUEST" {
+			t.Errorf("got env var %s=%q, want no request text in env_vars", k, v)
+		}
+	}
 }
 
 func TestExecuteErrors(t *testing.T) {
 	ours := func(req domain.Request) func(context.Context, string) (ray.JobDetails, error) {
 		return func(_ context.Context, id string) (ray.JobDetails, error) {
-			sub, _ := ray.DeliberationJob(id, req, "", ray.JobOptions{})
-			return ray.JobDetails{SubmissionID: id, Status: ray.StatusRunning, Metadata: sub.Metadata}, nil
+			job, _ := ray.DeliberationJob(id, req, "", ray.JobOptions{})
+			return ray.JobDetails{SubmissionID: id, Status: ray.StatusRunning, Metadata: job.Submit.Metadata}, nil
 		}
 	}
 	normalized := validRequest()
@@ -120,6 +151,12 @@ func TestExecuteErrors(t *testing.T) {
 		}}, fakeWD{}, "k", domain.ErrUnauthenticated, false, 502},
 		{"package upload fails", &fakeJobs{JobFn: notFound, SubmitFn: noSubmit},
 			fakeWD{err: domain.ErrUnavailable}, "k", domain.ErrUnavailable, false, 503},
+		{"request package upload fails", &fakeJobs{JobFn: notFound, SubmitFn: noSubmit,
+			PackageFn: func(context.Context, ray.Package) error { return fmt.Errorf("ray: %w", domain.ErrUnavailable) }},
+			fakeWD{}, "k", domain.ErrUnavailable, false, 503},
+		{"request package upload times out", &fakeJobs{JobFn: notFound, SubmitFn: noSubmit,
+			PackageFn: func(context.Context, ray.Package) error { return domain.ErrDeadline }},
+			fakeWD{}, "", domain.ErrDeadline, false, 504},
 		{"existing job, same request", &fakeJobs{JobFn: ours(normalized), SubmitFn: noSubmit}, fakeWD{}, "k", nil, true, 200},
 		{"existing job, other request", &fakeJobs{JobFn: ours(other), SubmitFn: noSubmit}, fakeWD{}, "k", domain.ErrConflict, false, 409},
 		{"existing foreign job", &fakeJobs{JobFn: func(_ context.Context, id string) (ray.JobDetails, error) {

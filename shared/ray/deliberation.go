@@ -1,9 +1,9 @@
 package ray
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -16,11 +16,8 @@ import (
 // outcome as JSON; status reads it back from the job log.
 const ResultMarker = "RAY_EXECUTOR_RESULT "
 
-// PayloadRequestPrefix marks the env var's value as base64 of the request JSON.
-const PayloadRequestPrefix = "base64:"
-
-// PayloadRequest is the JSON the payload reads from the PayloadRequestEnv variable. It is
-// the contract between the Go side and shared/ray/payload; change both together.
+// PayloadRequest is the JSON the payload reads from its request package (RequestPackage). It
+// is the contract between the Go side and shared/ray/payload; change both together.
 type PayloadRequest struct {
 	Version         int               `json:"version"`
 	DeliberationID  string            `json:"deliberation_id"`
@@ -46,7 +43,8 @@ type JobOptions struct {
 	WorkingDir string
 	// AgentNumCPUs is reserved per agent task; LLM calls are I/O bound, so 0 by default.
 	AgentNumCPUs float64
-	// EnvVars are passed to the payload besides the request (NATS settings, API keys).
+	// EnvVars are passed to the payload (NATS settings, API keys): operator settings only,
+	// never caller text (Ray expands $NAME in env_vars values).
 	EnvVars map[string]string
 	// EntrypointNumCPUs and EntrypointResources are reserved for each deliberation's driver.
 	// They are the cluster's admission control: Ray keeps a job PENDING, with no process
@@ -65,10 +63,27 @@ func RequestHash(r domain.Request) string {
 	return hex.EncodeToString(sum[:16])
 }
 
-// DeliberationJob builds the Ray submission for a validated, normalized request. The
-// request travels as JSON in runtime_env.env_vars, never in the entrypoint command, so no
-// caller text ever reaches a shell.
-func DeliberationJob(id string, r domain.Request, traceparent string, opts JobOptions) (SubmitRequest, error) {
+// Job is what one deliberation puts in Ray: the package its request travels in, and the
+// submission that names it. Upload Request (Client.EnsurePackage) before submitting Submit:
+// a job whose py_modules package is missing fails at its runtime env setup.
+type Job struct {
+	Submit  SubmitRequest
+	Request Package
+}
+
+// DeliberationJob builds the Ray submission for a validated, normalized request, and the
+// package that carries the request to the payload.
+//
+// The request travels as a file in a GCS package of its own, named in
+// runtime_env.py_modules (RequestPackage), never in the entrypoint command, so no caller
+// text ever reaches a shell. It used to travel in runtime_env.env_vars, which cannot hold a
+// large request: Ray passes a worker's serialized runtime env context as one exec argument,
+// and Linux refuses any single argument or environment string over 128 KiB, so the worker
+// dies at exec and the job stays PENDING forever. Nor is caller text then subject to Ray's
+// expansion of $NAME and ${NAME} in env_vars values: the one env var added here,
+// RequestModuleEnv, holds only the module's hashed name. The job table (GET /api/jobs/)
+// records only the package's URI; Ray drops the package once no job uses it.
+func DeliberationJob(id string, r domain.Request, traceparent string, opts JobOptions) (Job, error) {
 	pr := PayloadRequest{
 		Version:         1,
 		DeliberationID:  id,
@@ -90,18 +105,20 @@ func DeliberationJob(id string, r domain.Request, traceparent string, opts JobOp
 	if pr.Metadata == nil {
 		pr.Metadata = map[string]string{}
 	}
-	body, err := json.Marshal(pr)
-	if err != nil {
-		return SubmitRequest{}, fmt.Errorf("ray: encode payload request: %w", err)
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
+	// <, > and & as themselves, not \u003c...: prompts are full of code and markup, and
+	// the JSON is read by Python, never embedded in HTML.
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(pr); err != nil {
+		return Job{}, fmt.Errorf("ray: encode payload request: %w", err)
 	}
+	pkg, module := RequestPackage(body.Bytes())
 	env := make(map[string]string, len(opts.EnvVars)+1)
 	for k, v := range opts.EnvVars {
 		env[k] = v
 	}
-	// Ray expands $NAME and ${NAME} inside runtime_env env_vars values, which would rewrite
-	// any caller text that contains them (found by the shell-metacharacter test). Base64
-	// has no '$', so the request reaches the payload byte for byte.
-	env[PayloadRequestEnv] = PayloadRequestPrefix + base64.StdEncoding.EncodeToString(body)
+	env[RequestModuleEnv] = module
 	meta := domain.JobMeta{
 		DeliberationID: id,
 		Kind:           r.Kind,
@@ -114,16 +131,20 @@ func DeliberationJob(id string, r domain.Request, traceparent string, opts JobOp
 		RequestHash:    RequestHash(r),
 		Traceparent:    traceparent,
 	}
-	return SubmitRequest{
-		Entrypoint:   PayloadEntrypoint,
-		SubmissionID: id,
-		RuntimeEnv: map[string]any{
-			"working_dir": opts.WorkingDir,
-			"env_vars":    env,
+	return Job{
+		Request: pkg,
+		Submit: SubmitRequest{
+			Entrypoint:   PayloadEntrypoint,
+			SubmissionID: id,
+			RuntimeEnv: map[string]any{
+				"working_dir": opts.WorkingDir,
+				"py_modules":  []string{pkg.URI()},
+				"env_vars":    env,
+			},
+			Metadata:            meta.Map(),
+			EntrypointNumCPUs:   opts.EntrypointNumCPUs,
+			EntrypointResources: opts.EntrypointResources,
 		},
-		Metadata:            meta.Map(),
-		EntrypointNumCPUs:   opts.EntrypointNumCPUs,
-		EntrypointResources: opts.EntrypointResources,
 	}, nil
 }
 

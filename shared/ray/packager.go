@@ -117,12 +117,5 @@ func (p *Packager) check(ctx context.Context, f *flight, gen uint64) {
 }
 
 func (p *Packager) ensure(ctx context.Context) error {
-	ok, err := p.c.PackageExists(ctx, p.name)
-	if err != nil {
-		return err
-	}
-	if ok {
-		return nil
-	}
-	return p.c.UploadPackage(ctx, p.name, p.data)
+	return p.c.EnsurePackage(ctx, Package{Name: p.name, Data: p.data})
 }

@@ -8,6 +8,31 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 )
 
+// Package is a GCS package: a zip Ray stores under Name, "_ray_pkg_<first 16 hex digits of
+// the zip's SHA-256>.zip", that jobs name as URI() in their runtime_env (working_dir,
+// py_modules).
+type Package struct {
+	Name string
+	Data []byte
+}
+
+// URI is how a runtime_env names the package: "gcs://" + Name.
+func (p Package) URI() string { return "gcs://" + p.Name }
+
+// EnsurePackage makes sure p is stored in the cluster: a GET, and a PUT only when Ray does
+// not have it, so a retry with the same (content-addressed) package uploads nothing again.
+// The GET also pins the name for about ten minutes, even before the PUT stores it: that
+// keeps the package until a job naming it holds Ray's reference (Ray then drops it once
+// no job uses it), and lets Ray delete it if no job ever does. Errors are those of
+// PackageExists and UploadPackage.
+func (c *Client) EnsurePackage(ctx context.Context, p Package) error {
+	ok, err := c.PackageExists(ctx, p.Name)
+	if err != nil || ok {
+		return err
+	}
+	return c.UploadPackage(ctx, p.Name, p.Data)
+}
+
 // PackageExists reports whether the GCS package name (e.g. "_ray_pkg_<hex>.zip", the part
 // after "gcs://") is stored in the cluster. A successful check also re-pins the package in
 // Ray for about ten minutes. Errors: domain.ErrInvalid for an empty name (no request is

@@ -3,9 +3,11 @@ package ray
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -261,6 +263,37 @@ func TestRealRay(t *testing.T) {
 		exists, err = c.PackageExists(ctx, name)
 		if err != nil || !exists {
 			t.Errorf("PackageExists after upload: got (%v, %v), want (true, nil)", exists, err)
+		}
+	})
+
+	// A request far over what an environment variable can carry (128 KiB a string) reaches
+	// the job intact through its own py_modules package.
+	t.Run("request package", func(t *testing.T) {
+		t.Parallel()
+		body, _ := json.Marshal(map[string]string{"id": suffix, "task_description": strings.Repeat("$HOME ${PATH} ünï \" ", 20000)})
+		pkg, module := RequestPackage(body)
+		for i := 0; i < 2; i++ { // the second finds it: nothing is uploaded twice
+			if err := c.EnsurePackage(ctx, pkg); err != nil {
+				t.Fatalf("EnsurePackage #%d: got %v, want nil", i+1, err)
+			}
+		}
+		id := "request-pkg-" + suffix
+		submit(t, c, SubmitRequest{
+			Entrypoint: `python -c "import hashlib, importlib.util, os; ` +
+				`d = importlib.util.find_spec(os.environ['RAY_EXECUTOR_REQUEST_MODULE']).submodule_search_locations[0]; ` +
+				`b = open(os.path.join(d, 'request.json'), 'rb').read(); print('request', len(b), hashlib.sha256(b).hexdigest())"`,
+			SubmissionID: id,
+			RuntimeEnv:   map[string]any{"py_modules": []string{pkg.URI()}, "env_vars": map[string]string{RequestModuleEnv: module}},
+		})
+		j := waitTerminal(t, c, id)
+		logs, _ := c.Logs(ctx, id)
+		sum := sha256.Sum256(body)
+		want := fmt.Sprintf("request %d %s", len(body), hex.EncodeToString(sum[:]))
+		if j.Status != StatusSucceeded || !strings.Contains(logs, want) {
+			t.Fatalf("a %d-byte request: got status %s (%s), want SUCCEEDED with %q in the logs; logs:\n%s", len(body), j.Status, j.Message, want, logs)
+		}
+		if len(j.RuntimeEnv) > 1024 || strings.Contains(string(j.RuntimeEnv), "task_description") {
+			t.Errorf("got runtime_env %s in the job table, want only the package's URI", j.RuntimeEnv)
 		}
 	})
 

@@ -1,7 +1,8 @@
 """Entrypoint of a deliberation job: python -u -m ray_executor_payload.
 
-Reads the request from RAY_EXECUTOR_REQUEST, runs one Ray task per agent, prints exactly one
-result line (RAY_EXECUTOR_RESULT {json}) on stdout and exits with
+Reads the request from the request module RAY_EXECUTOR_REQUEST_MODULE names (its package is
+in the job's runtime_env.py_modules; request.py), runs one Ray task per agent, prints exactly
+one result line (RAY_EXECUTOR_RESULT {json}) on stdout and exits with
   0  at least one agent completed, or the deliberation was cancelled before it started,
   1  every agent failed (or Ray was unavailable, or an internal error),
   2  the request is missing or invalid.

@@ -19,7 +19,6 @@ from helpers import agent, request_dict
 from nats_server import closed_port
 from ray_executor_payload import nats_events
 from ray_executor_payload.__main__ import main
-from ray_executor_payload.request import REQUEST_ENV
 from ray_executor_payload.result import RESULT_MARKER, AgentResult, ResultPrinter, iso_utc
 from ray_executor_payload.runner import setup_logging
 
@@ -72,13 +71,19 @@ def run(env):
     return code, json.loads(line[len(RESULT_MARKER):])
 
 
-def env_for(did, url, **extra):
-    data = request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did,
-                        task_description=SECRET_DESCRIPTION)
-    return {REQUEST_ENV: json.dumps(data), "RAY_EXECUTOR_NATS_URL": url, **extra}
+@pytest.fixture
+def env_for(request_env):
+    """env_for(did, url, **extra): a run's environment with NATS at url."""
+
+    def make(did, url, **extra):
+        data = request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did,
+                            task_description=SECRET_DESCRIPTION)
+        return {**request_env(data), "RAY_EXECUTOR_NATS_URL": url, **extra}
+
+    return make
 
 
-def test_a_stored_cancelled_event_runs_nothing_and_publishes_nothing(nats_server, recorder, capsys):
+def test_a_stored_cancelled_event_runs_nothing_and_publishes_nothing(nats_server, recorder, capsys, env_for):
     did = new_id()
     nats_server.store_terminal(did, "cancelled", num_agents=2)
     code, res = run(env_for(did, nats_server.url))
@@ -97,7 +102,7 @@ def test_a_stored_cancelled_event_runs_nothing_and_publishes_nothing(nats_server
 
 
 @pytest.mark.parametrize("kind", ["completed", "failed"])
-def test_any_stored_terminal_event_keeps_the_agents_from_running(nats_server, recorder, kind):
+def test_any_stored_terminal_event_keeps_the_agents_from_running(nats_server, recorder, kind, env_for):
     did = new_id()
     nats_server.store_terminal(did, kind, num_agents=2)
     code, res = run(env_for(did, nats_server.url))
@@ -106,7 +111,7 @@ def test_any_stored_terminal_event_keeps_the_agents_from_running(nats_server, re
     assert [m.msg_id for m in nats_server.lifecycle(did)] == [f"{did}.terminal"]
 
 
-def test_without_a_stored_terminal_event_it_runs(nats_server, recorder):
+def test_without_a_stored_terminal_event_it_runs(nats_server, recorder, env_for):
     did = new_id()
     other = new_id()
     nats_server.store_terminal(other, "cancelled")  # another deliberation's end changes nothing
@@ -117,7 +122,7 @@ def test_without_a_stored_terminal_event_it_runs(nats_server, recorder):
         f"{did}.started", f"{did}.agent.0", f"{did}.agent.1", f"{did}.terminal"]
 
 
-def test_with_nats_unreachable_it_runs(recorder, capsys):
+def test_with_nats_unreachable_it_runs(recorder, capsys, env_for):
     did = new_id()
     start = time.time()
     code, res = run(env_for(did, f"nats://127.0.0.1:{closed_port()}"))
@@ -129,7 +134,7 @@ def test_with_nats_unreachable_it_runs(recorder, capsys):
     assert "running it" in err and SECRET_DESCRIPTION not in err
 
 
-def test_with_the_events_stream_missing_it_runs(nats_server, recorder, capsys):
+def test_with_the_events_stream_missing_it_runs(nats_server, recorder, capsys, env_for):
     # The stream name comes from execute (NATS_EVENTS_STREAM): one NATS does not hold is a
     # look-up that cannot answer, not "nothing stored".
     did = new_id()
@@ -169,7 +174,7 @@ def test_an_id_that_is_no_subject_token_is_never_looked_up():
         nats_events.stored_terminal(settings, "d1.*")
 
 
-def test_an_unreadable_tls_ca_file_does_not_stop_the_run(recorder, tmp_path, capsys):
+def test_an_unreadable_tls_ca_file_does_not_stop_the_run(recorder, tmp_path, capsys, env_for):
     did = new_id()
     env = env_for(did, f"nats://127.0.0.1:{closed_port()}", RAY_EXECUTOR_NATS_TLS_CA_FILE=str(tmp_path / "missing.pem"))
     code, res = run(env)

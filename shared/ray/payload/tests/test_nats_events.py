@@ -24,7 +24,6 @@ from ray_executor_payload import nats_events
 from ray_executor_payload.__main__ import main
 from ray_executor_payload.events import Events, make_events
 from ray_executor_payload.nats_events import NatsEvents
-from ray_executor_payload.request import REQUEST_ENV
 from ray_executor_payload.result import RESULT_MARKER, AgentResult, ResultPrinter, iso_utc, summarize
 from ray_executor_payload.runner import setup_logging
 
@@ -385,11 +384,11 @@ def untimed(res):
     return {k: v for k, v in res.items() if k not in ("started_at", "finished_at", "duration_ms")}
 
 
-def test_main_publishes_through_the_driver_hooks(nats_server, monkeypatch):
+def test_main_publishes_through_the_driver_hooks(nats_server, monkeypatch, request_env):
     did = new_id()
     results = [done("a2", "dev", "m", "second"), done("a1", "dev", "m", "first")]
     env = {
-        REQUEST_ENV: json.dumps(request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did)),
+        **request_env(request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did)),
         "RAY_EXECUTOR_NATS_URL": nats_server.url,
     }
     code, res, _ = run_main(monkeypatch, env, results)
@@ -399,7 +398,7 @@ def test_main_publishes_through_the_driver_hooks(nats_server, monkeypatch):
     assert len(nats_server.responses(did)) == 2
 
 
-def test_main_interrupted_publishes_no_terminal_event(nats_server, monkeypatch):
+def test_main_interrupted_publishes_no_terminal_event(nats_server, monkeypatch, request_env):
     did = new_id()
 
     def stopped(req, started, events):
@@ -411,7 +410,7 @@ def test_main_interrupted_publishes_no_terminal_event(nats_server, monkeypatch):
     monkeypatch.setattr(entry, "init_ray", lambda environ: None)
     monkeypatch.setattr(entry, "run_deliberation", stopped)
     env = {
-        REQUEST_ENV: json.dumps(request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did)),
+        **request_env(request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did)),
         "RAY_EXECUTOR_NATS_URL": nats_server.url,
     }
     out = io.StringIO()
@@ -421,7 +420,7 @@ def test_main_interrupted_publishes_no_terminal_event(nats_server, monkeypatch):
     assert [m.msg_id for m in nats_server.lifecycle(did)] == [f"{did}.started", f"{did}.agent.0"]
 
 
-def test_main_with_ray_unavailable_publishes_every_agent_and_the_failed_terminal(nats_server, monkeypatch):
+def test_main_with_ray_unavailable_publishes_every_agent_and_the_failed_terminal(nats_server, monkeypatch, request_env):
     import ray_executor_payload.__main__ as entry
 
     def no_ray(environ):
@@ -430,7 +429,7 @@ def test_main_with_ray_unavailable_publishes_every_agent_and_the_failed_terminal
     monkeypatch.setattr(entry, "init_ray", no_ray)
     did = new_id()
     env = {
-        REQUEST_ENV: json.dumps(request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did)),
+        **request_env(request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did)),
         "RAY_EXECUTOR_NATS_URL": nats_server.url,
     }
     out = io.StringIO()
@@ -445,12 +444,12 @@ def test_main_with_ray_unavailable_publishes_every_agent_and_the_failed_terminal
 # --- NATS trouble never changes the run --------------------------------------------------
 
 
-def test_unreachable_nats_changes_neither_result_nor_exit_code(monkeypatch, capsys):
+def test_unreachable_nats_changes_neither_result_nor_exit_code(monkeypatch, capsys, request_env):
     proposal = "SECRET-PROPOSAL-TEXT"
     results = [done("a1", "dev", "m", proposal), fail("a2", "dev", "m")]
     data = request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=new_id())
-    code0, res0, t0 = run_main(monkeypatch, {REQUEST_ENV: json.dumps(data)}, results)
-    env = {REQUEST_ENV: json.dumps(data), "RAY_EXECUTOR_NATS_URL": f"nats://127.0.0.1:{closed_port()}"}
+    code0, res0, t0 = run_main(monkeypatch, request_env(data), results)
+    env = {**request_env(data), "RAY_EXECUTOR_NATS_URL": f"nats://127.0.0.1:{closed_port()}"}
     code1, res1, t1 = run_main(monkeypatch, env, results)
     assert code0 == code1 == 0
     assert untimed(res0) == untimed(res1)
@@ -461,22 +460,22 @@ def test_unreachable_nats_changes_neither_result_nor_exit_code(monkeypatch, caps
     assert proposal not in err
 
 
-def test_unreachable_nats_all_failed_keeps_exit_code_1(monkeypatch):
+def test_unreachable_nats_all_failed_keeps_exit_code_1(monkeypatch, request_env):
     results = [fail("a1", "dev", "m")]
     data = request_dict(agents=[agent("a1", "m")], deliberation_id=new_id())
-    env = {REQUEST_ENV: json.dumps(data), "RAY_EXECUTOR_NATS_URL": f"nats://127.0.0.1:{closed_port()}"}
+    env = {**request_env(data), "RAY_EXECUTOR_NATS_URL": f"nats://127.0.0.1:{closed_port()}"}
     code, res, elapsed = run_main(monkeypatch, env, results)
     assert code == 1 and res["status"] == "failed" and elapsed < 3.0
 
 
-def test_a_silent_server_bounds_close(monkeypatch, capsys):
+def test_a_silent_server_bounds_close(monkeypatch, capsys, request_env):
     # Accepts TCP connections but never speaks NATS: every connect attempt times out.
     with socket.socket() as hole:
         hole.bind(("127.0.0.1", 0))
         hole.listen(16)
         results = [done("a1", "dev", "m", "p")]
         data = request_dict(agents=[agent("a1", "m")], deliberation_id=new_id())
-        env = {REQUEST_ENV: json.dumps(data), "RAY_EXECUTOR_NATS_URL": f"nats://127.0.0.1:{hole.getsockname()[1]}"}
+        env = {**request_env(data), "RAY_EXECUTOR_NATS_URL": f"nats://127.0.0.1:{hole.getsockname()[1]}"}
         code, res, elapsed = run_main(monkeypatch, env, results)
     assert code == 0 and res["status"] == "completed"
     # The look-up of a stored terminal event gives up when its connect times out; then

@@ -4,9 +4,9 @@ One Ray is started for the whole module, in this process, through the payload's 
 local-start path (RAY_EXECUTOR_LOCAL_RAY, a temp dir of its own, no dashboard, token auth
 off): it never connects to or disturbs the shared head at 127.0.0.1:8265, and Ray starts
 only once (it takes several seconds on a small machine). The payload then runs as a job
-driver would: `python -m ray_executor_payload` in a subprocess, with the request in
-RAY_EXECUTOR_REQUEST and RAY_ADDRESS pointing at that private cluster, just as the Ray job
-supervisor sets it. Set RXP_DEBUG=1 (with -s) to see each payload run's stderr.
+driver would: `python -m ray_executor_payload` in a subprocess, with the request module on its
+PYTHONPATH and named by RAY_EXECUTOR_REQUEST_MODULE (as a job's py_modules package puts it)
+and RAY_ADDRESS pointing at that private cluster, just as the Ray job supervisor sets it. Set RXP_DEBUG=1 (with -s) to see each payload run's stderr.
 
 With the test NATS server (conftest.py, optional_nats_server) the runs also get
 RAY_EXECUTOR_NATS_URL, and the tests check the events that land on the two streams.
@@ -24,11 +24,11 @@ import uuid
 import pytest
 
 import llm_stub
-from helpers import NASTY_DESCRIPTION, agent, request, request_dict
+from helpers import NASTY_DESCRIPTION, agent, request, request_dict, write_request_module
 from nats_server import closed_port
 from ray_executor_payload.__main__ import init_ray
 from ray_executor_payload.events import Events, EventsGuard
-from ray_executor_payload.request import REQUEST_ENV
+from ray_executor_payload.request import REQUEST_MODULE_ENV
 from ray_executor_payload.result import RESULT_MARKER
 from ray_executor_payload.runner import AgentJob, run_agent, run_deliberation
 
@@ -74,12 +74,13 @@ def private_ray():
 
 def run_payload(gcs_address, request_data, timeout=180, nats=None, nats_url=""):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_EXECUTOR_")}
+    modules = tempfile.mkdtemp(prefix="rxp-request-")
     env.update(
         {
-            REQUEST_ENV: json.dumps(request_data),
+            REQUEST_MODULE_ENV: write_request_module(modules, request_data),
             "RAY_ADDRESS": gcs_address,
             "RAY_AUTH_MODE": "disabled",
-            "PYTHONPATH": PAYLOAD_DIR,
+            "PYTHONPATH": os.pathsep.join([PAYLOAD_DIR, modules]),
         }
     )
     if nats is not None:
@@ -87,10 +88,13 @@ def run_payload(gcs_address, request_data, timeout=180, nats=None, nats_url=""):
     if nats_url:
         env["RAY_EXECUTOR_NATS_URL"] = nats_url
     start = time.time()
-    proc = subprocess.run(
-        [sys.executable, "-u", "-m", "ray_executor_payload"],
-        cwd=PAYLOAD_DIR, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-u", "-m", "ray_executor_payload"],
+            cwd=PAYLOAD_DIR, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+    finally:
+        shutil.rmtree(modules, ignore_errors=True)
     elapsed = time.time() - start
     if os.environ.get("RXP_DEBUG"):
         print(f"--- payload took {elapsed:.1f}s; stderr:\n{proc.stderr}")
@@ -198,12 +202,29 @@ def test_one_failing_agent_is_reported_while_the_others_succeed(private_ray, stu
     assert bad["error"] == "HTTP 500 from 127.0.0.1: GPU on fire"
     assert len(failing.requests) == 2 and failing.requests[0].path == "/v1/chat/completions"
 
-    # The description went through env var, JSON, Ray and HTTP unchanged.
+    # The description went through the request module, JSON, Ray and HTTP unchanged.
     (rec,) = stub.requests_for("default-model")
     assert rec.messages[1]["content"].startswith(NASTY_DESCRIPTION)
     assert rec.messages[0]["content"] == "As dev, solve: " + NASTY_DESCRIPTION
     assert not os.path.exists("/tmp/pwned")
     check_events(optional_nats_server, did, res, "agent.response.completed.backlog-review.role")
+
+
+def test_a_description_at_the_gateways_limit_reaches_the_llm_byte_for_byte(private_ray, stub):
+    # 256 KiB, the gateway's default limit: a backlog review's task-extraction prompt (~70 KB)
+    # with room to spare. It would not fit in an environment variable (128 KiB at most).
+    limit = 256 * 1024
+    desc = NASTY_DESCRIPTION * (limit // len(NASTY_DESCRIPTION.encode()))
+    desc += "y" * (limit - len(desc.encode()))
+    stub.set("m-big", llm_stub.ok('{"tasks": []}'))
+    data = request_dict(stub.url, [agent("big", "m-big", template="Extract tasks from: {task_description}")],
+                        task_description=desc, deliberation_id=new_id(), metadata={"task_type": "TASK_EXTRACTION"})
+    proc, res, _ = run_payload(private_ray, data)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert res["status"] == "completed"
+    (rec,) = stub.requests_for("m-big")
+    assert rec.messages[0]["content"] == "Extract tasks from: " + desc
+    assert rec.messages[1]["content"].startswith(desc + "\n\n")
 
 
 def test_all_agents_failing_fails_the_job(private_ray, stub, optional_nats_server):

@@ -1,9 +1,18 @@
 import json
+import os
+import sys
 
 import pytest
 
-from helpers import NASTY_DESCRIPTION, agent, request_dict
-from ray_executor_payload.request import REQUEST_ENV, RequestError, load_request, parse_request
+from helpers import NASTY_DESCRIPTION, agent, request_dict, write_request_module
+from ray_executor_payload.request import (
+    REQUEST_FILE,
+    REQUEST_MODULE_ENV,
+    RequestError,
+    load_request,
+    parse_request,
+    request_module_name,
+)
 
 
 def parse(data):
@@ -105,44 +114,67 @@ def test_every_problem_is_named_and_ids_are_kept():
 @pytest.mark.parametrize(
     "env, message",
     [
-        ({}, f"{REQUEST_ENV} is not set"),
-        ({REQUEST_ENV: "   "}, f"{REQUEST_ENV} is empty"),
-        ({REQUEST_ENV: "{not json"}, "is not valid JSON"),
-        ({REQUEST_ENV: "[1, 2]"}, "must be a JSON object, got array"),
+        ({}, f"{REQUEST_MODULE_ENV} is not set"),
+        ({REQUEST_MODULE_ENV: "   "}, f"{REQUEST_MODULE_ENV} is empty"),
+        ({REQUEST_MODULE_ENV: "os"}, "must be ray_executor_request_<16 hex digits>, got 'os'"),
+        ({REQUEST_MODULE_ENV: "ray_executor_request_0123"}, "must be ray_executor_request_<16 hex digits>"),
+        ({REQUEST_MODULE_ENV: "ray_executor_request_0123456789abcdef"}, "is not on the Python path"),
     ],
 )
-def test_missing_or_malformed_env(env, message):
+def test_missing_or_malformed_module_name(env, message):
     with pytest.raises(RequestError) as info:
         load_request(env)
     assert message in str(info.value)
 
 
-def test_request_is_read_from_the_env():
-    req = load_request({REQUEST_ENV: json.dumps(request_dict())})
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", f"{REQUEST_FILE} is not valid JSON"),
+        ("[1, 2]", f"{REQUEST_FILE} must be a JSON object, got array"),
+        (b"\xff\xfe{}", f"{REQUEST_FILE} is not valid UTF-8"),
+    ],
+)
+def test_malformed_request_file(request_env, text, message):
+    with pytest.raises(RequestError) as info:
+        load_request(request_env(text))
+    assert message in str(info.value)
+
+
+def test_request_is_read_from_its_module_byte_for_byte(request_env):
+    # A description of the gateway's default limit (256 KiB), full of what a shell, Ray's
+    # env var expansion or a format string could misread: it arrives as sent.
+    desc = (NASTY_DESCRIPTION * (256 * 1024 // len(NASTY_DESCRIPTION.encode())))
+    desc += "x" * (256 * 1024 - len(desc.encode()))
+    assert len(desc.encode()) == 256 * 1024
+    env = request_env(request_dict(task_description=desc, metadata={"k": "$HOME ${PATH}"}))
+    req = load_request(env)
     assert req.task_id == "task-42"
+    assert req.task_description == desc
+    assert req.metadata == {"k": "$HOME ${PATH}"}
 
 
-def test_base64_encoded_request_is_decoded_byte_for_byte():
-    import base64
-    import json
-
-    from ray_executor_payload.request import parse_request
-
-    desc = "Fix $HOME ${PATH} $(touch /tmp/x) `id` ; ünïcødé 🚀"
-    body = {
-        "version": 1, "deliberation_id": "d1", "kind": "deliberation", "task_id": "t1",
-        "task_description": desc, "role": "dev", "story_id": "s", "plan_id": "",
-        "timeout_seconds": 30, "max_retries": 0, "metadata": {}, "vllm_url": "http://127.0.0.1:1",
-        "vllm_model": "m", "agents": [{"id": "a1", "role": "dev", "model": "m", "prompt_template": ""}],
-    }
-    raw = "base64:" + base64.b64encode(json.dumps(body).encode()).decode()
-    assert parse_request(raw).task_description == desc
+def test_module_name_is_the_files_hash(tmp_path):
+    raw = json.dumps(request_dict()).encode()
+    name = write_request_module(str(tmp_path), raw)
+    assert name == request_module_name(raw)
+    assert name.startswith("ray_executor_request_") and len(name) == len("ray_executor_request_") + 16
 
 
-def test_bad_base64_is_a_request_error():
-    import pytest
+def test_a_request_file_that_does_not_match_its_name_is_refused(request_env):
+    env = request_env(request_dict())
+    # Replace the file with another request: it no longer hashes to the module's name.
+    path = os.path.join(request_env.path, env[REQUEST_MODULE_ENV], REQUEST_FILE)
+    with open(path, "w") as f:
+        json.dump(request_dict(task_id="someone-else"), f)
+    with pytest.raises(RequestError, match="does not hash to the name of its module"):
+        load_request(env)
 
-    from ray_executor_payload.request import RequestError, parse_request
 
-    with pytest.raises(RequestError, match="base64"):
-        parse_request("base64:!!!not-base64")
+def test_the_request_module_is_located_not_imported(request_env):
+    env = request_env(request_dict())
+    name = env[REQUEST_MODULE_ENV]
+    with open(os.path.join(request_env.path, name, "__init__.py"), "w") as f:
+        f.write("raise SystemExit('imported')\n")
+    assert load_request(env).task_id == "task-42"
+    assert name not in sys.modules

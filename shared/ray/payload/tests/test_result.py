@@ -10,7 +10,6 @@ import pytest
 from helpers import NASTY_DESCRIPTION, request_dict
 from ray_executor_payload.__main__ import main, ray_init_kwargs
 from ray_executor_payload.events import Events, EventsGuard
-from ray_executor_payload.request import REQUEST_ENV
 from ray_executor_payload.result import (
     RESULT_MARKER,
     AgentResult,
@@ -127,16 +126,16 @@ def test_printer_writes_to_the_file_descriptor(capfd):
 
 
 @pytest.mark.parametrize(
-    "env, fragment",
+    "data, fragment",
     [
-        ({}, "RAY_EXECUTOR_REQUEST is not set"),
-        ({REQUEST_ENV: "{"}, "not valid JSON"),
-        ({REQUEST_ENV: json.dumps(request_dict(timeout_seconds=0))}, "timeout_seconds must be >= 1"),
+        (None, "RAY_EXECUTOR_REQUEST_MODULE is not set"),
+        ("{", "not valid JSON"),
+        (request_dict(timeout_seconds=0), "timeout_seconds must be >= 1"),
     ],
 )
-def test_bad_request_exits_2_with_a_failed_result_line(env, fragment, capsys):
+def test_bad_request_exits_2_with_a_failed_result_line(request_env, data, fragment, capsys):
     out = io.StringIO()
-    code = main(dict(env), ResultPrinter(out))
+    code = main({} if data is None else request_env(data), ResultPrinter(out))
     assert code == 2
     d = parse_line(out.getvalue().rstrip("\n"))
     assert d["status"] == "failed"
@@ -145,17 +144,17 @@ def test_bad_request_exits_2_with_a_failed_result_line(env, fragment, capsys):
     assert fragment in capsys.readouterr().err
 
 
-def test_bad_request_keeps_the_ids_it_could_read():
+def test_bad_request_keeps_the_ids_it_could_read(request_env):
     out = io.StringIO()
-    assert main({REQUEST_ENV: json.dumps(request_dict(max_retries=-1))}, ResultPrinter(out)) == 2
+    assert main(request_env(request_dict(max_retries=-1)), ResultPrinter(out)) == 2
     d = parse_line(out.getvalue().rstrip("\n"))
     assert (d["deliberation_id"], d["task_id"]) == ("delib-1", "task-42")
 
 
-def test_bad_request_as_a_process_exits_2_with_only_the_result_line_on_stdout():
-    env = {k: v for k, v in os.environ.items() if k != REQUEST_ENV}
-    env[REQUEST_ENV] = "not json at all"
-    env["PYTHONPATH"] = PAYLOAD_DIR
+def test_bad_request_as_a_process_exits_2_with_only_the_result_line_on_stdout(request_env):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_EXECUTOR_")}
+    env.update(request_env("not json at all"))
+    env["PYTHONPATH"] = os.pathsep.join([PAYLOAD_DIR, request_env.path])
     proc = subprocess.run(
         [sys.executable, "-u", "-m", "ray_executor_payload"],
         cwd=PAYLOAD_DIR, env=env, capture_output=True, text=True, timeout=60,
@@ -197,7 +196,7 @@ def test_event_hook_failures_are_swallowed_and_logged(capsys):
     assert "event hook on_started failed: RuntimeError: nats down" in err
 
 
-def test_ray_unavailable_fails_every_agent_with_exit_1(monkeypatch):
+def test_ray_unavailable_fails_every_agent_with_exit_1(monkeypatch, request_env):
     import ray_executor_payload.__main__ as entry
 
     def no_ray(environ):
@@ -205,7 +204,7 @@ def test_ray_unavailable_fails_every_agent_with_exit_1(monkeypatch):
 
     monkeypatch.setattr(entry, "init_ray", no_ray)
     out = io.StringIO()
-    env = {REQUEST_ENV: json.dumps(request_dict(agents=[{"id": "a1", "role": "r", "model": "m"}, {"id": "a2", "role": "r", "model": ""}]))}
+    env = request_env(request_dict(agents=[{"id": "a1", "role": "r", "model": "m"}, {"id": "a2", "role": "r", "model": ""}]))
     assert main(env, ResultPrinter(out)) == 1
     d = parse_line(out.getvalue().rstrip("\n"))
     assert d["status"] == "failed"
@@ -216,7 +215,7 @@ def test_ray_unavailable_fails_every_agent_with_exit_1(monkeypatch):
     assert d["failed_agents"] == 2
 
 
-def test_interruption_still_prints_a_result_line(monkeypatch):
+def test_interruption_still_prints_a_result_line(monkeypatch, request_env):
     import ray_executor_payload.__main__ as entry
 
     monkeypatch.setattr(entry, "init_ray", lambda environ: None)
@@ -227,14 +226,14 @@ def test_interruption_still_prints_a_result_line(monkeypatch):
     monkeypatch.setattr(entry, "run_deliberation", stopped)
     out = io.StringIO()
     with pytest.raises(SystemExit):
-        main({REQUEST_ENV: json.dumps(request_dict())}, ResultPrinter(out))
+        main(request_env(request_dict()), ResultPrinter(out))
     lines = out.getvalue().splitlines()
     assert len(lines) == 1
     d = parse_line(lines[0])
     assert (d["status"], d["deliberation_id"], d["error"]) == ("failed", "delib-1", "interrupted: SystemExit: 15")
 
 
-def test_events_are_called_around_a_run(monkeypatch):
+def test_events_are_called_around_a_run(monkeypatch, request_env):
     import ray_executor_payload.__main__ as entry
 
     calls = []
@@ -258,6 +257,6 @@ def test_events_are_called_around_a_run(monkeypatch):
     monkeypatch.setattr(entry, "make_events", lambda environ: Recording())
     monkeypatch.setattr(entry, "run_deliberation", fake_run)
     printer = ResultPrinter(io.StringIO())
-    assert main({REQUEST_ENV: json.dumps(request_dict())}, printer) == 0
+    assert main(request_env(request_dict()), printer) == 0
     # The result line is out before on_finished runs (a slow publisher cannot delay it).
     assert calls == [("started", "delib-1"), ("finished", "completed", True), ("close",)]
