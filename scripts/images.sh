@@ -6,7 +6,7 @@
 # comes from (org.opencontainers.image.source, .revision: the full commit, .version: the
 # commit as the binary itself reports it in its logs and GetStatus, 7 hex digits with
 # "-dirty" for uncommitted changes). The binaries are built with VCS stamping on
-# (GOFLAGS=-buildvcs=true, whatever the machine's go env says) so that they know it.
+# (.ko.yaml: -buildvcs=true, whatever the machine's go env says) so that they know it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -15,7 +15,6 @@ mkdir -p "$KOCACHE" dist/images
 base=$(cd knative/image && go run .)
 export KO_DEFAULTBASEIMAGE="$base"
 export KO_DOCKER_REPO="${KO_DOCKER_REPO:-ray-executor.local}"
-export GOFLAGS="-buildvcs=true"
 source_url="https://$(go list -m)"
 revision=$(git rev-parse HEAD)
 version=${revision:0:7}
