@@ -23,7 +23,13 @@ type Config struct {
 	CallTimeout time.Duration
 	// HealthTTL (HEALTH_CACHE_TTL) is how long a readiness check of the functions is reused.
 	HealthTTL time.Duration
-	// MaxMessageBytes (MAX_MESSAGE_BYTES) bounds a received gRPC message.
+	// MaxMessageBytes (MAX_MESSAGE_BYTES) bounds a received gRPC message. The default is
+	// gRPC's own 4 MiB, what the original service accepted. It must stay at least the
+	// execute function's MAX_BODY_BYTES (2 MiB; the ingress forwards a request as protobuf,
+	// the same size): every request execute would take then passes the ingress, and one
+	// between the two limits reaches execute, whose 413 names its limit (INVALID_ARGUMENT
+	// here). Above this limit grpc-go answers RESOURCE_EXHAUSTED itself, as the original
+	// did. A replica holds at most one such message per RPC in flight.
 	MaxMessageBytes int
 	// MaxConcurrentStreams (MAX_CONCURRENT_STREAMS) bounds the RPCs open at once on one
 	// HTTP/2 connection.

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
 func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -22,6 +24,11 @@ func TestLoadConfigDefaults(t *testing.T) {
 	}
 	if want := (Limits{MaxInflight: 64, SubmitRate: 50, SubmitBurst: 100}); cfg.Limits != want {
 		t.Errorf("got limits %+v, want %+v", cfg.Limits, want)
+	}
+	// Every request the execute function takes (MAX_BODY_BYTES, as protobuf) passes the
+	// ingress: a 256 KiB task_description is refused by its own limit, never by the size.
+	if cfg.MaxMessageBytes != 4<<20 || cfg.MaxMessageBytes < rpcevents.DefaultMaxBodyBytes {
+		t.Errorf("got MAX_MESSAGE_BYTES %d, want 4 MiB, at least execute's MAX_BODY_BYTES (%d)", cfg.MaxMessageBytes, rpcevents.DefaultMaxBodyBytes)
 	}
 	if cfg.MaxConcurrentStreams != 1000 || cfg.InternalToken != "" {
 		t.Errorf("got streams %d, internal token set %v; want 1000 and none", cfg.MaxConcurrentStreams, cfg.InternalToken != "")

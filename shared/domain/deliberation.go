@@ -69,12 +69,27 @@ type Limits struct {
 	Endpoints *EndpointPolicy
 }
 
-// DefaultLimits are generous for real deliberations and small enough that a request always
-// fits in a Ray job's runtime_env and a NATS message.
+// DefaultLimits are generous for real deliberations and keep the largest request they admit
+// well inside every hop's size limit.
+//
+// The description is the one large field. The original's backlog-review processor sends a
+// whole ceremony's reviews in one task-extraction prompt: about 70 KB, more for big
+// stories; 256 KiB leaves room for 3.5 times that. It reaches the payload as a file in a
+// package of its own (ray.DeliberationJob), which has no practical size limit, and it is
+// never put in a NATS message (events carry ids, outcomes and metadata, not prompts).
+//
+// The limited fields together (256 KiB + 16 KiB of metadata + 32 prompt templates of
+// 16 KiB: 784 KiB of text, about 0.8 MiB as protobuf with the metadata's per-entry
+// framing at its worst) fit the execute function's MAX_BODY_BYTES (2 MiB) with more than
+// twice the room, even as protobuf JSON when every byte of them needs a two-character
+// escape (quotes, backslashes, newlines), and the ingress's MAX_MESSAGE_BYTES (4 MiB) is
+// above that. The request package Ray stores is the same JSON: under 2 MiB for such text.
+// Only text that is mostly control characters (six bytes each in JSON) can push a request
+// within these limits past MAX_BODY_BYTES, which then refuses it (413) naming the limit.
 func DefaultLimits() Limits {
 	return Limits{
 		MaxAgents:              32,
-		MaxDescriptionBytes:    64 << 10,
+		MaxDescriptionBytes:    256 << 10,
 		MaxMetadataBytes:       16 << 10,
 		MaxPromptTemplateBytes: 16 << 10,
 		MaxTimeoutSeconds:      3600,

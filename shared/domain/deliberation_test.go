@@ -220,7 +220,7 @@ func TestDefaultLimits(t *testing.T) {
 	got := DefaultLimits()
 	want := Limits{
 		MaxAgents:              32,
-		MaxDescriptionBytes:    64 << 10,
+		MaxDescriptionBytes:    256 << 10, // a backlog review's task-extraction prompt is ~70 KB
 		MaxMetadataBytes:       16 << 10,
 		MaxPromptTemplateBytes: 16 << 10,
 		MaxTimeoutSeconds:      3600,
@@ -274,9 +274,10 @@ func TestNormalizeLimits(t *testing.T) {
 		{"10,000 agents within a raised limit", Limits{MaxAgents: 10000}, func(r *Request) { r.Agents = agents(10000) }, nil},
 
 		// task_description
-		{"description at default limit", Limits{}, func(r *Request) { r.TaskDescription = strings.Repeat("x", 64<<10) }, nil},
-		{"description over default limit", Limits{}, func(r *Request) { r.TaskDescription = strings.Repeat("x", 64<<10+1) },
-			[]string{"task_description", "65537 bytes", "limit of 65536"}},
+		{"description at default limit", Limits{}, func(r *Request) { r.TaskDescription = strings.Repeat("x", 256<<10) }, nil},
+		{"description over default limit", Limits{}, func(r *Request) { r.TaskDescription = strings.Repeat("x", 256<<10+1) },
+			[]string{"task_description", "262145 bytes", "limit of 262144"}},
+		{"a real backlog review's prompt (~70 KB) within the default", Limits{}, func(r *Request) { r.TaskDescription = strings.Repeat("review ", 10000) }, nil},
 		{"description over custom limit", custom, func(r *Request) { r.TaskDescription = strings.Repeat("x", 11) },
 			[]string{"task_description", "11 bytes", "limit of 10"}},
 		{"description limit counts bytes not runes", custom, func(r *Request) { r.TaskDescription = strings.Repeat("é", 6) },

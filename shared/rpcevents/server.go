@@ -22,9 +22,12 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 )
 
-// DefaultMaxBodyBytes bounds a request event. Domain limits (64 KiB description, 32 agents)
-// keep real requests far below it.
-const DefaultMaxBodyBytes = 1 << 20
+// DefaultMaxBodyBytes bounds a request event, and is the execute function's default
+// MAX_BODY_BYTES. The largest request the default domain limits admit (256 KiB description,
+// 16 KiB metadata, 32 agents with 16 KiB prompt templates) is about 0.8 MiB as protobuf,
+// the ingress's encoding, and under 2 MiB as protobuf JSON unless its text is mostly control
+// characters (see domain.DefaultLimits). A replica holds at most MAX_INFLIGHT bodies at once.
+const DefaultMaxBodyBytes = 2 << 20
 
 // Handler answers one decoded request event. A nil reply (with a nil error) is answered
 // 202 Accepted without a reply event.
@@ -250,7 +253,7 @@ func (s *Server) refuseTooLarge(w http.ResponseWriter, r *http.Request, cred cre
 		return
 	}
 	writeError(w, http.StatusRequestEntityTooLarge, "too_large",
-		fmt.Sprintf("request is larger than %d bytes", s.maxBodyBytes))
+		fmt.Sprintf("the request is larger than the limit of %d bytes (MAX_BODY_BYTES)", s.maxBodyBytes))
 }
 
 // decode reads a request event in either content mode.

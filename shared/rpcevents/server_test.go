@@ -609,8 +609,11 @@ func TestServerDefaultBodyLimit(t *testing.T) {
 	body := `{"task_description":"` + strings.Repeat("x", rpcevents.DefaultMaxBodyBytes) + `"}`
 	resp, b := do(t, binaryRequest(t, srv.URL, rpcevents.TypeExecuteDeliberation, body, nil))
 	errorBody(t, resp, b, http.StatusRequestEntityTooLarge, "too_large")
-	if rpcevents.DefaultMaxBodyBytes != 1<<20 {
-		t.Errorf("DefaultMaxBodyBytes: got %d, want %d", rpcevents.DefaultMaxBodyBytes, 1<<20)
+	if want := "limit of 2097152 bytes (MAX_BODY_BYTES)"; !strings.Contains(string(b), want) {
+		t.Errorf("got %s, want the limit named: %q", b, want)
+	}
+	if rpcevents.DefaultMaxBodyBytes != 2<<20 {
+		t.Errorf("DefaultMaxBodyBytes: got %d, want %d", rpcevents.DefaultMaxBodyBytes, 2<<20)
 	}
 }
 
