@@ -237,6 +237,9 @@ func Normalize(r *Request, limits Limits) error {
 			seen[a.ID] = i
 			if n := len(a.PromptTemplate); n > limits.MaxPromptTemplateBytes {
 				v.add("agents[%d].prompt_template is %d bytes, more than the limit of %d", i, n, limits.MaxPromptTemplateBytes)
+			} else if n, most := renderedSize(r, a), limits.MaxPromptTemplateBytes+limits.MaxDescriptionBytes; n > most {
+				v.add("agents[%d].prompt_template renders to %d bytes with its placeholders filled in, more than the limit of %d (the prompt_template and task_description limits together)",
+					i, n, most)
 			}
 			if a.VLLMURL != "" {
 				if err := checkEndpoint(a.VLLMURL); err != nil {
@@ -266,6 +269,42 @@ func Normalize(r *Request, limits Limits) error {
 		}
 	}
 	return nil
+}
+
+// PromptPlaceholders are the placeholders the payload fills in an agent's prompt_template
+// (shared/ray/payload/ray_executor_payload/prompts.py, PLACEHOLDERS; a test keeps the two in
+// step). Anything else in braces stays literal.
+var PromptPlaceholders = []string{"role", "agent_id", "task_id", "task_description", "story_id", "plan_id"}
+
+var promptPlaceholder = regexp.MustCompile(`\{(` + strings.Join(PromptPlaceholders, "|") + `)\}`)
+
+// renderedSize is the size of agent a's system prompt once the payload has filled in its
+// template's placeholders (in one pass, as prompts.render_template does), without building
+// it. Each {task_description} brings in the whole description, so a 16 KiB template naming
+// it a thousand times would make a prompt of hundreds of MiB per agent on the Ray driver
+// and in every LLM call. Normalize bounds it by the two limits together, which admits any
+// template within its limit that names the description once (and the ids a few times).
+func renderedSize(r *Request, a Agent) int {
+	n := len(a.PromptTemplate)
+	for _, m := range promptPlaceholder.FindAllStringSubmatchIndex(a.PromptTemplate, -1) {
+		var value string
+		switch a.PromptTemplate[m[2]:m[3]] {
+		case "role":
+			value = a.Role
+		case "agent_id":
+			value = a.ID
+		case "task_id":
+			value = r.TaskID
+		case "task_description":
+			value = r.TaskDescription
+		case "story_id":
+			value = r.Constraints.StoryID
+		case "plan_id":
+			value = r.Constraints.PlanID
+		}
+		n += len(value) - (m[1] - m[0])
+	}
+	return n
 }
 
 // checkEndpoint accepts an absolute http(s) URL with a host and no credentials or query.

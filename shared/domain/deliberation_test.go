@@ -298,6 +298,23 @@ func TestNormalizeLimits(t *testing.T) {
 		{"prompt template at default limit", Limits{}, func(r *Request) { r.Agents[1].PromptTemplate = strings.Repeat("p", 16<<10) }, nil},
 		{"prompt template over default limit", Limits{}, func(r *Request) { r.Agents[1].PromptTemplate = strings.Repeat("p", 16<<10+1) },
 			[]string{"agents[1].prompt_template", "16385 bytes", "limit of 16384"}},
+		{"prompt template naming the description once, both at their limits", Limits{}, func(r *Request) {
+			r.TaskDescription = strings.Repeat("x", 256<<10)
+			r.Agents[1].PromptTemplate = "{task_description}" + strings.Repeat("p", 16<<10-len("{task_description}{role}")) + "{role}"
+		}, nil},
+		{"prompt template naming a description at its limit twice", Limits{}, func(r *Request) {
+			r.TaskDescription = strings.Repeat("x", 256<<10)
+			r.Agents[0].PromptTemplate = "Task: {task_description}\nAgain: {task_description}"
+		}, []string{"agents[0].prompt_template renders to 524302 bytes", "limit of 278528", "prompt_template and task_description limits"}},
+		{"prompt template naming the description a thousand times", Limits{}, func(r *Request) {
+			r.TaskDescription = strings.Repeat("x", 1<<10)
+			r.Agents[1].PromptTemplate = strings.Repeat("{task_description}", 900)
+		}, []string{"agents[1].prompt_template renders to 921600 bytes", "limit of 278528"}},
+		{"prompt template rendering counts every placeholder, and only those", Limits{MaxDescriptionBytes: 10, MaxPromptTemplateBytes: 100}, func(r *Request) {
+			r.TaskID, r.Constraints.StoryID, r.Constraints.PlanID = strings.Repeat("t", 25), strings.Repeat("s", 25), strings.Repeat("p", 25)
+			r.TaskDescription = "d"
+			r.Agents[0].PromptTemplate = "{task_id}{story_id}{plan_id}{agent_id}{role}{Task_id}{task_id {0}"
+		}, []string{"agents[0].prompt_template renders to 112 bytes", "limit of 110"}},
 		{"prompt template over custom limit", custom, func(r *Request) { r.Agents[0].PromptTemplate = "123456" },
 			[]string{"agents[0].prompt_template", "6 bytes", "limit of 5"}},
 

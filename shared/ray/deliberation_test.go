@@ -179,3 +179,24 @@ func TestEnsurePackageUploadsOnlyWhatRayLacks(t *testing.T) {
 	}
 	expectCounts(t, "Ray unavailable", gcs, 3, 1)
 }
+
+// Normalize bounds a template's rendered size with the placeholders the payload fills in:
+// both sides must name the same ones.
+func TestPromptPlaceholdersMatchThePayload(t *testing.T) {
+	t.Parallel()
+	src, err := payloadFS.ReadFile(payloadDir + "/prompts.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^PLACEHOLDERS = \(([^)]*)\)`).FindSubmatch(src)
+	if m == nil {
+		t.Fatal("prompts.py has no PLACEHOLDERS = (...) line")
+	}
+	var py []string
+	for _, q := range regexp.MustCompile(`"([a-z_]+)"`).FindAllSubmatch(m[1], -1) {
+		py = append(py, string(q[1]))
+	}
+	if strings.Join(py, ",") != strings.Join(domain.PromptPlaceholders, ",") {
+		t.Errorf("got payload placeholders %v, domain.PromptPlaceholders %v: want the same", py, domain.PromptPlaceholders)
+	}
+}
