@@ -41,8 +41,8 @@ $(BIN)/grpc-health-probe:
 $(BIN)/ko:
 	GOBIN=$(BIN) $(GO) install github.com/google/ko@$(KO_VERSION)
 
-$(BIN)/nats-local: $(shell find shared/events -name '*.go') go.mod go.sum
-	$(GO) build -o $@ ./shared/events/cmd/nats-local
+$(BIN)/nats-local: $(shell find shared/natslocal -name '*.go') go.mod go.sum
+	$(GO) build -o $@ ./shared/natslocal/cmd/nats-local
 
 .PHONY: tools
 tools: $(BIN)/grpcurl $(BIN)/grpc-health-probe $(BIN)/nats-local ## install grpcurl, grpc-health-probe; build the local NATS server
@@ -148,4 +148,4 @@ build: ## build every binary into ./bin (stamped with their commit; funcframewor
 	for f in execute status list ingress; do GOFLAGS=-buildvcs=true $(GO) build -o $(BIN)/$$f ./functions/$$f/cmd || exit 1; done
 	GOFLAGS=-buildvcs=true $(GO) build -o $(BIN)/funcframework ./functions/framework/cmd
 	$(GO) build -o $(BIN)/llm-standin ./shared/llmstub/cmd/llm-standin
-	$(GO) build -o $(BIN)/nats-local ./shared/events/cmd/nats-local
+	$(GO) build -o $(BIN)/nats-local ./shared/natslocal/cmd/nats-local

@@ -20,6 +20,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
@@ -200,7 +201,7 @@ func TestNATSDownDuringSubmissionLosesNothing(t *testing.T) {
 	dir := t.TempDir()
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	srv, err := events.StartLocal(addr, filepath.Join(dir, "nats"))
+	srv, err := natslocal.Start(addr, filepath.Join(dir, "nats"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +227,7 @@ func TestNATSDownDuringSubmissionLosesNothing(t *testing.T) {
 		t.Fatalf("submission with NATS down: got %v %v, want submitted", &resp, err)
 	}
 	id := resp.GetDeliberationId()
-	srv, err = events.StartLocal(addr, filepath.Join(dir, "nats"))
+	srv, err = natslocal.Start(addr, filepath.Join(dir, "nats"))
 	if err != nil {
 		t.Fatal(err)
 	}

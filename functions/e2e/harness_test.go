@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	nats, err := events.StartLocal("127.0.0.1:0", filepath.Join(dir, "nats"))
+	nats, err := natslocal.Start("127.0.0.1:0", filepath.Join(dir, "nats"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		os.Exit(1)

@@ -9,14 +9,15 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // local starts an embedded JetStream server and a provisioned bus on it.
-func local(t *testing.T) (*LocalServer, *Bus) {
+func local(t *testing.T) (*natslocal.Server, *Bus) {
 	t.Helper()
-	srv, err := StartLocal("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
+	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestDownNATSFailsFastAndRecovers(t *testing.T) {
 	if err := b.Publish(context.Background(), ev); !errorsIsUnavailable(err) || time.Since(start) > time.Second {
 		t.Fatalf("got %v after %v with NATS down, want ErrUnavailable at once", err, time.Since(start))
 	}
-	again, err := StartLocal(addr, store)
+	again, err := natslocal.Start(addr, store)
 	if err != nil {
 		t.Fatal(err)
 	}

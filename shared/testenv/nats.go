@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
 )
 
 // NATS starts an embedded NATS JetStream server for one test (a free port, storage in
@@ -16,7 +17,7 @@ import (
 // server's URL is bus.Config().URL. Both are closed when the test ends.
 func NATS(t testing.TB) *events.Bus {
 	t.Helper()
-	srv, err := events.StartLocal("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
+	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
 	if err != nil {
 		t.Fatal(err)
 	}

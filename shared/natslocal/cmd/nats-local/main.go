@@ -9,14 +9,14 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
 )
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:4222", "listen address")
 	store := flag.String("store", ".data/nats", "JetStream storage directory")
 	flag.Parse()
-	srv, err := events.StartLocal(*addr, *store)
+	srv, err := natslocal.Start(*addr, *store)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "nats-local:", err)
 		os.Exit(1)
