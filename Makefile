@@ -118,12 +118,14 @@ fuzz: ## run each fuzz target for FUZZTIME (50000 inputs each; crashers land in 
 	done
 
 .PHONY: bench
-bench: $(VENV_STAMP) tools ## benchmarks: gRPC floor vs ingress chain, cold starts, capacity, FF-Go vs shared/serving CPU, 200-deliberation load run (BENCHMARKS.md)
+bench: $(VENV_STAMP) tools ## benchmarks: gRPC floor vs ingress chain, cold starts, capacity, FF-Go vs shared/serving CPU, large-prompt memory, 200-deliberation load run (BENCHMARKS.md)
 	$(GO) test -tags bench -count=1 -run TestBenchmarkReport -v ./functions/ingress/
 	$(GO) test -tags bench -count=1 -run 'TestColdStartReport|TestFunctionCapacityReport' -v ./functions/e2e/
 	$(GO) test -count=1 -run '^$$' -bench 'JobOverhead' ./shared/ray/
 	$(GO) test -tags bench -count=1 -run '^TestFrameworkCPUReport$$' -v ./functions/framework/
-	scripts/ray-head.sh up; PATH="$(CURDIR)/.venv/bin:$$PATH" RAY_AUTH_TOKEN_FILE="$(CURDIR)/.run/ray-auth-token" LOAD_DELIBERATIONS=200 $(GO) test -tags exclusive -count=1 \
+	scripts/ray-head.sh up; export PATH="$(CURDIR)/.venv/bin:$$PATH" RAY_AUTH_TOKEN_FILE="$(CURDIR)/.run/ray-auth-token"; \
+		$(GO) test -tags bench -count=1 -run '^TestLargePromptMemoryReport$$' -v ./functions/e2e/ && \
+		LOAD_DELIBERATIONS=200 $(GO) test -tags exclusive -count=1 \
 		-timeout 30m -run '^TestLoadTwoHundredDeliberations$$' -v ./functions/e2e/; rc=$$?; scripts/ray-head.sh down; exit $$rc
 
 # Execution models on Ray (issue 11): the original's actor per agent against standing async

@@ -23,6 +23,13 @@ import (
 // startIngress runs the ingress binary in front of the given functions.
 func startIngress(t *testing.T, execute, status, list string, env ...string) (pb.RayExecutorServiceClient, string) {
 	t.Helper()
+	client, addr, _ := startIngressProc(t, execute, status, list, env...)
+	return client, addr
+}
+
+// startIngressProc is startIngress, also giving the ingress's process.
+func startIngressProc(t *testing.T, execute, status, list string, env ...string) (pb.RayExecutorServiceClient, string, *proc) {
+	t.Helper()
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(filepath.Join(binDir, "ingress"))
@@ -58,7 +65,7 @@ func startIngress(t *testing.T, execute, status, list string, env ...string) (pb
 			t.Fatalf("ingress at %s never answered: %v\n%s", addr, err, p.out.String())
 		}
 	}
-	return client, addr
+	return client, addr, p
 }
 
 func waitGRPC(t *testing.T, c pb.RayExecutorServiceClient, id string) *pb.GetDeliberationStatusResponse {
