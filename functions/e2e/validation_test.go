@@ -78,9 +78,9 @@ func TestBadInputIsRefusedNamingTheField(t *testing.T) {
 		{"10,000 agents", rpcevents.TypeExecuteDeliberation, manyAgents, "agents has 10000 entries"},
 		{"description too large", rpcevents.TypeExecuteDeliberation, func() proto.Message {
 			r := valid(14)
-			r.TaskDescription = strings.Repeat("x", 70<<10)
+			r.TaskDescription = strings.Repeat("x", 256<<10+1)
 			return r
-		}(), "task_description is 71680 bytes"},
+		}(), "task_description is 262145 bytes, more than the limit of 262144"},
 		{"backlog task_id shape", rpcevents.TypeExecuteBacklogReviewDeliberation, func() proto.Message { r := backlog(15); r.TaskId = "story-1"; return r }(), "task_id must look like ceremony-<c>:story-<s>:role-<r>"},
 		{"backlog no story", rpcevents.TypeExecuteBacklogReviewDeliberation, func() proto.Message { r := backlog(16); r.Constraints = nil; return r }(), "constraints.story_id"},
 	}
