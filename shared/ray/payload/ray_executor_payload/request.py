@@ -28,9 +28,10 @@ REQUEST_MODULE_ENV = "RAY_EXECUTOR_REQUEST_MODULE"
 REQUEST_MODULE_PREFIX = "ray_executor_request_"
 REQUEST_FILE = "request.json"
 REQUEST_VERSION = 1
-
-_MODULE_RE = re.compile(r"^" + REQUEST_MODULE_PREFIX + r"([0-9a-f]{16})$")
 KINDS = ("deliberation", "backlog_review")
+
+# The request module's name: the prefix and the first 16 hex digits of request.json's SHA-256.
+_MODULE_RE = re.compile(r"^" + REQUEST_MODULE_PREFIX + r"([0-9a-f]{16})$")
 
 # W3C trace context, version 00 style: 2-32-16-2 lowercase hex digits.
 _TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
