@@ -341,6 +341,11 @@ var (
 	binErr  error
 )
 
+// notDeployed are functions/<name>/cmd main packages that are not Knative deployables:
+// functions/framework runs execute, status and list under the Functions Framework
+// (funcframework, Google's buildpacks), never as a Knative Service.
+var notDeployed = map[string]bool{"framework": true}
+
 // binaries lists the deployables: functions/<name> with a main package in cmd/.
 func binaries(t *testing.T) []string {
 	t.Helper()
@@ -351,7 +356,7 @@ func binaries(t *testing.T) []string {
 			return
 		}
 		for _, e := range entries {
-			if !e.IsDir() {
+			if !e.IsDir() || notDeployed[e.Name()] {
 				continue
 			}
 			if p, err := parsePackage("functions/" + e.Name() + "/cmd"); err == nil && p.name == "main" {
