@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import os
 import re
@@ -463,7 +462,7 @@ def replica_class(num_cpus: float) -> Any:
     """The Replica actor class: a plain async actor, restarted by Ray when it dies."""
     import ray
 
-    return ray.remote(num_cpus=num_cpus, max_restarts=-1, max_task_retries=0, max_concurrency=1000)(ReplicaBody)
+    return ray.remote(ReplicaBody).options(num_cpus=num_cpus, max_restarts=-1, max_task_retries=0, max_concurrency=1000)
 
 
 # --- the supervisor (the job driver) -------------------------------------------------------
@@ -697,9 +696,13 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
     async def go() -> str:
         sup = Supervisor(settings, RayReplicas(settings))
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            sup.exit_reason = sig.name
+            sup.stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda s=sig: (setattr(sup, "exit_reason", signal.Signals(s).name),
-                                                        sup.stop.set()))
+            loop.add_signal_handler(sig, on_signal, sig)
         return await sup.run()
 
     _event("executor_starting", version=settings.version, submission_id=settings.submission_id,

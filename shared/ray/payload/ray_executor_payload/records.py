@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .result import iso_utc
 
@@ -311,8 +311,7 @@ async def provision(js: Any, names: Names, ack_wait: float = ACK_WAIT_SECONDS) -
     events stream is missing, with the config of specs/records.md. Existing resources are
     left as they are. Creating is idempotent: a concurrent creator with the same config wins
     harmlessly."""
-    from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType,
-                             StreamConfig)
+    from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
     from nats.js.errors import BadRequestError, NotFoundError
 
     async def missing_stream(name: str) -> bool:

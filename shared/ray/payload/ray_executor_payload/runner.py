@@ -34,7 +34,7 @@ GRACE_MAX_SECONDS = 10.0
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time of each record."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 
@@ -229,10 +229,10 @@ def run_deliberation(
             except Exception as exc:  # noqa: BLE001 - task raised, worker died, ...
                 done(i, failed_agent(job, llm.INTERNAL, _task_failure(exc), submitted, time.time()))
 
-    for ref in pending:
-        i = index[ref]
+    for straggler in pending:
+        i = index[straggler]
         try:
-            ray.cancel(ref, force=True)
+            ray.cancel(straggler, force=True)
         except Exception as exc:  # noqa: BLE001 - best effort; the job ends anyway
             log.warning("agent %s: cancelling its task failed: %s", jobs[i].agent_id, exc)
         done(

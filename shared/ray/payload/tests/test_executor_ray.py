@@ -1,0 +1,159 @@
+"""The executor as it runs in production: `python -m ray_executor_payload.executor` as the
+driver, its Replica actors on a real Ray, deliberations pulled from the real NATS server.
+
+With RAY_ADDRESS set to a dashboard URL (make test: the local head, token from
+RAY_AUTH_TOKEN_FILE), the driver is submitted to that head as a Ray job, the payload as its
+working_dir. Without it, the driver runs as a subprocess that starts a private local Ray
+(RAY_EXECUTOR_LOCAL_RAY), which never touches another cluster. Either way the test ends with
+the roll: executor.deploy names another submission and the driver drains and exits 0."""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import llm_stub
+from executor_env import Env, delib
+from helpers import agent
+from ray_executor_payload import records
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+PAYLOAD_DIR = os.path.dirname(TESTS_DIR)
+
+
+def _head_address():
+    addr = os.environ.get("RAY_ADDRESS", "").strip()
+    return addr if addr.startswith(("http://", "https://")) else ""
+
+
+def _token_headers():
+    path = os.environ.get("RAY_AUTH_TOKEN_FILE", "").strip() or os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    if not path:
+        return {}
+    with open(path) as f:
+        return {"Authorization": "Bearer " + f.read().strip()}
+
+
+class _Job:
+    """The driver submitted to the Ray head as a job."""
+
+    def __init__(self, address, env):
+        from ray.job_submission import JobSubmissionClient
+
+        self.client = JobSubmissionClient(address, headers=_token_headers())
+        self.id = self.client.submit_job(
+            entrypoint="python -u -m ray_executor_payload.executor",
+            submission_id=env["EXECUTOR_SUBMISSION_ID"],
+            runtime_env={"working_dir": PAYLOAD_DIR, "excludes": ["tests", "bench", "*.go", "__pycache__"],
+                         "env_vars": env},
+        )
+
+    def wait(self, timeout):
+        from ray.job_submission import JobStatus
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            status = self.client.get_job_status(self.id)
+            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                return status == JobStatus.SUCCEEDED
+            time.sleep(0.5)
+        return None
+
+    def logs(self):
+        return self.client.get_job_logs(self.id)
+
+    def stop(self):
+        self.client.stop_job(self.id)
+
+
+class _Local:
+    """The driver as a subprocess with a private local Ray."""
+
+    def __init__(self, env):
+        self.temp = tempfile.mkdtemp(prefix="rxe-", dir="/tmp")
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_EXECUTOR_"))}
+        full.update(env)
+        full.update({"RAY_EXECUTOR_LOCAL_RAY": "2", "RAY_EXECUTOR_LOCAL_RAY_TEMP_DIR": self.temp,
+                     "RAY_AUTH_MODE": "disabled", "PYTHONPATH": PAYLOAD_DIR, "RAY_USAGE_STATS_ENABLED": "0"})
+        self.log = open(os.path.join(self.temp, "driver.log"), "w+")
+        self.proc = subprocess.Popen([sys.executable, "-u", "-m", "ray_executor_payload.executor"], cwd=PAYLOAD_DIR,
+                                     env=full, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout):
+        try:
+            return self.proc.wait(timeout) == 0
+        except subprocess.TimeoutExpired:
+            return None
+
+    def logs(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def test_the_driver_runs_replica_actors_on_ray_and_rolls(nats_server, stub):
+    stub.set("m-ray", llm_stub.ok("from a replica"))
+    submission = f"ray-executor-test-{uuid.uuid4().hex[:8]}"
+    env = {
+        "RAY_EXECUTOR_NATS_URL": nats_server.url, "EXECUTOR_VERSION": "test", "EXECUTOR_SUBMISSION_ID": submission,
+        "EXECUTOR_MIN_REPLICAS": "1", "EXECUTOR_MAX_REPLICAS": "2", "EXECUTOR_REPLICA_CONCURRENCY": "8",
+    }
+    batch = [delib(stub.url, [agent("r1", "m-ray"), agent("r2", "m-ray")]) for _ in range(3)]
+    asyncio.run(Env.reset(nats_server.url))
+    address = _head_address()
+    driver = _Job(address, env) if address else _Local(env)
+    try:
+        async def go():
+            async with Env(nats_server.url) as e:
+                await e.store.put_json(records.DEPLOY_KEY, {"version": "test", "submission_id": submission,
+                                                            "generation": 1, "at": records.format_time(time.time())})
+                for data in batch:
+                    await e.submit(data)
+                for data in batch:
+                    rec = await e.wait_state(data["deliberation_id"], records.TERMINAL_STATES, timeout=120)
+                    assert rec["state"] == "completed", rec
+                    assert rec["executor"].startswith(submission + "/replica-")
+                    assert rec["outcome"]["agents"][0]["proposal"] == "from a replica"
+                hb = None
+                for _ in range(100):
+                    hb = await e.store.get_json(records.EXECUTOR_KEY)
+                    if hb:
+                        break
+                    await asyncio.sleep(0.1)
+                assert hb and hb[0]["submission_id"] == submission and hb[0]["replicas"] >= 1
+                assert await e.counter("completed") == 3
+                await e.store.put_json(records.DEPLOY_KEY, {"version": "next", "submission_id": "ray-executor-next-2",
+                                                            "generation": 2, "at": records.format_time(time.time())})
+
+        asyncio.run(go())
+        ok = driver.wait(60)
+        assert ok is True, driver.logs()[-4000:]
+        logs = driver.logs()
+        assert "superseded by ray-executor-next-2" in logs
+        assert "Design the cache layer" not in logs
+    finally:
+        driver.stop()
+    assert len(stub.requests) == 6
+
+
+def test_bad_settings_fail_the_driver_at_start():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_EXECUTOR_")}
+    env.update({"PYTHONPATH": PAYLOAD_DIR, "EXECUTOR_MAX_REPLICAS": "zero"})
+    proc = subprocess.run([sys.executable, "-m", "ray_executor_payload.executor"], cwd=PAYLOAD_DIR, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "RAY_EXECUTOR_NATS_URL is required" in proc.stderr and "EXECUTOR_MAX_REPLICAS" in proc.stderr
