@@ -5,14 +5,17 @@ import (
 	"io"
 
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/executor"
 	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
 
 // Compose wires the execute function from its configuration (read from getenv once, here):
 // the handler its Knative binary serves through shared/serving and the module root
-// registers with the Functions Framework. Background work (the Ray reachability log, stream
-// provisioning) stops when ctx is done; Close releases the NATS connection.
+// registers with the Functions Framework. Background work (the Ray reachability log,
+// provisioning, the deployer that keeps the executor running) stops when ctx is done;
+// Close releases the NATS connection.
 func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) (*serving.Function, error) {
 	cfg, err := LoadConfig(getenv)
 	if err != nil {
@@ -23,25 +26,26 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	if err != nil {
 		return nil, err
 	}
-	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: client.Ready}
-	name, zip := ray.PayloadPackage()
-	svc := &Service{
-		Jobs:        client,
-		WorkingDirs: ray.NewPackager(client, name, zip, cfg.PackageFreshFor),
-		Limits:      cfg.Limits,
-		JobOptions: ray.JobOptions{AgentNumCPUs: cfg.AgentNumCPUs,
-			EntrypointNumCPUs: cfg.EntrypointNumCPUs, EntrypointResources: cfg.EntrypointResources},
+	bus, err := events.Connect(cfg.Events, "ray-executor-execute", logger)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.Events.Enabled {
-		bus, err := events.Connect(cfg.Events, "ray-executor-execute", logger)
-		if err != nil {
-			return nil, err
-		}
-		f.OnClose(bus.Close)
-		events.ProvisionInBackground(ctx, bus, logger)
-		svc.Events = bus
-		svc.JobOptions.EnvVars = map[string]string{events.PayloadURLEnv: cfg.PayloadNATSURL,
-			events.PayloadEventsStreamEnv: cfg.Events.EventsStream}
+	store := records.New(bus.Conn(), bus.JetStream(), cfg.Records)
+	// Ready when NATS is: accepting is a NATS write, and Ray is not on the request path.
+	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: func(context.Context) error { return bus.Ready() }}
+	f.OnClose(bus.Close)
+	executor.Provision(ctx, bus, store, logger)
+	dep := executor.NewDeployer(client, store, cfg.Executor, cfg.Events, cfg.PackageFreshFor, logger)
+	poke := make(chan struct{}, 1)
+	go dep.Run(ctx, cfg.Executor.Check, poke)
+	svc := &Service{
+		Store: store, Events: bus, Limits: cfg.Limits,
+		Poke: func() {
+			select {
+			case poke <- struct{}{}:
+			default:
+			}
+		},
 	}
 	h := NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)

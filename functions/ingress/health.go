@@ -116,28 +116,23 @@ func (h *Health) Serving(ctx context.Context) bool {
 	return true
 }
 
-// GetStatus tells the truth: "healthy" only when every function and Ray answer;
-// "unhealthy" when no deliberation could be submitted (execute or Ray down); "degraded"
-// when something else is wrong. Statistics come from the list function, which counts this
-// system's Ray jobs, so they survive restarts and count each deliberation once. Version is
-// the ingress's own build (serving.Commit).
+// GetStatus tells the truth: "healthy" only when every function answers ready and the list
+// function reports Ray and the executor healthy; "unhealthy" when no deliberation could be
+// accepted (execute down or not ready: NATS); "degraded" when something else is wrong
+// (Ray, the executor, another function), with the reason in that component's message.
+// Statistics come from the list function's counters, so they survive restarts and count
+// each deliberation once. Version is the ingress's own build (serving.Commit).
 func (s *Server) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.GetStatusResponse, error) {
 	resp := &pb.GetStatusResponse{UptimeSeconds: int64(time.Since(s.Started).Seconds()), Version: serving.Commit()}
-	probes := s.Health.Probes(ctx)
-	rayOK, rayMsg := false, "no function could reach Ray"
 	executeOK, othersOK := false, true
-	for _, p := range probes {
+	for _, p := range s.Health.Probes(ctx) {
 		c := &pb.ComponentHealth{Name: p.Name, Status: Healthy, Message: "ready"}
 		switch {
 		case !p.Reachable:
 			c.Status, c.Message = Unhealthy, p.Message
 		case !p.Ready:
-			// Up, but its dependency refuses or does not answer it (the message says which,
-			// e.g. Ray refusing its token): not healthy, whatever the other functions see.
+			// Up, but its dependency (NATS) refuses or does not answer it.
 			c.Status, c.Message = Degraded, "up, not ready: "+p.Message
-			rayMsg = "Ray does not answer the functions: " + p.Message
-		default:
-			rayOK = true
 		}
 		if p.Name == "execute" {
 			executeOK = c.Status == Healthy
@@ -146,23 +141,23 @@ func (s *Server) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.G
 		}
 		resp.Components = append(resp.Components, c)
 	}
-	ray := &pb.ComponentHealth{Name: "ray", Status: Healthy, Message: "answers the functions"}
-	if !rayOK {
-		ray.Status, ray.Message = Unhealthy, rayMsg
-	}
-	resp.Components = append(resp.Components, ray)
-
-	if req.GetIncludeStats() && rayOK {
-		var st pb.GetStatusResponse
-		if err := s.Caller.Call(ctx, s.Routes.List, rpcevents.TypeGetStatus, req, rpcevents.CallOptions{}, &st); err != nil {
-			othersOK = false
-			resp.Components = append(resp.Components, &pb.ComponentHealth{Name: "stats", Status: Unhealthy, Message: err.Error()})
-		} else {
+	var st pb.GetStatusResponse
+	if err := s.Caller.Call(ctx, s.Routes.List, rpcevents.TypeGetStatus, req, rpcevents.CallOptions{}, &st); err != nil {
+		othersOK = false
+		resp.Components = append(resp.Components, &pb.ComponentHealth{Name: "stats", Status: Unhealthy, Message: err.Error()})
+	} else {
+		for _, c := range st.GetComponents() {
+			if c.GetStatus() != Healthy {
+				othersOK = false
+			}
+			resp.Components = append(resp.Components, c)
+		}
+		if req.GetIncludeStats() {
 			resp.Stats = st.GetStats()
 		}
 	}
 	switch {
-	case !executeOK || !rayOK:
+	case !executeOK:
 		resp.Status = Unhealthy
 	case !othersOK:
 		resp.Status = Degraded

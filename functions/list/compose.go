@@ -5,15 +5,16 @@ import (
 	"io"
 
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/executor"
 	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
 
 // Compose wires the list function from its configuration (read from getenv once, here): the
 // handler its Knative binary serves through shared/serving and the module root registers
-// with the Functions Framework. The reconciler's timer (RECONCILE_INTERVAL), stream
-// provisioning and the Ray reachability log stop when ctx is done; Close releases the NATS
-// connection.
+// with the Functions Framework. The reconciler's timer (RECONCILE_INTERVAL), provisioning
+// and the Ray reachability log stop when ctx is done; Close releases the NATS connection.
 func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) (*serving.Function, error) {
 	cfg, err := LoadConfig(getenv)
 	if err != nil {
@@ -24,21 +25,20 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	if err != nil {
 		return nil, err
 	}
-	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: client.Ready}
-	var rec *Reconciler
-	if cfg.Events.Enabled {
-		bus, err := events.Connect(cfg.Events, "ray-executor-list", logger)
-		if err != nil {
-			return nil, err
-		}
-		f.OnClose(bus.Close)
-		events.ProvisionInBackground(ctx, bus, logger)
-		rec = &Reconciler{Jobs: client, Bus: bus, Logger: logger, Lookback: cfg.ReconcileLookback}
-		if cfg.ReconcileInterval > 0 {
-			go rec.Every(ctx, cfg.ReconcileInterval)
-		}
+	bus, err := events.Connect(cfg.Events, "ray-executor-list", logger)
+	if err != nil {
+		return nil, err
 	}
-	h := NewHandler(&Service{Jobs: client}, rec, cfg.Source, cfg.MaxBodyBytes, logger)
+	store := records.New(bus.Conn(), bus.JetStream(), cfg.Records)
+	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: func(context.Context) error { return bus.Ready() }}
+	f.OnClose(bus.Close)
+	executor.Provision(ctx, bus, store, logger)
+	rec := &Reconciler{Store: store, Logger: logger,
+		Deployer: executor.NewDeployer(client, store, cfg.Executor, cfg.Events, cfg.PackageFreshFor, logger)}
+	if cfg.ReconcileInterval > 0 {
+		go rec.Every(ctx, cfg.ReconcileInterval)
+	}
+	h := NewHandler(&Service{Store: store, RayReady: client.Ready, Logger: logger}, rec, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)
 	f.Handler = h
 	go client.LogReachability(ctx, logger)

@@ -5,6 +5,9 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/executor"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
@@ -21,11 +24,15 @@ type Config struct {
 	Access rpcevents.Access
 	// Events: ENABLE_NATS, NATS_* (specs/nats.md). The reconciler needs them.
 	Events events.Config
+	// Records: NATS_RECORDS_BUCKET, NATS_WORK_STREAM, NATS_COUNTERS_STREAM, RETENTION.
+	Records records.Config
+	// Executor: EXECUTOR_*, PAYLOAD_NATS_URL; the reconciler deploys the executor too.
+	Executor executor.Settings
+	// PackageFreshFor (PAYLOAD_PACKAGE_RECHECK) is how long a confirmed payload upload is trusted.
+	PackageFreshFor time.Duration
 	// ReconcileInterval (RECONCILE_INTERVAL) runs the reconciler on a timer; 0 leaves it to
 	// periodic events (a Knative PingSource in production, so replicas can scale to zero).
 	ReconcileInterval time.Duration
-	// ReconcileLookback (RECONCILE_LOOKBACK) is how long after its end a job is still checked.
-	ReconcileLookback time.Duration
 }
 
 // LoadConfig reads and checks the configuration.
@@ -38,8 +45,10 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		Source:            r.String("CE_SOURCE", "ray-executor/list"),
 		Access:            rpcevents.ReadAccess(r),
 		Events:            events.ReadConfig(r),
+		Records:           records.ReadConfig(r),
+		PackageFreshFor:   r.Duration("PAYLOAD_PACKAGE_RECHECK", ray.DefaultFreshFor),
 		ReconcileInterval: r.Duration("RECONCILE_INTERVAL", 0),
-		ReconcileLookback: r.Duration("RECONCILE_LOOKBACK", 24*time.Hour),
 	}
+	cfg.Executor = executor.ReadSettings(r, cfg.Events.URL)
 	return cfg, r.Err()
 }

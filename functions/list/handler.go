@@ -8,22 +8,22 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
 
 // NewHandler returns the function's HTTP handler: GetActiveJobs request events in,
-// GetActiveJobsResponse reply events out; GetStatus, answered with the statistics of this
-// system's Ray jobs (a reply means Ray answered: the "ray" component is healthy) and this
-// binary's version (serving.Commit); and, when rec is not nil, Reconcile and PingSource
-// events, which run the reconciler (202, no reply).
+// GetActiveJobsResponse reply events out; GetStatus, answered with the statistics, the
+// health of Ray and the executor, and this binary's version (serving.Commit); and, when rec
+// is not nil, Reconcile and PingSource events, which run the reconciler (202, no reply).
 func NewHandler(svc *Service, rec *Reconciler, source string, maxBodyBytes int64, logger *slog.Logger) *rpcevents.Server {
 	srv := rpcevents.NewServer(source, logger, maxBodyBytes)
 	if rec != nil {
 		reconcile := func(ctx context.Context, r *rpcevents.Request) (proto.Message, error) {
-			rep, err := rec.Run(ctx)
-			r.Logger().Info("reconciled", "examined", rep.Examined, "published", rep.Published)
+			st, err := rec.Run(ctx)
+			r.Logger().Info("reconciled", "executor", string(st))
 			return nil, err
 		}
 		srv.Handle(rpcevents.TypeReconcile, reconcile)
@@ -53,12 +53,14 @@ func NewHandler(svc *Service, rec *Reconciler, source string, maxBodyBytes int64
 			if err != nil {
 				return nil, err
 			}
-			return &pb.GetStatusResponse{
-				Status:     "healthy",
-				Version:    serving.Commit(),
-				Stats:      StatsMessage(st),
-				Components: []*pb.ComponentHealth{{Name: "ray", Status: "healthy", Message: "Ray listed its jobs"}},
-			}, nil
+			resp := &pb.GetStatusResponse{Status: Healthy, Version: serving.Commit(), Stats: StatsMessage(st)}
+			for _, c := range svc.Health(ctx) {
+				resp.Components = append(resp.Components, &pb.ComponentHealth{Name: c.Name, Status: c.Status, Message: c.Message})
+				if c.Status != Healthy {
+					resp.Status = Degraded
+				}
+			}
+			return resp, nil
 		}))
 	return srv
 }
@@ -83,7 +85,7 @@ func JobInfo(a Active, now time.Time) *pb.JobInfo {
 	info := &pb.JobInfo{
 		JobId:        id,
 		Name:         "vllm-agent-job-" + id,
-		Status:       string(a.Status),
+		Status:       RayStatus(a.Status),
 		SubmissionId: id,
 		Role:         a.Meta.Role,
 		TaskId:       a.Meta.TaskID,
@@ -98,4 +100,12 @@ func JobInfo(a Active, now time.Time) *pb.JobInfo {
 		info.StartTime = timestamppb.New(a.StartTime)
 	}
 	return info
+}
+
+// RayStatus renders a deliberation state in the words the original's job list used.
+func RayStatus(s domain.Status) string {
+	if s == domain.StatusRunning {
+		return "RUNNING"
+	}
+	return "PENDING"
 }

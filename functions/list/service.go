@@ -1,54 +1,72 @@
-// Package list is the function that lists this system's active deliberations, read from
-// Ray's job table (so every replica, after any restart, sees the same list).
+// Package list is the function that lists this system's active deliberations (the active
+// index of the records store: its cost grows with the active ones, never with history),
+// reports statistics (counters, O(1)) and the executor's health, and runs the reconciler
+// tick that keeps the executor deployed.
 package list
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/executor"
+	"github.com/fleet-ai/ray-executor/shared/records"
 )
 
-// Jobs is the part of the Ray Jobs API list needs. Errors wrap ErrUnavailable/ErrDeadline
-// when Ray cannot answer.
-type Jobs interface {
-	Jobs(ctx context.Context) ([]ray.JobDetails, error)
+// Store is the part of the records store list reads (records.Store). Errors wrap
+// ErrUnavailable/ErrDeadline when NATS cannot answer.
+type Store interface {
+	Active(ctx context.Context) ([]domain.ActiveEntry, []string, error)
+	Counters(ctx context.Context) (map[string]int64, error)
+	Queue(ctx context.Context) (records.Queue, error)
+	Heartbeat(ctx context.Context) (records.Heartbeat, bool, error)
+	PurgeDeletes(ctx context.Context, age time.Duration) error
 }
 
 // Active is one pending or running deliberation.
 type Active struct {
 	Meta      domain.JobMeta
-	Status    ray.JobStatus
+	Status    domain.Status
 	StartTime time.Time
 	Message   string
 }
 
 // Service answers list questions.
 type Service struct {
-	Jobs Jobs
-	Now  func() time.Time
+	Store Store
+	// RayReady reports whether Ray answers (ray.Client.Ready); nil leaves Ray out of the
+	// health report.
+	RayReady func(context.Context) error
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
-// Active returns this system's pending and running deliberations, oldest first. Jobs other
-// systems submitted to the same cluster are left out.
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Active returns this system's pending and running deliberations, oldest first.
 func (s *Service) Active(ctx context.Context) ([]Active, error) {
-	jobs, err := s.Jobs.Jobs(ctx)
+	entries, bad, err := s.Store.Active(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list: %w", err)
 	}
-	var out []Active
-	for _, j := range jobs {
-		meta, ours := domain.ParseJobMeta(j.Metadata)
-		if !ours || j.Status.Terminal() || j.SubmissionID == "" {
-			continue
-		}
-		if meta.DeliberationID == "" {
-			meta.DeliberationID = j.SubmissionID
-		}
-		out = append(out, Active{Meta: meta, Status: j.Status, StartTime: j.StartTime, Message: j.Message})
+	if len(bad) > 0 && s.Logger != nil {
+		s.Logger.Warn("active index entries that do not decode were left out", "keys", len(bad))
+	}
+	out := make([]Active, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, Active{
+			Meta:      domain.JobMeta{DeliberationID: e.ID, Kind: e.Kind, TaskID: e.TaskID, Role: e.Role, NumAgents: e.NumAgents},
+			Status:    e.State,
+			StartTime: domain.ParseTime(e.CreatedAt),
+		})
 	}
 	sort.Slice(out, func(a, b int) bool {
 		if !out[a].StartTime.Equal(out[b].StartTime) {
@@ -68,48 +86,128 @@ func Runtime(start, now time.Time) string {
 	return fmt.Sprintf("%dm %ds", int(d/time.Minute), int(d%time.Minute/time.Second))
 }
 
-// Stats counts this system's deliberations by their Ray job status. Ray is the record, so
-// the counts survive any restart of any replica and each job is counted exactly once.
+// Stats counts this system's deliberations.
 type Stats struct {
 	Total, Pending, Running, Completed, Failed, Cancelled int64
-	// AverageExecutionMS is the mean wall time of finished (completed or failed) jobs.
+	// AverageExecutionMS is the mean run time of finished (completed or failed) ones.
 	AverageExecutionMS float64
 }
 
-// Stats reads every job of this system from Ray. Errors wrap ErrUnavailable/ErrDeadline.
+// Stats reads the counters and the active index: its cost does not grow with history.
 func (s *Service) Stats(ctx context.Context) (Stats, error) {
-	jobs, err := s.Jobs.Jobs(ctx)
+	c, err := s.Store.Counters(ctx)
 	if err != nil {
 		return Stats{}, fmt.Errorf("list: stats: %w", err)
 	}
-	var st Stats
-	var finished int64
-	var totalMS float64
-	for _, j := range jobs {
-		if _, ours := domain.ParseJobMeta(j.Metadata); !ours {
-			continue
-		}
-		st.Total++
-		switch j.Status {
-		case ray.StatusPending:
-			st.Pending++
-		case ray.StatusRunning:
+	entries, _, err := s.Store.Active(ctx)
+	if err != nil {
+		return Stats{}, fmt.Errorf("list: stats: %w", err)
+	}
+	st := Stats{Total: c[records.CountSubmitted], Completed: c[records.CountCompleted],
+		Failed: c[records.CountFailed], Cancelled: c[records.CountCancelled]}
+	for _, e := range entries {
+		if e.State == domain.StatusRunning {
 			st.Running++
-		case ray.StatusSucceeded:
-			st.Completed++
-		case ray.StatusFailed:
-			st.Failed++
-		case ray.StatusStopped:
-			st.Cancelled++
-		}
-		if (j.Status == ray.StatusSucceeded || j.Status == ray.StatusFailed) &&
-			!j.StartTime.IsZero() && j.EndTime.After(j.StartTime) {
-			finished++
-			totalMS += float64(j.EndTime.Sub(j.StartTime).Milliseconds())
+		} else {
+			st.Pending++
 		}
 	}
-	if finished > 0 {
-		st.AverageExecutionMS = totalMS / float64(finished)
+	if n := st.Completed + st.Failed; n > 0 {
+		st.AverageExecutionMS = float64(c[records.CountDurationMS]) / float64(n)
 	}
 	return st, nil
+}
+
+// Component is one line of the health report.
+type Component struct {
+	Name, Status, Message string
+}
+
+// Component statuses.
+const (
+	Healthy   = "healthy"
+	Degraded  = "degraded"
+	Unhealthy = "unhealthy"
+)
+
+// Health reports Ray and the executor: running replicas, work waiting and how old the
+// oldest waiting work is. The executor is degraded when work waits and no executor runs.
+func (s *Service) Health(ctx context.Context) []Component {
+	var out []Component
+	if s.RayReady != nil {
+		c := Component{Name: "ray", Status: Healthy, Message: "answers"}
+		if err := s.RayReady(ctx); err != nil {
+			c.Status, c.Message = Degraded, err.Error()
+		}
+		out = append(out, c)
+	}
+	now := s.now()
+	c := Component{Name: "executor"}
+	hb, ok, err := s.Store.Heartbeat(ctx)
+	q, qerr := s.Store.Queue(ctx)
+	switch {
+	case err != nil || qerr != nil:
+		c.Status, c.Message = Unhealthy, "NATS does not answer: "+fmt.Sprint(firstErr(err, qerr))
+	default:
+		waiting := fmt.Sprintf("%d waiting", q.Waiting)
+		if !q.Oldest.IsZero() {
+			waiting += fmt.Sprintf(", the oldest for %s", now.Sub(q.Oldest).Round(time.Second))
+		}
+		live := ok && hb.Fresh(now)
+		switch {
+		case live:
+			c.Status = Healthy
+			c.Message = fmt.Sprintf("version %s: %d replicas, %d running, %s", hb.Version, hb.Replicas, hb.InFlight, waiting)
+		case q.Waiting > 0:
+			c.Status = Degraded
+			c.Message = "no executor runs and work waits (" + waiting + "); it is being redeployed"
+		default:
+			c.Status = Degraded
+			c.Message = "no executor runs; it is deployed again when work arrives"
+		}
+	}
+	return append(out, c)
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// Reconciler keeps the system in shape on a timer or a PingSource tick, whichever function
+// is scaled to zero: it makes sure the executor runs (resubmitting or rolling it), and
+// drops the delete markers ended deliberations leave in the active index.
+type Reconciler struct {
+	Deployer *executor.Deployer
+	Store    Store
+	Logger   *slog.Logger
+}
+
+// Run does one pass. Each step runs even when another fails; the first error is returned.
+func (r *Reconciler) Run(ctx context.Context) (executor.State, error) {
+	st, err := r.Deployer.Ensure(ctx)
+	if perr := r.Store.PurgeDeletes(ctx, time.Minute); err == nil {
+		err = perr
+	}
+	return st, err
+}
+
+// Every runs the reconciler every interval until ctx ends, logging failed passes.
+func (r *Reconciler) Every(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := r.Run(ctx); err != nil && ctx.Err() == nil {
+				r.Logger.Warn("reconcile pass failed", "error", err.Error())
+			}
+		}
+	}
 }

@@ -3,13 +3,13 @@ package status
 import (
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
 // Config is everything the status function reads from its environment.
 type Config struct {
 	Serving config.Serving
-	Ray     config.Ray
 	// CacheSize (RESULT_CACHE_SIZE) is how many finished deliberations are kept in memory.
 	CacheSize int
 	// MaxBodyBytes (MAX_BODY_BYTES) bounds a request event.
@@ -22,6 +22,8 @@ type Config struct {
 	// Events: ENABLE_NATS, NATS_* (specs/nats.md). With them, a deliberation Ray has lost
 	// is reported as such (and answered from its stored events) instead of not_found.
 	Events events.Config
+	// Records: NATS_RECORDS_BUCKET, NATS_WORK_STREAM, NATS_COUNTERS_STREAM, RETENTION.
+	Records records.Config
 }
 
 // LoadConfig reads and checks the configuration.
@@ -29,12 +31,12 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	r := config.NewReader(getenv)
 	cfg := Config{
 		Serving:      config.ReadServing(r, 8082),
-		Ray:          config.ReadRay(r),
 		CacheSize:    r.Int("RESULT_CACHE_SIZE", 1024),
 		MaxBodyBytes: int64(r.Int("MAX_BODY_BYTES", 64<<10)),
 		Source:       r.String("CE_SOURCE", "ray-executor/status"),
 		Access:       rpcevents.ReadAccess(r),
 		Events:       events.ReadConfig(r),
+		Records:      records.ReadConfig(r),
 	}
 	if cfg.CacheSize <= 0 {
 		r.Fail("RESULT_CACHE_SIZE must be positive")

@@ -40,6 +40,8 @@ type Config struct {
 	ResponsesStream string // NATS_AGENT_RESPONSES_STREAM
 	// PublishTimeout bounds one publish (NATS_PUBLISH_TIMEOUT).
 	PublishTimeout time.Duration
+	// Retention is how long finished deliberations' records and events are kept (RETENTION).
+	Retention time.Duration
 }
 
 // ReadConfig reads the NATS settings every binary shares.
@@ -58,6 +60,13 @@ func ReadConfig(r *config.Reader) Config {
 		EventsStream:    r.String("NATS_EVENTS_STREAM", DefaultEventsStream),
 		ResponsesStream: r.String("NATS_AGENT_RESPONSES_STREAM", DefaultResponsesStream),
 		PublishTimeout:  r.Duration("NATS_PUBLISH_TIMEOUT", 2*time.Second),
+		Retention:       r.Duration("RETENTION", MaxAge),
+	}
+	if !c.Enabled {
+		r.Fail("ENABLE_NATS=false is no longer supported: NATS JetStream holds the deliberation records and the work queue the executor pulls from; set NATS_URL to a NATS server with JetStream")
+	}
+	if c.Retention < time.Hour {
+		r.Fail("RETENTION must be at least 1h")
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Fail("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together")
@@ -144,6 +153,23 @@ func (b *Bus) Connected() bool { return b.nc.IsConnected() }
 // Config is the bus's configuration.
 func (b *Bus) Config() Config { return b.cfg }
 
+// Conn and JetStream give the other NATS adapters (shared/records) the bus's connection,
+// so a binary holds one connection.
+func (b *Bus) Conn() *nats.Conn { return b.nc }
+
+// JetStream is the bus's JetStream context.
+func (b *Bus) JetStream() jetstream.JetStream { return b.js }
+
+// Ready reports ErrUnavailable while NATS is disconnected, so callers fail fast.
+func (b *Bus) Ready() error { return b.ready() }
+
+func (b *Bus) retention() time.Duration {
+	if b.cfg.Retention > 0 {
+		return b.cfg.Retention
+	}
+	return MaxAge
+}
+
 func (b *Bus) ready() error {
 	if !b.nc.IsConnected() {
 		return fmt.Errorf("events: NATS is not connected (%s): %w", b.nc.Status(), domain.ErrUnavailable)
@@ -161,13 +187,13 @@ func (b *Bus) Provision(ctx context.Context) error {
 			Name: b.cfg.EventsStream, Subjects: []string{SubjectPrefix + ".>"},
 			Description: "ray-executor deliberation lifecycle events (CloudEvents)",
 			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
-			MaxAge: MaxAge, Duplicates: DuplicateWindow,
+			MaxAge: b.retention(), Duplicates: DuplicateWindow,
 		},
 		{
 			Name: b.cfg.ResponsesStream, Subjects: []string{ResponsesSubjects},
 			Description: "agent responses in the original ray executor's format",
 			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
-			MaxAge: MaxAge, Duplicates: DuplicateWindow,
+			MaxAge: b.retention(), Duplicates: DuplicateWindow,
 		},
 	} {
 		if _, err := b.js.CreateOrUpdateStream(ctx, sc); err != nil {

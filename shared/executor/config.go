@@ -1,0 +1,115 @@
+package executor
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
+)
+
+// Settings are the operator's choices for the executor, read by every function that may
+// deploy it (execute, list) and passed to it in its Ray job's environment.
+type Settings struct {
+	MinReplicas        int     // EXECUTOR_MIN_REPLICAS: replicas kept when idle
+	MaxReplicas        int     // EXECUTOR_MAX_REPLICAS: replicas a backlog may scale to
+	ReplicaConcurrency int     // EXECUTOR_REPLICA_CONCURRENCY: deliberations in flight per replica
+	MaxDeliveries      int     // EXECUTOR_MAX_DELIVERIES: deliveries before executor_lost
+	ReplicaNumCPUs     float64 // EXECUTOR_REPLICA_NUM_CPUS: CPUs Ray reserves per replica
+	DriverNumCPUs      float64 // EXECUTOR_DRIVER_NUM_CPUS: CPUs reserved for the job's driver
+	// NATSURL is the NATS address the executor dials from the cluster (PAYLOAD_NATS_URL,
+	// default NATS_URL).
+	NATSURL string
+	// Check is how often a function makes sure the executor runs (EXECUTOR_CHECK_INTERVAL).
+	Check time.Duration
+}
+
+// ReadSettings reads the EXECUTOR_* settings.
+func ReadSettings(r *config.Reader, natsURL string) Settings {
+	s := Settings{
+		MinReplicas:        r.Int("EXECUTOR_MIN_REPLICAS", 1),
+		MaxReplicas:        r.Int("EXECUTOR_MAX_REPLICAS", 4),
+		ReplicaConcurrency: r.Int("EXECUTOR_REPLICA_CONCURRENCY", 64),
+		MaxDeliveries:      r.Int("EXECUTOR_MAX_DELIVERIES", 3),
+		ReplicaNumCPUs:     r.Float("EXECUTOR_REPLICA_NUM_CPUS", 0),
+		DriverNumCPUs:      r.Float("EXECUTOR_DRIVER_NUM_CPUS", 0),
+		NATSURL:            r.String("PAYLOAD_NATS_URL", natsURL),
+		Check:              r.Duration("EXECUTOR_CHECK_INTERVAL", 5*time.Second),
+	}
+	switch {
+	case s.MinReplicas < 1:
+		r.Fail("EXECUTOR_MIN_REPLICAS must be at least 1")
+	case s.MaxReplicas < s.MinReplicas:
+		r.Fail("EXECUTOR_MAX_REPLICAS must be at least EXECUTOR_MIN_REPLICAS")
+	case s.ReplicaConcurrency < 1 || s.ReplicaConcurrency > 10000:
+		r.Fail("EXECUTOR_REPLICA_CONCURRENCY must be between 1 and 10000")
+	case s.MaxDeliveries < 1:
+		r.Fail("EXECUTOR_MAX_DELIVERIES must be at least 1")
+	case s.ReplicaNumCPUs < 0 || s.DriverNumCPUs < 0:
+		r.Fail("EXECUTOR_REPLICA_NUM_CPUS and EXECUTOR_DRIVER_NUM_CPUS must not be negative")
+	case s.Check <= 0:
+		r.Fail("EXECUTOR_CHECK_INTERVAL must be positive")
+	}
+	return s
+}
+
+// Env is the executor job's environment: where NATS is and what it is called, and the
+// EXECUTOR_* settings. Operator settings only, never caller text.
+func (s Settings) Env(ev events.Config, rc records.Config) map[string]string {
+	f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+	return map[string]string{
+		events.PayloadURLEnv:           s.NATSURL,
+		events.PayloadEventsStreamEnv:  ev.EventsStream,
+		"NATS_RECORDS_BUCKET":          rc.Bucket,
+		"NATS_WORK_STREAM":             rc.WorkStream,
+		"NATS_COUNTERS_STREAM":         rc.CountersStream,
+		"RETENTION_SECONDS":            strconv.FormatInt(int64(rc.Retention/time.Second), 10),
+		"EXECUTOR_MIN_REPLICAS":        strconv.Itoa(s.MinReplicas),
+		"EXECUTOR_MAX_REPLICAS":        strconv.Itoa(s.MaxReplicas),
+		"EXECUTOR_REPLICA_CONCURRENCY": strconv.Itoa(s.ReplicaConcurrency),
+		"EXECUTOR_MAX_DELIVERIES":      strconv.Itoa(s.MaxDeliveries),
+		"EXECUTOR_REPLICA_NUM_CPUS":    f(s.ReplicaNumCPUs),
+	}
+}
+
+// Provision creates the event streams and the records resources, retrying in the
+// background until NATS takes them (a NATS that is down at start does not stop a function).
+func Provision(ctx context.Context, bus *events.Bus, store *records.Store, logger *slog.Logger) {
+	if !bus.Config().Provision {
+		return
+	}
+	go func() {
+		for delay := 200 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := bus.Provision(pctx)
+			if err == nil {
+				err = store.Provision(pctx)
+			}
+			cancel()
+			if err == nil {
+				logger.Info("NATS streams and the records bucket provisioned")
+				return
+			}
+			logger.Warn("NATS streams not provisioned yet", "error", err.Error())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+		}
+	}()
+}
+
+// NewDeployer is the deployer every function that keeps the executor running builds: the
+// embedded payload's version, uploaded through client, with the environment of s.
+func NewDeployer(client *ray.Client, store *records.Store, s Settings, ev events.Config, freshFor time.Duration, logger *slog.Logger) *Deployer {
+	name, zip := ray.PayloadPackage()
+	return &Deployer{
+		Store: store, Jobs: client, WorkingDirs: ray.NewPackager(client, name, zip, freshFor),
+		Version: Version(), Env: s.Env(ev, store.Config()), EntrypointNumCPUs: s.DriverNumCPUs, Logger: logger,
+	}
+}

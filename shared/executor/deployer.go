@@ -1,0 +1,194 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
+)
+
+// Jobs is the part of the Ray Jobs REST client the deployer needs.
+type Jobs interface {
+	Submit(ctx context.Context, req ray.SubmitRequest) (string, error)
+	Job(ctx context.Context, id string) (ray.JobDetails, error)
+	Stop(ctx context.Context, id string) (bool, error)
+}
+
+// WorkingDirs yields the payload package's URI, uploading it when Ray lacks it.
+type WorkingDirs interface {
+	WorkingDir(ctx context.Context) (string, error)
+}
+
+// Store is the part of the records store the deployer reads and writes.
+type Store interface {
+	Heartbeat(ctx context.Context) (records.Heartbeat, bool, error)
+	Deploy(ctx context.Context) (records.Deploy, uint64, error)
+	SetDeploy(ctx context.Context, d records.Deploy, rev uint64) error
+}
+
+// StartupGrace is how long a submitted executor may take to write its first heartbeat
+// before it counts as stuck and is replaced (a cold node may install its runtime env).
+const StartupGrace = 3 * time.Minute
+
+// MetadataMarker marks the executor's Ray job (metadata "ray_executor": "executor").
+const MetadataMarker = "executor"
+
+// State is what Ensure found or did.
+type State string
+
+// States of the executor as Ensure sees it.
+const (
+	StateLive     State = "live"     // a fresh heartbeat of this version
+	StateStarting State = "starting" // submitted, no heartbeat yet
+	StateDeployed State = "deployed" // this call submitted it
+)
+
+// Deployer keeps the executor of Version running. Every function that may find it missing
+// runs one (execute in the background, the list reconciler on its tick); the deploy key's
+// compare-and-set makes them agree on one submission.
+type Deployer struct {
+	Store       Store
+	Jobs        Jobs
+	WorkingDirs WorkingDirs
+	Version     string
+	// Env is the executor's environment (NATS settings, EXECUTOR_* settings): operator
+	// settings only, never caller text.
+	Env map[string]string
+	// EntrypointNumCPUs is reserved for the executor's driver (0: none).
+	EntrypointNumCPUs float64
+	Logger            *slog.Logger
+	Now               func() time.Time
+
+	mu sync.Mutex // one Ensure at a time per process
+}
+
+func (d *Deployer) now() time.Time {
+	if d.Now != nil {
+		return d.Now()
+	}
+	return time.Now()
+}
+
+func (d *Deployer) logger() *slog.Logger {
+	if d.Logger != nil {
+		return d.Logger
+	}
+	return slog.Default()
+}
+
+// Ensure makes sure an executor of d.Version runs or is starting: it reads the heartbeat
+// (one KV read when all is well), and otherwise checks the deployed job with Ray and
+// submits a new generation when Ray lost it, it failed, or it never started. A different
+// version named in the deploy key is replaced by this one (the roll: the old executor sees
+// the key change, stops pulling, finishes what it holds, and exits).
+func (d *Deployer) Ensure(ctx context.Context) (State, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.now()
+	hb, ok, err := d.Store.Heartbeat(ctx)
+	if err != nil {
+		return "", err
+	}
+	if ok && hb.Fresh(now) && hb.Version == d.Version {
+		return StateLive, nil
+	}
+	dep, rev, err := d.Store.Deploy(ctx)
+	if err != nil {
+		return "", err
+	}
+	if dep.Version == d.Version && dep.SubmissionID != "" {
+		job, err := d.Jobs.Job(ctx, dep.SubmissionID)
+		switch {
+		case err == nil && !job.Status.Terminal():
+			if ok && hb.SubmissionID == dep.SubmissionID && hb.Fresh(now) {
+				return StateLive, nil
+			}
+			if now.Sub(domain.ParseTime(dep.At)) < StartupGrace {
+				return StateStarting, nil
+			}
+			d.logger().Warn("the executor job runs but has written no heartbeat; replacing it",
+				"submission_id", dep.SubmissionID, "ray_status", string(job.Status))
+			if _, err := d.Jobs.Stop(ctx, dep.SubmissionID); err != nil && !errors.Is(err, domain.ErrNotFound) {
+				return "", fmt.Errorf("executor: stop stuck %s: %w", dep.SubmissionID, err)
+			}
+		case err == nil:
+			d.logger().Warn("the executor job ended; submitting it again", "submission_id", dep.SubmissionID,
+				"ray_status", string(job.Status), "ray_message", job.Message)
+		case errors.Is(err, domain.ErrNotFound):
+			d.logger().Warn("Ray has no record of the executor job (a restarted head?); submitting it again",
+				"submission_id", dep.SubmissionID)
+		default:
+			return "", fmt.Errorf("executor: look up %s: %w", dep.SubmissionID, err)
+		}
+	} else if dep.Version != "" {
+		d.logger().Info("rolling the executor to this payload version", "from", dep.Version, "to", d.Version)
+	}
+	next := records.Deploy{Version: d.Version, Generation: dep.Generation + 1, At: domain.FormatTime(now)}
+	next.SubmissionID = records.SubmissionID(d.Version, next.Generation)
+	if err := d.Store.SetDeploy(ctx, next, rev); err != nil {
+		if errors.Is(err, domain.ErrAlreadyExists) {
+			return StateStarting, nil // another deployer won; it submits
+		}
+		return "", err
+	}
+	if err := d.submit(ctx, next); err != nil {
+		return "", err
+	}
+	return StateDeployed, nil
+}
+
+func (d *Deployer) submit(ctx context.Context, dep records.Deploy) error {
+	wd, err := d.WorkingDirs.WorkingDir(ctx)
+	if err != nil {
+		return fmt.Errorf("executor: payload package: %w", err)
+	}
+	env := maps.Clone(d.Env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	env["EXECUTOR_VERSION"] = dep.Version
+	env["EXECUTOR_SUBMISSION_ID"] = dep.SubmissionID
+	_, err = d.Jobs.Submit(ctx, ray.SubmitRequest{
+		Entrypoint:        Entrypoint,
+		SubmissionID:      dep.SubmissionID,
+		RuntimeEnv:        map[string]any{"working_dir": wd, "env_vars": env},
+		Metadata:          map[string]string{domain.MetaMarker: MetadataMarker, "version": dep.Version},
+		EntrypointNumCPUs: d.EntrypointNumCPUs,
+	})
+	if err != nil && !errors.Is(err, domain.ErrAlreadyExists) {
+		return fmt.Errorf("executor: submit %s: %w", dep.SubmissionID, err)
+	}
+	d.logger().Info("executor submitted to Ray", "submission_id", dep.SubmissionID, "version", dep.Version)
+	return nil
+}
+
+// Run calls Ensure every interval and whenever Poke is called, until ctx ends. Errors are
+// logged (at most once a minute while they repeat): the next tick tries again.
+func (d *Deployer) Run(ctx context.Context, interval time.Duration, poke <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var lastLogged time.Time
+	for {
+		st, err := d.Ensure(ctx)
+		if err != nil && ctx.Err() == nil && time.Since(lastLogged) > time.Minute {
+			d.logger().Warn("cannot make sure the executor runs; retrying", "error", err.Error())
+			lastLogged = time.Now()
+		}
+		if err == nil && st == StateDeployed {
+			lastLogged = time.Time{}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-poke:
+		}
+	}
+}

@@ -1,0 +1,60 @@
+package records
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
+)
+
+// Finisher is what the steps after a terminal transition write (Store).
+type Finisher interface {
+	Count(ctx context.Context, name, msgID string, by int64) error
+	DeleteActive(ctx context.Context, id string) error
+}
+
+// Publisher stores lifecycle events (events.Bus).
+type Publisher interface {
+	Publish(ctx context.Context, ev events.Event) error
+}
+
+// AfterTerminal runs the steps that follow a record's terminal transition
+// (specs/records.md): the terminal event (one per deliberation, by its Nats-Msg-Id), the
+// outcome counter (once, by its Nats-Msg-Id), and the removal from the active index. Each
+// is idempotent, so any writer may run them again; failures are logged, and the executor
+// or the reconciler repeats them.
+func AfterTerminal(ctx context.Context, s Finisher, pub Publisher, r domain.Record, source string, logger *slog.Logger) {
+	if !r.Terminal() {
+		return
+	}
+	warn := func(what string, err error) {
+		logger.Warn("after the end of a deliberation: "+what, "deliberation_id", r.ID, "error", err.Error())
+	}
+	if pub != nil {
+		msg := r.Error
+		if r.State == domain.StatusCancelled {
+			msg = r.Reason
+		}
+		ev, err := events.TerminalEvent(source, r.Meta(), r.State, r.Outcome, msg, r.ErrorType)
+		if err == nil {
+			err = pub.Publish(ctx, ev)
+		}
+		if err != nil {
+			warn("terminal event not published", err)
+		}
+	}
+	if err := s.Count(ctx, string(r.State), r.ID+".count", 1); err != nil {
+		warn("counter not incremented", err)
+	}
+	if r.State != domain.StatusCancelled {
+		if ms := r.Duration().Milliseconds(); ms > 0 {
+			if err := s.Count(ctx, CountDurationMS, r.ID+".duration", ms); err != nil {
+				warn("duration not counted", err)
+			}
+		}
+	}
+	if err := s.DeleteActive(ctx, r.ID); err != nil {
+		warn("not removed from the active index", err)
+	}
+}

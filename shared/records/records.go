@@ -1,0 +1,613 @@
+// Package records stores deliberation records, the active index, the work queue and the
+// outcome counters in NATS JetStream (specs/records.md). The state machine itself is in
+// shared/domain (Record); this package only reads and writes, always by compare-and-set.
+package records
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/domain"
+)
+
+// Default names (specs/records.md).
+const (
+	DefaultBucket         = "RAY_EXECUTOR_DELIBERATIONS"
+	DefaultWorkStream     = "RAY_EXECUTOR_WORK"
+	DefaultCountersStream = "RAY_EXECUTOR_COUNTERS"
+	WorkConsumer          = "executor"
+	WorkSubjectPrefix     = "ray_executor.work."
+	CountSubjectPrefix    = "ray_executor.count."
+	CancelSubjectPrefix   = "ray_executor.control.cancel."
+	KeyExecutor           = "executor"
+	KeyDeploy             = "executor.deploy"
+	AckWait               = 30 * time.Second
+	duplicateWindow       = 2 * time.Hour
+	// HeartbeatStale is how old the executor's heartbeat may be before it counts as gone.
+	HeartbeatStale = 20 * time.Second
+)
+
+// Counter names: ray_executor.count.<name>.
+const (
+	CountSubmitted  = "submitted"
+	CountCompleted  = "completed"
+	CountFailed     = "failed"
+	CountCancelled  = "cancelled"
+	CountDurationMS = "duration_ms"
+)
+
+// Config names the JetStream resources.
+type Config struct {
+	Bucket         string        // NATS_RECORDS_BUCKET
+	WorkStream     string        // NATS_WORK_STREAM
+	CountersStream string        // NATS_COUNTERS_STREAM
+	Retention      time.Duration // RETENTION
+}
+
+// ReadConfig reads the names every binary shares.
+func ReadConfig(r *config.Reader) Config {
+	return Config{
+		Bucket:         r.String("NATS_RECORDS_BUCKET", DefaultBucket),
+		WorkStream:     r.String("NATS_WORK_STREAM", DefaultWorkStream),
+		CountersStream: r.String("NATS_COUNTERS_STREAM", DefaultCountersStream),
+		Retention:      r.Duration("RETENTION", 7*24*time.Hour),
+	}
+}
+
+func (c Config) withDefaults() Config {
+	if c.Bucket == "" {
+		c.Bucket = DefaultBucket
+	}
+	if c.WorkStream == "" {
+		c.WorkStream = DefaultWorkStream
+	}
+	if c.CountersStream == "" {
+		c.CountersStream = DefaultCountersStream
+	}
+	if c.Retention <= 0 {
+		c.Retention = 7 * 24 * time.Hour
+	}
+	return c
+}
+
+// Store reads and writes records over one NATS connection (the events bus's).
+type Store struct {
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	// timeout bounds each call that has no deadline of its own.
+	timeout time.Duration
+
+	mu     sync.Mutex
+	bucket jetstream.KeyValue // cached after the first lookup: one round trip less per call
+}
+
+// New returns a store on a connected JetStream context.
+func New(nc *nats.Conn, js jetstream.JetStream, cfg Config) *Store {
+	return &Store{cfg: cfg.withDefaults(), nc: nc, js: js, timeout: 5 * time.Second}
+}
+
+// Config is the store's configuration.
+func (s *Store) Config() Config { return s.cfg }
+
+func unavailable(what string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("records: %s: %v: %w", what, err, domain.ErrDeadline)
+	}
+	return fmt.Errorf("records: %s: %v: %w", what, err, domain.ErrUnavailable)
+}
+
+func (s *Store) ready() error {
+	if !s.nc.IsConnected() {
+		return fmt.Errorf("records: NATS is not connected (%s): %w", s.nc.Status(), domain.ErrUnavailable)
+	}
+	return nil
+}
+
+func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.timeout)
+}
+
+// Provision creates or updates the bucket, the work stream and its consumer, and the
+// counters stream, with exactly the config of specs/records.md.
+func (s *Store) Provision(ctx context.Context) error {
+	if err := s.ready(); err != nil {
+		return err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	if _, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: s.cfg.Bucket, History: 1, TTL: s.cfg.Retention, Storage: jetstream.FileStorage,
+		Description: "ray-executor deliberation records (specs/records.md)",
+	}); err != nil {
+		return unavailable("provision bucket "+s.cfg.Bucket, err)
+	}
+	if _, err := s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: s.cfg.WorkStream, Subjects: []string{WorkSubjectPrefix + "*"}, Retention: jetstream.WorkQueuePolicy,
+		Storage: jetstream.FileStorage, Duplicates: duplicateWindow, MaxAge: s.cfg.Retention,
+		Description: "ray-executor work queue: accepted deliberations not yet ended (specs/records.md)",
+	}); err != nil {
+		return unavailable("provision stream "+s.cfg.WorkStream, err)
+	}
+	if _, err := s.js.CreateOrUpdateConsumer(ctx, s.cfg.WorkStream, WorkConsumerConfig()); err != nil {
+		return unavailable("provision consumer "+WorkConsumer, err)
+	}
+	if _, err := s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: s.cfg.CountersStream, Subjects: []string{CountSubjectPrefix + "*"}, AllowMsgCounter: true,
+		Storage: jetstream.FileStorage, Duplicates: duplicateWindow,
+		Description: "ray-executor outcome counters (specs/records.md)",
+	}); err != nil {
+		return unavailable("provision stream "+s.cfg.CountersStream, err)
+	}
+	return nil
+}
+
+// WorkConsumerConfig is the executor's durable pull consumer (specs/records.md).
+func WorkConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable: WorkConsumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: AckWait,
+		MaxDeliver: -1, MaxAckPending: 10000, FilterSubject: WorkSubjectPrefix + "*",
+	}
+}
+
+func (s *Store) kv(ctx context.Context) (jetstream.KeyValue, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bucket != nil {
+		return s.bucket, nil
+	}
+	kv, err := s.js.KeyValue(ctx, s.cfg.Bucket)
+	if err != nil {
+		return nil, unavailable("bucket "+s.cfg.Bucket, err)
+	}
+	s.bucket = kv
+	return kv, nil
+}
+
+func recordKey(id string) string { return "d." + id }
+func activeKey(id string) string { return "active." + id }
+
+// Create stores a new pending record. ErrAlreadyExists when the id has a record: the caller
+// then reads it (Get) to tell a duplicate from a conflict.
+func (s *Store) Create(ctx context.Context, r domain.Record) error {
+	if err := s.ready(); err != nil {
+		return err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("records: encode %s: %w", r.ID, err)
+	}
+	if _, err := kv.Create(ctx, recordKey(r.ID), b); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("records: %s: %w", r.ID, domain.ErrAlreadyExists)
+		}
+		return unavailable("create "+r.ID, err)
+	}
+	return nil
+}
+
+// Get reads a record and its revision. ErrNotFound when there is none (never created, or
+// expired after the retention).
+func (s *Store) Get(ctx context.Context, id string) (domain.Record, uint64, error) {
+	if err := s.ready(); err != nil {
+		return domain.Record{}, 0, err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return domain.Record{}, 0, err
+	}
+	e, err := kv.Get(ctx, recordKey(id))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return domain.Record{}, 0, fmt.Errorf("records: %s: %w", id, domain.ErrNotFound)
+		}
+		return domain.Record{}, 0, unavailable("get "+id, err)
+	}
+	var r domain.Record
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return domain.Record{}, 0, fmt.Errorf("records: %s is not a record: %v: %w", id, err, domain.ErrUnavailable)
+	}
+	if err := r.Check(e.Key()); err != nil {
+		return domain.Record{}, 0, fmt.Errorf("records: %v: %w", err, domain.ErrUnavailable)
+	}
+	return r, e.Revision(), nil
+}
+
+// Update applies change to the stored record by compare-and-set, re-reading and deciding
+// again when another writer got there first. change returns the new record, or an error
+// (domain.ErrTerminal when the deliberation has ended) that Update returns with the record
+// as read.
+func (s *Store) Update(ctx context.Context, id string, change func(domain.Record) (domain.Record, error)) (domain.Record, error) {
+	for attempt := 0; ; attempt++ {
+		cur, rev, err := s.Get(ctx, id)
+		if err != nil {
+			return domain.Record{}, err
+		}
+		next, err := change(cur)
+		if err != nil {
+			return cur, err
+		}
+		b, err := json.Marshal(next)
+		if err != nil {
+			return cur, fmt.Errorf("records: encode %s: %w", id, err)
+		}
+		cctx, cancel := s.bound(ctx)
+		kv, err := s.kv(cctx)
+		if err == nil {
+			_, err = kv.Update(cctx, recordKey(id), b, rev)
+		}
+		cancel()
+		if err == nil {
+			return next, nil
+		}
+		if !isWrongRevision(err) || attempt >= 50 {
+			return cur, unavailable("update "+id, err)
+		}
+	}
+}
+
+func isWrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// PutActive stores the active index entry of a record that has not ended.
+func (s *Store) PutActive(ctx context.Context, e domain.ActiveEntry) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return err
+	}
+	b, _ := json.Marshal(e)
+	if _, err := kv.Put(ctx, activeKey(e.ID), b); err != nil {
+		return unavailable("index "+e.ID, err)
+	}
+	return nil
+}
+
+// DeleteActive removes a record from the active index (after its terminal transition).
+func (s *Store) DeleteActive(ctx context.Context, id string) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return err
+	}
+	if err := kv.Delete(ctx, activeKey(id)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return unavailable("unindex "+id, err)
+	}
+	return nil
+}
+
+// Active reads the active index: what it costs grows with the active deliberations (and the
+// delete markers PurgeDeletes has not removed yet), never with the history. Entries that do
+// not decode are reported in bad and left out.
+func (s *Store) Active(ctx context.Context) (out []domain.ActiveEntry, bad []string, err error) {
+	if err := s.ready(); err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	w, err := kv.Watch(ctx, "active.*", jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, nil, unavailable("watch the active index", err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil, unavailable("read the active index", ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, nil, unavailable("read the active index", errors.New("watcher closed"))
+			}
+			if e == nil { // the initial values are all delivered
+				return out, bad, nil
+			}
+			var a domain.ActiveEntry
+			if err := json.Unmarshal(e.Value(), &a); err != nil || a.ID == "" {
+				bad = append(bad, e.Key())
+				continue
+			}
+			out = append(out, a)
+		}
+	}
+}
+
+// PurgeDeletes removes the delete markers older than age that ended deliberations leave in
+// the active index, so reading it stays proportional to the active ones.
+func (s *Store) PurgeDeletes(ctx context.Context, age time.Duration) error {
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return err
+	}
+	if err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(age)); err != nil {
+		return unavailable("purge delete markers", err)
+	}
+	return nil
+}
+
+// Enqueue appends a deliberation's work message (body: the payload request JSON). The queue
+// drops a second copy with the same id within its duplicate window.
+func (s *Store) Enqueue(ctx context.Context, id string, body []byte) error {
+	if err := s.ready(); err != nil {
+		return err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	msg := nats.NewMsg(WorkSubjectPrefix + id)
+	msg.Data = body
+	msg.Header.Set("Content-Type", "application/json")
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
+		return unavailable("enqueue "+id, err)
+	}
+	return nil
+}
+
+// Count adds by to counter name, once per msgID (within the duplicate window).
+func (s *Store) Count(ctx context.Context, name, msgID string, by int64) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	msg := nats.NewMsg(CountSubjectPrefix + name)
+	msg.Header.Set("Nats-Incr", strconv.FormatInt(by, 10))
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
+		return unavailable("count "+name, err)
+	}
+	return nil
+}
+
+// Counters reads every counter: one read per counter, whatever the history.
+func (s *Store) Counters(ctx context.Context) (map[string]int64, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	st, err := s.js.Stream(ctx, s.cfg.CountersStream)
+	if err != nil {
+		return nil, unavailable("stream "+s.cfg.CountersStream, err)
+	}
+	out := map[string]int64{}
+	for _, name := range []string{CountSubmitted, CountCompleted, CountFailed, CountCancelled, CountDurationMS} {
+		m, err := st.GetLastMsgForSubject(ctx, CountSubjectPrefix+name)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, unavailable("counter "+name, err)
+		}
+		var v struct {
+			Val string `json:"val"`
+		}
+		if err := json.Unmarshal(m.Data, &v); err != nil {
+			return nil, fmt.Errorf("records: counter %s: %v: %w", name, err, domain.ErrUnavailable)
+		}
+		n, _ := strconv.ParseInt(v.Val, 10, 64)
+		out[name] = n
+	}
+	return out, nil
+}
+
+// Queue is what the work queue holds.
+type Queue struct {
+	// Waiting is the number of deliberations no executor has pulled yet.
+	Waiting uint64
+	// InFlight is the number pulled and not yet acknowledged.
+	InFlight int
+	// Oldest is when the oldest waiting one was queued (zero when none waits).
+	Oldest time.Time
+}
+
+// Queue reads the work queue's state.
+func (s *Store) Queue(ctx context.Context) (Queue, error) {
+	if err := s.ready(); err != nil {
+		return Queue{}, err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	c, err := s.js.Consumer(ctx, s.cfg.WorkStream, WorkConsumer)
+	if err != nil {
+		return Queue{}, unavailable("consumer "+WorkConsumer, err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return Queue{}, unavailable("consumer "+WorkConsumer, err)
+	}
+	q := Queue{Waiting: info.NumPending, InFlight: info.NumAckPending}
+	if q.Waiting > 0 {
+		st, err := s.js.Stream(ctx, s.cfg.WorkStream)
+		if err == nil {
+			m, err := st.GetMsg(ctx, info.Delivered.Stream+1, jetstream.WithGetMsgSubject(WorkSubjectPrefix+"*"))
+			if err == nil {
+				q.Oldest = m.Time
+			}
+		}
+	}
+	return q, nil
+}
+
+// RequestCancel tells the executor holding deliberation id to cancel it now. It is a hint:
+// the record's cancel_requested is the truth, which a redelivery also sees.
+func (s *Store) RequestCancel(id string) error {
+	if err := s.nc.Publish(CancelSubjectPrefix+id, nil); err != nil {
+		return unavailable("cancel signal "+id, err)
+	}
+	return nil
+}
+
+// WaitTerminal waits until the record of id has ended or ctx ends, and returns the last
+// record read.
+func (s *Store) WaitTerminal(ctx context.Context, id string) (domain.Record, error) {
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return domain.Record{}, err
+	}
+	w, err := kv.Watch(ctx, recordKey(id))
+	if err != nil {
+		return domain.Record{}, unavailable("watch "+id, err)
+	}
+	defer func() { _ = w.Stop() }()
+	var last domain.Record
+	for {
+		select {
+		case <-ctx.Done():
+			return last, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return last, ctx.Err()
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			if err := json.Unmarshal(e.Value(), &last); err == nil && last.Terminal() {
+				return last, nil
+			}
+		}
+	}
+}
+
+// Heartbeat is the executor's heartbeat (key "executor").
+type Heartbeat struct {
+	Version      string `json:"version"`
+	SubmissionID string `json:"submission_id"`
+	Replicas     int    `json:"replicas"`
+	InFlight     int    `json:"in_flight"`
+	MaxReplicas  int    `json:"max_replicas"`
+	UpdatedAt    string `json:"updated_at"`
+}
+
+// Fresh reports whether the heartbeat is recent enough for the executor to count as live.
+func (h Heartbeat) Fresh(now time.Time) bool {
+	t := domain.ParseTime(h.UpdatedAt)
+	return !t.IsZero() && now.Sub(t) < HeartbeatStale
+}
+
+// Deploy names the executor that should run (key "executor.deploy").
+type Deploy struct {
+	Version      string `json:"version"`
+	SubmissionID string `json:"submission_id"`
+	Generation   int    `json:"generation"`
+	At           string `json:"at"`
+}
+
+// SubmissionID is a Ray submission id for an executor version's generation. It ends in
+// random digits: Ray never forgets a submission id while its head lives, and two stores
+// (two NATS servers, two test runs) may deploy the same version and generation to one
+// cluster. The deploy key's compare-and-set, not the id, makes deployers agree.
+func SubmissionID(version string, generation int) string {
+	v := version
+	if len(v) > 12 {
+		v = v[:12]
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("ray-executor-%s-%d-%s", strings.ToLower(v), generation, hex.EncodeToString(b[:]))
+}
+
+// Heartbeat reads the executor's heartbeat; ok is false when there is none.
+func (s *Store) Heartbeat(ctx context.Context) (h Heartbeat, ok bool, err error) {
+	ok, err = s.getJSON(ctx, KeyExecutor, &h)
+	return h, ok, err
+}
+
+// Deploy reads the deploy key and its revision (0 when absent).
+func (s *Store) Deploy(ctx context.Context) (d Deploy, rev uint64, err error) {
+	if err := s.ready(); err != nil {
+		return d, 0, err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return d, 0, err
+	}
+	e, err := kv.Get(ctx, KeyDeploy)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return d, 0, nil
+	}
+	if err != nil {
+		return d, 0, unavailable("get "+KeyDeploy, err)
+	}
+	if err := json.Unmarshal(e.Value(), &d); err != nil {
+		return Deploy{}, e.Revision(), nil // a bad key is replaced by the next deploy
+	}
+	return d, e.Revision(), nil
+}
+
+// SetDeploy writes the deploy key by compare-and-set at rev (0: create). ErrAlreadyExists
+// when another deployer wrote it first.
+func (s *Store) SetDeploy(ctx context.Context, d Deploy, rev uint64) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return err
+	}
+	b, _ := json.Marshal(d)
+	if rev == 0 {
+		_, err = kv.Create(ctx, KeyDeploy, b)
+	} else {
+		_, err = kv.Update(ctx, KeyDeploy, b, rev)
+	}
+	if err != nil {
+		if isWrongRevision(err) {
+			return fmt.Errorf("records: %s: %w", KeyDeploy, domain.ErrAlreadyExists)
+		}
+		return unavailable("set "+KeyDeploy, err)
+	}
+	return nil
+}
+
+func (s *Store) getJSON(ctx context.Context, key string, v any) (bool, error) {
+	if err := s.ready(); err != nil {
+		return false, err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return false, err
+	}
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, unavailable("get "+key, err)
+	}
+	if err := json.Unmarshal(e.Value(), v); err != nil {
+		return false, nil
+	}
+	return true, nil
+}
