@@ -20,6 +20,7 @@ var leftUnset = map[string]string{
 	"GRPC_PORT":           "the ingress's fallback when PORT is unset; under Knative PORT always is",
 	"CE_SOURCE":           "the per-function default ray-executor/<function> is what callers expect",
 	"RAY_AUTH_TOKEN_FILE": "the token comes from the Secret as RAY_AUTH_TOKEN",
+	"ENABLE_NATS":         "read only to refuse false: NATS holds the records and the work queue",
 	"NATS_TOKEN_FILE":     "the token comes from the Secret as NATS_TOKEN",
 	"NATS_PASSWORD_FILE":  "the password comes from the Secret as NATS_PASSWORD",
 	"AUTH_TOKENS":         "the ingress's tokens come from the Secret ray-executor-ingress-auth, mounted as AUTH_TOKENS_FILE",
