@@ -56,12 +56,13 @@ class _Job:
         from ray.job_submission import JobStatus
 
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        while True:
             status = self.client.get_job_status(self.id)
             if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
                 return status == JobStatus.SUCCEEDED
+            if time.monotonic() >= end:
+                return None
             time.sleep(0.5)
-        return None
 
     def logs(self):
         return self.client.get_job_logs(self.id)
@@ -121,6 +122,12 @@ def test_the_driver_runs_replica_actors_on_ray_and_rolls(nats_server, stub):
             async with Env(nats_server.url) as e:
                 await e.store.put_json(records.DEPLOY_KEY, {"version": "test", "submission_id": submission,
                                                             "generation": 1, "at": records.format_time(time.time())})
+                # The driver is up once it heartbeats; fail fast if it died instead.
+                end = time.monotonic() + 120
+                while await e.store.get_json(records.EXECUTOR_KEY) is None:
+                    assert driver.wait(0) is None, driver.logs()[-4000:]
+                    assert time.monotonic() < end, "no executor heartbeat within 120 s:\n" + driver.logs()[-4000:]
+                    await asyncio.sleep(0.5)
                 for data in batch:
                     await e.submit(data)
                 for data in batch:
