@@ -97,6 +97,19 @@ for _ in $(seq 1 100); do
 done
 bin/grpc-health-probe -addr 127.0.0.1:50056 >/dev/null 2>&1 || { echo "run: ingress is not serving; see .run/ingress.log" >&2; exit 1; }
 
+# The standing executor: execute submitted it to the Ray head as one long-running job at
+# start; wait for its first heartbeat (GetStatus's "executor" component).
+echo "run: waiting for the executor on the Ray head (execute deploys it; a cold start takes ~10-60 s)"
+executor=""
+for _ in $(seq 1 240); do
+  executor=$(bin/grpcurl -plaintext -d '{}' 127.0.0.1:50056 fleet.ray_executor.v1.RayExecutorService/GetStatus 2>/dev/null |
+    tr -d '\n' | grep -o '"name": *"executor", *"status": *"healthy", *"message": *"[^"]*"' || true)
+  [ -n "$executor" ] && break
+  sleep 0.5
+done
+[ -n "$executor" ] || { echo "run: the executor did not start on Ray; see .run/execute.log and the Ray dashboard's jobs" >&2; exit 1; }
+echo "run: the executor runs on the Ray head: ${executor##*\"message\": \"}" | sed 's/"$//'
+
 cat <<TXT
 run: up. gRPC on 127.0.0.1:50056, functions on :8081-8083, NATS on :4222, logs in .run/.
 run: the functions want -H "Authorization: Bearer \$(cat .run/internal-token)" (unless you set INTERNAL_TOKEN).

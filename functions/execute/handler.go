@@ -49,7 +49,7 @@ func (s *Service) respond(ctx context.Context, r *rpcevents.Request, req domain.
 	if err != nil {
 		return nil, err
 	}
-	msg := "deliberation submitted to Ray"
+	msg := "deliberation accepted and queued for the executor on Ray"
 	if sub.Duplicate {
 		msg = "deliberation already submitted with this idempotency key"
 	}
