@@ -15,8 +15,16 @@ const DeadlineGrace = 30 * time.Second
 
 // Error types a record can end with besides the agents' own.
 const (
+	// ErrorTypeExecutorLost: the work was delivered EXECUTOR_MAX_DELIVERIES times and no
+	// executor finished it (replicas died holding it).
 	ErrorTypeExecutorLost = "executor_lost"
-	ErrorTypeAllFailed    = "all_agents_failed"
+	// ErrorTypeAllFailed: the agents ran and none completed.
+	ErrorTypeAllFailed = "all_agents_failed"
+	// ErrorTypeDeadlineExceeded: the deadline passed before the deliberation ended; the
+	// executor refuses to start one whose deadline has passed when it pulls it.
+	ErrorTypeDeadlineExceeded = "deadline_exceeded"
+	// ErrorTypeInvalidRequest: the work message did not parse as a request for this id.
+	ErrorTypeInvalidRequest = "invalid_request"
 )
 
 // ErrTerminal is returned for a transition out of a terminal state: the deliberation ended
