@@ -139,7 +139,8 @@ func (s *Store) Provision(ctx context.Context) error {
 	}
 	if _, err := s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: s.cfg.WorkStream, Subjects: []string{WorkSubjectPrefix + "*"}, Retention: jetstream.WorkQueuePolicy,
-		Storage: jetstream.FileStorage, Duplicates: duplicateWindow, MaxAge: s.cfg.Retention,
+		// NATS refuses a duplicate window longer than MaxAge (RETENTION may be 1h).
+		Storage: jetstream.FileStorage, Duplicates: min(duplicateWindow, s.cfg.Retention), MaxAge: s.cfg.Retention,
 		Description: "ray-executor work queue: accepted deliberations not yet ended (specs/records.md)",
 	}); err != nil {
 		return unavailable("provision stream "+s.cfg.WorkStream, err)
