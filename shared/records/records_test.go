@@ -1,0 +1,636 @@
+package records_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
+	"github.com/fleet-ai/ray-executor/shared/records"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// newStore is a provisioned store on a fresh embedded NATS server.
+func newStore(t *testing.T) (*records.Store, *events.Bus) {
+	t.Helper()
+	bus := testenv.NATS(t)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	if err := s.Provision(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	return s, bus
+}
+
+func bucket(t *testing.T, bus *events.Bus) jetstream.KeyValue {
+	t.Helper()
+	kv, err := bus.JetStream().KeyValue(ctxT(t), records.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
+func record(id string) domain.Record {
+	r := domain.Request{Kind: domain.KindDeliberation, TaskID: "task-" + id, Role: "dev",
+		Constraints: domain.Constraints{TimeoutSeconds: 60}, Agents: []domain.Agent{{ID: "a1"}, {ID: "a2"}}}
+	return domain.NewRecord(id, r, "h-"+id, "", "", time.Now())
+}
+
+func TestProvisionMakesTheResourcesOfTheSpec(t *testing.T) {
+	s, bus := newStore(t)
+	ctx := ctxT(t)
+	// Idempotent: a second provisioning (another function starting) changes nothing.
+	if err := s.Provision(ctx); err != nil {
+		t.Fatalf("second Provision: %v", err)
+	}
+	js := bus.JetStream()
+	st, err := js.Stream(ctx, records.DefaultWorkStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc := st.CachedInfo().Config
+	if wc.Retention != jetstream.WorkQueuePolicy || wc.Storage != jetstream.FileStorage || wc.Duplicates != 2*time.Hour ||
+		wc.MaxAge != 7*24*time.Hour || len(wc.Subjects) != 1 || wc.Subjects[0] != "ray_executor.work.*" {
+		t.Errorf("work stream config: %+v", wc)
+	}
+	c, err := js.Consumer(ctx, records.DefaultWorkStream, records.WorkConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := c.CachedInfo().Config
+	if cc.Durable != "executor" || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.AckWait != 30*time.Second ||
+		cc.MaxDeliver != -1 || cc.MaxAckPending != 10000 {
+		t.Errorf("work consumer config: %+v", cc)
+	}
+	cs, err := js.Stream(ctx, records.DefaultCountersStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := cs.CachedInfo().Config; !cfg.AllowMsgCounter || cfg.Duplicates != 2*time.Hour || cfg.Subjects[0] != "ray_executor.count.*" {
+		t.Errorf("counters stream config: %+v", cfg)
+	}
+	kv := bucket(t, bus)
+	ks, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ks.History() != 1 || ks.TTL() != 7*24*time.Hour {
+		t.Errorf("bucket: history %d, TTL %v", ks.History(), ks.TTL())
+	}
+}
+
+// The shortest RETENTION the configuration admits (1h) is shorter than the queue's
+// duplicate window (2h), which NATS refuses on a stream with that MaxAge.
+func TestProvisionWithTheShortestRetention(t *testing.T) {
+	bus := testenv.NATS(t)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{Retention: time.Hour})
+	if err := s.Provision(ctxT(t)); err != nil {
+		t.Fatalf("RETENTION=1h: %v", err)
+	}
+	st, err := bus.JetStream().Stream(ctxT(t), records.DefaultWorkStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := st.CachedInfo().Config; cfg.MaxAge != time.Hour || cfg.Duplicates > cfg.MaxAge || cfg.Duplicates <= 0 {
+		t.Errorf("got MaxAge %v, duplicates %v", cfg.MaxAge, cfg.Duplicates)
+	}
+}
+
+func TestCreateGet(t *testing.T) {
+	s, bus := newStore(t)
+	ctx := ctxT(t)
+	rec := record("d1")
+	if err := s.Create(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	got, rev, err := s.Get(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev == 0 || got.ID != "d1" || got.State != domain.StatusPending || got.RequestSHA256 != "h-d1" || got.CreatedAt != rec.CreatedAt {
+		t.Errorf("got %+v at revision %d", got, rev)
+	}
+	// A second create of the same id is how execute finds a duplicate; it changes nothing.
+	other := rec
+	other.RequestSHA256 = "other"
+	if err := s.Create(ctx, other); !errors.Is(err, domain.ErrAlreadyExists) {
+		t.Fatalf("duplicate create: got %v, want ErrAlreadyExists", err)
+	}
+	if again, rev2, _ := s.Get(ctx, "d1"); again.RequestSHA256 != "h-d1" || rev2 != rev {
+		t.Errorf("the duplicate create changed the record: %+v rev %d", again, rev2)
+	}
+	if _, _, err := s.Get(ctx, "nope"); !errors.Is(err, domain.ErrNotFound) {
+		t.Errorf("missing: got %v, want ErrNotFound", err)
+	}
+	// The record is stored under d.<id> as the JSON of specs/records.md.
+	e, err := bucket(t, bus).Get(ctx, "d.d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(e.Value(), &m); err != nil || m["state"] != "pending" || m["v"] != 1.0 {
+		t.Errorf("stored %s", e.Value())
+	}
+}
+
+func TestGetRefusesABadRecordAlone(t *testing.T) {
+	s, bus := newStore(t)
+	ctx := ctxT(t)
+	kv := bucket(t, bus)
+	for key, body := range map[string]string{"d.junk": "{not json", "d.v2": `{"v":2,"id":"v2","state":"pending"}`} {
+		if _, err := kv.Put(ctx, key, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"junk", "v2"} {
+		if _, _, err := s.Get(ctx, id); !errors.Is(err, domain.ErrUnavailable) {
+			t.Errorf("%s: got %v, want ErrUnavailable", id, err)
+		}
+	}
+	if err := s.Create(ctx, record("fine")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Get(ctx, "fine"); err != nil {
+		t.Errorf("a good record next to bad ones: %v", err)
+	}
+}
+
+func TestUpdateIsCompareAndSet(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := ctxT(t)
+	if err := s.Create(ctx, record("d1")); err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.Update(ctx, "d1", func(r domain.Record) (domain.Record, error) {
+				r.Attempts++
+				return r, nil
+			})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("update: %v", err)
+		}
+	}
+	got, _, err := s.Get(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Attempts != n {
+		t.Errorf("got attempts %d after %d concurrent increments: updates were lost", got.Attempts, n)
+	}
+
+	// A change that refuses (a terminal record) writes nothing and returns the record read.
+	done, err := s.Update(ctx, "d1", func(r domain.Record) (domain.Record, error) {
+		next, _, err := r.Cancel("r", time.Now())
+		return next, err
+	})
+	if err != nil || done.State != domain.StatusCancelled {
+		t.Fatalf("cancel: %v %v", done.State, err)
+	}
+	_, rev, _ := s.Get(ctx, "d1")
+	back, err := s.Update(ctx, "d1", func(r domain.Record) (domain.Record, error) {
+		return r.Start(9, "x", time.Now())
+	})
+	if !errors.Is(err, domain.ErrTerminal) || back.State != domain.StatusCancelled {
+		t.Errorf("start out of cancelled: got %v %v, want ErrTerminal and the cancelled record", back.State, err)
+	}
+	if _, rev2, _ := s.Get(ctx, "d1"); rev2 != rev {
+		t.Errorf("a refused change wrote: revision %d -> %d", rev, rev2)
+	}
+	if _, err := s.Update(ctx, "nope", func(r domain.Record) (domain.Record, error) { return r, nil }); !errors.Is(err, domain.ErrNotFound) {
+		t.Errorf("update of a missing record: got %v, want ErrNotFound", err)
+	}
+}
+
+func activeIDs(t *testing.T, s *records.Store) []string {
+	t.Helper()
+	entries, bad, err := s.Active(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bad) != 0 {
+		t.Errorf("bad entries %v", bad)
+	}
+	ids := []string{}
+	for _, e := range entries {
+		ids = append(ids, e.ID)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func TestActiveIndex(t *testing.T) {
+	s, bus := newStore(t)
+	ctx := ctxT(t)
+	if got := activeIDs(t, s); len(got) != 0 {
+		t.Fatalf("empty index: got %v", got)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if err := s.PutActive(ctx, record(id).Active()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A re-put (the executor starting it) replaces the entry.
+	run, _ := record("a").Start(1, "x", time.Now())
+	if err := s.PutActive(ctx, run.Active()); err != nil {
+		t.Fatal(err)
+	}
+	// Records themselves are not in the index.
+	if err := s.Create(ctx, record("z")); err != nil {
+		t.Fatal(err)
+	}
+	entries, _, err := s.Active(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 3 {
+		t.Fatalf("got %d entries, want 3: %+v", len(entries), entries)
+	}
+	for _, e := range entries {
+		wantState := domain.StatusPending
+		if e.ID == "a" {
+			wantState = domain.StatusRunning
+		}
+		if e.State != wantState || e.TaskID != "task-"+e.ID || e.NumAgents != 2 {
+			t.Errorf("entry %+v", e)
+		}
+	}
+	if err := s.DeleteActive(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteActive(ctx, "b"); err != nil {
+		t.Errorf("deleting twice: %v", err)
+	}
+	if err := s.DeleteActive(ctx, "never"); err != nil {
+		t.Errorf("deleting an absent entry: %v", err)
+	}
+	if got := fmt.Sprint(activeIDs(t, s)); got != "[a c]" {
+		t.Errorf("after deleting b: got %s, want [a c]", got)
+	}
+	if err := s.PurgeDeletes(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(activeIDs(t, s)); got != "[a c]" {
+		t.Errorf("after purging the delete markers: got %s, want [a c]", got)
+	}
+	// Only delete markers left: the listing still ends, empty.
+	_ = s.DeleteActive(ctx, "a")
+	_ = s.DeleteActive(ctx, "c")
+	if got := activeIDs(t, s); len(got) != 0 {
+		t.Errorf("all deleted: got %v", got)
+	}
+	if err := s.PurgeDeletes(ctx, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if got := activeIDs(t, s); len(got) != 0 {
+		t.Errorf("all deleted, markers kept: got %v", got)
+	}
+	// An entry that does not decode is reported and left out; the others are listed.
+	_ = s.PutActive(ctx, record("e").Active())
+	if _, err := bucket(t, bus).Put(ctx, "active.bad", []byte("{oops")); err != nil {
+		t.Fatal(err)
+	}
+	entries, bad, err := s.Active(ctx)
+	if err != nil || len(entries) != 1 || entries[0].ID != "e" || fmt.Sprint(bad) != "[active.bad]" {
+		t.Errorf("got %+v, bad %v, %v; want e listed and active.bad reported", entries, bad, err)
+	}
+}
+
+func streamMsgs(t *testing.T, bus *events.Bus, name string) uint64 {
+	t.Helper()
+	st, err := bus.JetStream().Stream(ctxT(t), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func TestEnqueueAndQueue(t *testing.T) {
+	s, bus := newStore(t)
+	ctx := ctxT(t)
+	q, err := s.Queue(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Waiting != 0 || q.InFlight != 0 || !q.Oldest.IsZero() {
+		t.Errorf("empty queue: %+v", q)
+	}
+	before := time.Now()
+	for range 3 {
+		if err := s.Enqueue(ctx, "d1", []byte(`{"version":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := streamMsgs(t, bus, records.DefaultWorkStream); n != 1 {
+		t.Fatalf("got %d work messages after enqueuing d1 three times, want 1", n)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := s.Enqueue(ctx, "d2", []byte(`{"version":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	q, err = s.Queue(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Waiting != 2 || q.InFlight != 0 || q.Oldest.Before(before.Add(-time.Second)) || q.Oldest.After(time.Now()) {
+		t.Errorf("got %+v, want 2 waiting, the oldest d1's", q)
+	}
+	// The message is what the executor pulls: subject, id and body.
+	c, err := bus.JetStream().Consumer(ctx, records.DefaultWorkStream, records.WorkConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m jetstream.Msg
+	for msg := range batch.Messages() {
+		m = msg
+	}
+	if m == nil || m.Subject() != "ray_executor.work.d1" || m.Headers().Get("Nats-Msg-Id") != "d1" || string(m.Data()) != `{"version":1}` {
+		t.Fatalf("pulled %v", m)
+	}
+	q, _ = s.Queue(ctx)
+	if q.Waiting != 1 || q.InFlight != 1 {
+		t.Errorf("one pulled: got %+v, want 1 waiting, 1 in flight", q)
+	}
+	_ = m.Ack()
+	// Acked and gone, a later copy with the same id is still dropped (the duplicate window).
+	if err := s.Enqueue(ctx, "d1", []byte(`{"version":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if n := streamMsgs(t, bus, records.DefaultWorkStream); n != 1 {
+		t.Errorf("got %d work messages, want d2's alone", n)
+	}
+}
+
+func TestCounters(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := ctxT(t)
+	c, err := s.Counters(ctx)
+	if err != nil || len(c) != 0 {
+		t.Fatalf("no counts yet: got %v, %v", c, err)
+	}
+	for _, id := range []string{"d1", "d2", "d3", "d1", "d2"} { // d1 and d2 counted again: dropped
+		if err := s.Count(ctx, records.CountSubmitted, id+".submitted", 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = s.Count(ctx, records.CountCompleted, "d1.count", 1)
+	_ = s.Count(ctx, records.CountDurationMS, "d1.duration", 1500)
+	_ = s.Count(ctx, records.CountDurationMS, "d1.duration", 1500)
+	_ = s.Count(ctx, records.CountDurationMS, "d2.duration", 500)
+	_ = s.Count(ctx, records.CountCancelled, "d3.count", 1)
+	c, err = s.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"submitted": 3, "completed": 1, "duration_ms": 2000, "cancelled": 1}
+	if fmt.Sprint(c) != fmt.Sprint(want) {
+		t.Errorf("got %v, want %v", c, want)
+	}
+}
+
+func TestWaitTerminal(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := ctxT(t)
+	_ = s.Create(ctx, record("d1"))
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_, _ = s.Update(ctx, "d1", func(r domain.Record) (domain.Record, error) { return r.Start(1, "x", time.Now()) })
+		time.Sleep(100 * time.Millisecond)
+		_, _ = s.Update(ctx, "d1", func(r domain.Record) (domain.Record, error) { return r.Cancelled(time.Now()) })
+	}()
+	got, err := s.WaitTerminal(ctx, "d1")
+	if err != nil || got.State != domain.StatusCancelled {
+		t.Fatalf("got %v, %v, want cancelled", got.State, err)
+	}
+	// Already terminal: answered from the current value.
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if got, err := s.WaitTerminal(wctx, "d1"); err != nil || got.State != domain.StatusCancelled {
+		t.Errorf("already ended: got %v, %v", got.State, err)
+	}
+	// Never ends: the context's error, and the last record read.
+	_ = s.Create(ctx, record("d2"))
+	sctx, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel2()
+	got, err = s.WaitTerminal(sctx, "d2")
+	if !errors.Is(err, context.DeadlineExceeded) || got.State != domain.StatusPending {
+		t.Errorf("never ends: got %v, %v, want the pending record and DeadlineExceeded", got.State, err)
+	}
+}
+
+func TestDeployIsCompareAndSet(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := ctxT(t)
+	d, rev, err := s.Deploy(ctx)
+	if err != nil || rev != 0 || d != (records.Deploy{}) {
+		t.Fatalf("no deploy key: got %+v rev %d, %v", d, rev, err)
+	}
+	first := records.Deploy{Version: "v1", SubmissionID: "s1", Generation: 1, At: domain.FormatTime(time.Now())}
+	if err := s.SetDeploy(ctx, first, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDeploy(ctx, records.Deploy{Version: "v1", Generation: 1}, 0); !errors.Is(err, domain.ErrAlreadyExists) {
+		t.Errorf("second create: got %v, want ErrAlreadyExists", err)
+	}
+	d, rev, err = s.Deploy(ctx)
+	if err != nil || d != first || rev == 0 {
+		t.Fatalf("got %+v rev %d, %v", d, rev, err)
+	}
+	second := first
+	second.Generation, second.SubmissionID = 2, "s2"
+	if err := s.SetDeploy(ctx, second, rev); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDeploy(ctx, first, rev); !errors.Is(err, domain.ErrAlreadyExists) {
+		t.Errorf("update at a stale revision: got %v, want ErrAlreadyExists", err)
+	}
+	if d, _, _ := s.Deploy(ctx); d != second {
+		t.Errorf("got %+v, want generation 2", d)
+	}
+}
+
+func TestHeartbeat(t *testing.T) {
+	s, bus := newStore(t)
+	ctx := ctxT(t)
+	if _, ok, err := s.Heartbeat(ctx); ok || err != nil {
+		t.Fatalf("no heartbeat: got ok=%v, %v", ok, err)
+	}
+	now := time.Now()
+	body := fmt.Sprintf(`{"version":"v1","submission_id":"s1","replicas":2,"in_flight":5,"max_replicas":4,"updated_at":%q}`,
+		domain.FormatTime(now))
+	if _, err := bucket(t, bus).Put(ctx, records.KeyExecutor, []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	h, ok, err := s.Heartbeat(ctx)
+	if err != nil || !ok || h.Version != "v1" || h.SubmissionID != "s1" || h.Replicas != 2 || h.InFlight != 5 || h.MaxReplicas != 4 {
+		t.Fatalf("got %+v ok=%v, %v", h, ok, err)
+	}
+	if !h.Fresh(now.Add(19*time.Second)) || h.Fresh(now.Add(20*time.Second)) {
+		t.Error("a heartbeat is fresh for 20 s and stale after")
+	}
+	if (records.Heartbeat{}).Fresh(now) || (records.Heartbeat{UpdatedAt: "junk"}).Fresh(now) {
+		t.Error("a heartbeat without a time is never fresh")
+	}
+}
+
+func TestSubmissionID(t *testing.T) {
+	re := regexp.MustCompile(`^ray-executor-0123456789ab-7-[0-9a-f]{8}$`)
+	a, b := records.SubmissionID("0123456789ABCDEF", 7), records.SubmissionID("0123456789abcdef", 7)
+	if !re.MatchString(a) || !re.MatchString(b) || a == b {
+		t.Errorf("got %q and %q, want ray-executor-<version[:12]>-<generation>-<8 random hex>, different", a, b)
+	}
+	if got := records.SubmissionID("v1", 1); !regexp.MustCompile(`^ray-executor-v1-1-[0-9a-f]{8}$`).MatchString(got) {
+		t.Errorf("short version: got %q", got)
+	}
+}
+
+func TestAfterTerminal(t *testing.T) {
+	s, bus := newStore(t)
+	ctx := ctxT(t)
+	rec := record("d1")
+	_ = s.Create(ctx, rec)
+	_ = s.PutActive(ctx, rec.Active())
+	started := time.Now()
+	run, _ := rec.Start(1, "x", started)
+	done, err := run.Finish(domain.Outcome{Status: "completed", CompletedAgents: 2, NumAgents: 2}, started.Add(1500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not terminal: nothing happens.
+	records.AfterTerminal(ctx, s, bus, run, events.SourceExecute, quiet)
+	if got := activeIDs(t, s); fmt.Sprint(got) != "[d1]" {
+		t.Fatalf("AfterTerminal of a running record touched the index: %v", got)
+	}
+	for range 2 { // any writer may run the steps again
+		records.AfterTerminal(ctx, s, bus, done, events.SourceExecute, quiet)
+	}
+	stored, err := bus.Stored(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stored) != 1 || stored[0].Kind() != events.Completed || stored[0].ID != "d1.terminal" {
+		t.Fatalf("got %d events %+v, want one completed d1.terminal", len(stored), stored)
+	}
+	c, err := s.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c[records.CountCompleted] != 1 || c[records.CountDurationMS] != 1500 {
+		t.Errorf("got counters %v, want completed 1 and duration_ms 1500", c)
+	}
+	if got := activeIDs(t, s); len(got) != 0 {
+		t.Errorf("active entry left: %v", got)
+	}
+
+	// A cancelled one counts as cancelled, with no duration, and its event carries the reason.
+	rec2 := record("d2")
+	_ = s.PutActive(ctx, rec2.Active())
+	x, _, _ := rec2.Cancel("cancelled by request", time.Now())
+	records.AfterTerminal(ctx, s, bus, x, events.SourceExecute, quiet)
+	stored, _ = bus.Stored(ctx, "d2")
+	if len(stored) != 1 || stored[0].Kind() != events.Cancelled {
+		t.Fatalf("got %+v, want one cancelled event", stored)
+	}
+	var data events.TerminalData
+	_ = json.Unmarshal(stored[0].Data, &data)
+	if data.Reason != "cancelled by request" || data.Status != "cancelled" {
+		t.Errorf("got data %+v", data)
+	}
+	c, _ = s.Counters(ctx)
+	if c[records.CountCancelled] != 1 || c[records.CountDurationMS] != 1500 {
+		t.Errorf("got counters %v", c)
+	}
+	if got := activeIDs(t, s); len(got) != 0 {
+		t.Errorf("active entry left: %v", got)
+	}
+}
+
+// With NATS down every call fails fast with ErrUnavailable, never waiting for it.
+func TestNATSDownIsUnavailableAtOnce(t *testing.T) {
+	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus, err := events.Connect(events.Config{URL: srv.URL()}, "test", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	for deadline := time.Now().Add(10 * time.Second); !bus.Connected() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx := ctxT(t)
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Create(ctx, record("d1")); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	for deadline := time.Now().Add(10 * time.Second); bus.Conn().Status() == nats.CONNECTED && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	calls := map[string]error{
+		"create":    s.Create(ctx, record("d2")),
+		"enqueue":   s.Enqueue(ctx, "d2", nil),
+		"provision": s.Provision(ctx),
+	}
+	_, _, calls["get"] = s.Get(ctx, "d1")
+	_, calls["update"] = s.Update(ctx, "d1", func(r domain.Record) (domain.Record, error) { return r, nil })
+	_, _, calls["active"] = s.Active(ctx)
+	_, calls["counters"] = s.Counters(ctx)
+	_, calls["queue"] = s.Queue(ctx)
+	_, _, calls["heartbeat"] = s.Heartbeat(ctx)
+	_, _, calls["deploy"] = s.Deploy(ctx)
+	for name, err := range calls {
+		if !errors.Is(err, domain.ErrUnavailable) {
+			t.Errorf("%s with NATS down: got %v, want ErrUnavailable", name, err)
+		}
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the calls took %v with NATS down, want a fast failure", d)
+	}
+}
