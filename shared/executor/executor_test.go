@@ -1,0 +1,409 @@
+package executor
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func request() domain.Request {
+	return domain.Request{
+		Kind: domain.KindDeliberation, TaskID: "t1", TaskDescription: `<b>"x" & y</b>`, Role: "dev",
+		Constraints: domain.Constraints{StoryID: "s1", PlanID: "p1", TimeoutSeconds: 60, MaxRetries: 2,
+			Metadata: map[string]string{"task_type": "review"}},
+		Agents:  []domain.Agent{{ID: "a1", Role: "dev", Model: "m", PromptTemplate: "{task_description}"}},
+		VLLMURL: "http://127.0.0.1:8000", VLLMModel: "m",
+	}
+}
+
+func TestWorkMessage(t *testing.T) {
+	r := request()
+	body, err := WorkMessage("d1", r, "00-tp-01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(body), `<b>\"x\" & y</b>`) {
+		t.Errorf("got %s, want markup unescaped (the payload is not HTML)", body)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"version": 1.0, "deliberation_id": "d1", "kind": "deliberation", "task_id": "t1",
+		"task_description": r.TaskDescription, "role": "dev", "story_id": "s1", "plan_id": "p1",
+		"timeout_seconds": 60.0, "max_retries": 2.0, "vllm_url": "http://127.0.0.1:8000", "vllm_model": "m",
+		"traceparent": "00-tp-01"}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("%s: got %v, want %v", k, m[k], v)
+		}
+	}
+	if md, _ := m["metadata"].(map[string]any); md["task_type"] != "review" {
+		t.Errorf("got metadata %v", m["metadata"])
+	}
+	agents, _ := m["agents"].([]any)
+	if len(agents) != 1 {
+		t.Fatalf("got agents %v", m["agents"])
+	}
+	if a, _ := agents[0].(map[string]any); a["id"] != "a1" || a["prompt_template"] != "{task_description}" {
+		t.Errorf("got agent %v", a)
+	}
+	var back ray.PayloadRequest
+	if err := json.Unmarshal(body, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.DeliberationID != "d1" || back.TaskDescription != r.TaskDescription || !reflect.DeepEqual(back.Agents, r.Agents) ||
+		!reflect.DeepEqual(back.Metadata, r.Constraints.Metadata) {
+		t.Errorf("round trip: got %+v", back)
+	}
+	// No metadata is an empty object, never null (parse_request wants a mapping).
+	r.Constraints.Metadata = nil
+	body, _ = WorkMessage("d1", r, "")
+	if !strings.Contains(string(body), `"metadata":{}`) {
+		t.Errorf("got %s, want metadata {}", body)
+	}
+}
+
+func TestVersionAndRequestHash(t *testing.T) {
+	v := Version()
+	if len(v) != 16 || v != Version() {
+		t.Fatalf("got %q, want 16 stable hex digits", v)
+	}
+	if _, err := hex.DecodeString(v); err != nil {
+		t.Errorf("version %q is not hex", v)
+	}
+	a, b := request(), request()
+	if RequestHash(a) != RequestHash(b) {
+		t.Error("the same request hashes differently")
+	}
+	b.TaskDescription += "!"
+	if RequestHash(a) == RequestHash(b) || !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(RequestHash(a)) {
+		t.Errorf("got %q and %q, want 32 hex digits, different for different requests", RequestHash(a), RequestHash(b))
+	}
+}
+
+func TestReadSettings(t *testing.T) {
+	env := func(m map[string]string) *config.Reader {
+		return config.NewReader(func(k string) string { return m[k] })
+	}
+	r := env(nil)
+	s := ReadSettings(r, "nats://n:4222")
+	if r.Err() != nil || s.MinReplicas != 1 || s.MaxReplicas != 4 || s.ReplicaConcurrency != 64 || s.MaxDeliveries != 3 ||
+		s.NATSURL != "nats://n:4222" || s.Check != 5*time.Second {
+		t.Errorf("defaults: got %+v, %v", s, r.Err())
+	}
+	for k, v := range map[string]string{
+		"EXECUTOR_MIN_REPLICAS": "0", "EXECUTOR_REPLICA_CONCURRENCY": "10001", "EXECUTOR_MAX_DELIVERIES": "0",
+		"EXECUTOR_REPLICA_NUM_CPUS": "-1", "EXECUTOR_CHECK_INTERVAL": "0s",
+	} {
+		r := env(map[string]string{k: v})
+		ReadSettings(r, "")
+		if r.Err() == nil || !strings.Contains(r.Err().Error(), strings.TrimSuffix(k, "_NUM_CPUS")) {
+			t.Errorf("%s=%s: got %v, want an error naming it", k, v, r.Err())
+		}
+	}
+	r = env(map[string]string{"EXECUTOR_MIN_REPLICAS": "3", "EXECUTOR_MAX_REPLICAS": "2"})
+	if ReadSettings(r, ""); r.Err() == nil || !strings.Contains(r.Err().Error(), "EXECUTOR_MAX_REPLICAS") {
+		t.Errorf("max < min: got %v", r.Err())
+	}
+	s = ReadSettings(env(map[string]string{"PAYLOAD_NATS_URL": "nats://cluster:4222", "EXECUTOR_REPLICA_NUM_CPUS": "0.5"}), "nats://n")
+	e := s.Env(events.Config{EventsStream: "EV"}, records.Config{Bucket: "B", WorkStream: "W", CountersStream: "C", Retention: 2 * time.Hour})
+	want := map[string]string{events.PayloadURLEnv: "nats://cluster:4222", events.PayloadEventsStreamEnv: "EV",
+		"NATS_RECORDS_BUCKET": "B", "NATS_WORK_STREAM": "W", "NATS_COUNTERS_STREAM": "C", "RETENTION_SECONDS": "7200",
+		"EXECUTOR_MIN_REPLICAS": "1", "EXECUTOR_MAX_REPLICAS": "4", "EXECUTOR_REPLICA_CONCURRENCY": "64",
+		"EXECUTOR_MAX_DELIVERIES": "3", "EXECUTOR_REPLICA_NUM_CPUS": "0.5"}
+	if !reflect.DeepEqual(e, want) {
+		t.Errorf("got env %v, want %v", e, want)
+	}
+}
+
+// fakeJobs is a hand-written fake of the Ray Jobs port, for the deployer's decisions (the
+// real-Ray deploy is tested with the executor itself). jobs maps a submission id to what
+// Job answers; an id it lacks is not found.
+type fakeJobs struct {
+	mu      sync.Mutex
+	jobs    map[string]ray.JobStatus
+	jobErr  error
+	submits []ray.SubmitRequest
+	stops   []string
+	delay   time.Duration
+}
+
+func (f *fakeJobs) Submit(_ context.Context, r ray.SubmitRequest) (string, error) {
+	time.Sleep(f.delay)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.submits = append(f.submits, r)
+	if f.jobs == nil {
+		f.jobs = map[string]ray.JobStatus{}
+	}
+	f.jobs[r.SubmissionID] = ray.StatusPending
+	return r.SubmissionID, nil
+}
+
+func (f *fakeJobs) Job(_ context.Context, id string) (ray.JobDetails, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.jobErr != nil {
+		return ray.JobDetails{}, f.jobErr
+	}
+	st, ok := f.jobs[id]
+	if !ok {
+		return ray.JobDetails{}, fmt.Errorf("ray: job %s: %w", id, domain.ErrNotFound)
+	}
+	return ray.JobDetails{SubmissionID: id, Status: st}, nil
+}
+
+func (f *fakeJobs) Stop(_ context.Context, id string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stops = append(f.stops, id)
+	f.jobs[id] = ray.StatusStopped
+	return true, nil
+}
+
+func (f *fakeJobs) calls() (submits []ray.SubmitRequest, stops []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]ray.SubmitRequest(nil), f.submits...), append([]string(nil), f.stops...)
+}
+
+type fakeWD struct{}
+
+func (fakeWD) WorkingDir(context.Context) (string, error) { return "gcs://_ray_pkg_executor.zip", nil }
+
+type env struct {
+	store *records.Store
+	kv    jetstream.KeyValue
+	jobs  *fakeJobs
+	now   time.Time
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	bus := testenv.NATS(t)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := bus.JetStream().KeyValue(ctx, records.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{store: s, kv: kv, jobs: &fakeJobs{}, now: time.Now()}
+}
+
+func (e *env) deployer(version string) *Deployer {
+	return &Deployer{Store: e.store, Jobs: e.jobs, WorkingDirs: fakeWD{}, Version: version,
+		Env: map[string]string{"NATS_WORK_STREAM": "W"}, EntrypointNumCPUs: 0.25, Logger: quiet,
+		Now: func() time.Time { return e.now }}
+}
+
+func (e *env) heartbeat(t *testing.T, version, submission string, at time.Time) {
+	t.Helper()
+	b, _ := json.Marshal(records.Heartbeat{Version: version, SubmissionID: submission, Replicas: 1, UpdatedAt: domain.FormatTime(at)})
+	if _, err := e.kv.Put(context.Background(), records.KeyExecutor, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) deploy(t *testing.T) records.Deploy {
+	t.Helper()
+	d, _, err := e.store.Deploy(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func ensure(t *testing.T, d *Deployer, want State) {
+	t.Helper()
+	st, err := d.Ensure(context.Background())
+	if err != nil || st != want {
+		t.Fatalf("Ensure: got %q, %v, want %q", st, err, want)
+	}
+}
+
+func TestEnsureFirstDeploy(t *testing.T) {
+	e := newEnv(t)
+	d := e.deployer("0123456789abcdef")
+	ensure(t, d, StateDeployed)
+	dep := e.deploy(t)
+	if dep.Version != "0123456789abcdef" || dep.Generation != 1 || dep.At != domain.FormatTime(e.now) ||
+		!regexp.MustCompile(`^ray-executor-0123456789ab-1-[0-9a-f]{8}$`).MatchString(dep.SubmissionID) {
+		t.Errorf("deploy key %+v", dep)
+	}
+	subs, _ := e.jobs.calls()
+	if len(subs) != 1 {
+		t.Fatalf("got %d submits, want 1", len(subs))
+	}
+	s := subs[0]
+	envVars, _ := s.RuntimeEnv["env_vars"].(map[string]string)
+	if s.Entrypoint != Entrypoint || s.SubmissionID != dep.SubmissionID || s.RuntimeEnv["working_dir"] != "gcs://_ray_pkg_executor.zip" ||
+		envVars["EXECUTOR_VERSION"] != dep.Version || envVars["EXECUTOR_SUBMISSION_ID"] != dep.SubmissionID ||
+		envVars["NATS_WORK_STREAM"] != "W" || s.EntrypointNumCPUs != 0.25 ||
+		s.Metadata[domain.MetaMarker] != MetadataMarker || s.Metadata["version"] != dep.Version {
+		t.Errorf("got submission %+v", s)
+	}
+	if _, ok := d.Env["EXECUTOR_VERSION"]; ok {
+		t.Error("submit wrote into the deployer's own Env")
+	}
+	if _, ours := domain.ParseJobMeta(s.Metadata); ours {
+		t.Error("the executor job must not read as a deliberation job")
+	}
+	// Submitted, no heartbeat yet: starting, and Ray is asked but nothing is submitted again.
+	e.now = e.now.Add(time.Minute)
+	ensure(t, d, StateStarting)
+	if subs, _ := e.jobs.calls(); len(subs) != 1 {
+		t.Errorf("got %d submits while starting, want 1", len(subs))
+	}
+}
+
+func TestEnsureLiveHeartbeatNeverAsksRay(t *testing.T) {
+	e := newEnv(t)
+	e.jobs.jobErr = errors.New("Ray must not be asked")
+	e.heartbeat(t, "v1", "whatever", e.now.Add(-5*time.Second))
+	ensure(t, e.deployer("v1"), StateLive)
+	if subs, stops := e.jobs.calls(); len(subs)+len(stops) != 0 {
+		t.Errorf("got %d submits and %d stops, want none", len(subs), len(stops))
+	}
+	if dep := e.deploy(t); dep != (records.Deploy{}) {
+		t.Errorf("a live executor needs no deploy key write: %+v", dep)
+	}
+}
+
+func TestEnsureResubmitsWhenRayLostOrEndedTheJob(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status ray.JobStatus // "" : Ray does not know the job (404)
+	}{{"404", ""}, {"failed", ray.StatusFailed}, {"stopped", ray.StatusStopped}, {"succeeded", ray.StatusSucceeded}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			d := e.deployer("v1")
+			ensure(t, d, StateDeployed)
+			first := e.deploy(t)
+			e.jobs.mu.Lock()
+			if tc.status == "" {
+				delete(e.jobs.jobs, first.SubmissionID)
+			} else {
+				e.jobs.jobs[first.SubmissionID] = tc.status
+			}
+			e.jobs.mu.Unlock()
+			ensure(t, d, StateDeployed)
+			next := e.deploy(t)
+			subs, stops := e.jobs.calls()
+			if next.Generation != 2 || next.SubmissionID == first.SubmissionID || len(subs) != 2 ||
+				subs[1].SubmissionID != next.SubmissionID || len(stops) != 0 {
+				t.Errorf("got deploy %+v, %d submits, stops %v; want generation 2 submitted, nothing stopped", next, len(subs), stops)
+			}
+		})
+	}
+}
+
+func TestEnsureReplacesAnExecutorThatNeverBeats(t *testing.T) {
+	e := newEnv(t)
+	d := e.deployer("v1")
+	ensure(t, d, StateDeployed)
+	first := e.deploy(t)
+	e.jobs.mu.Lock()
+	e.jobs.jobs[first.SubmissionID] = ray.StatusRunning
+	e.jobs.mu.Unlock()
+	e.now = e.now.Add(StartupGrace - time.Second)
+	ensure(t, d, StateStarting)
+	// Its heartbeat, fresh: live, whatever the grace.
+	e.heartbeat(t, "v1", first.SubmissionID, e.now)
+	e.now = e.now.Add(2 * time.Second)
+	ensure(t, d, StateLive)
+	// Its heartbeat gone stale beyond the grace: stopped and replaced.
+	e.now = e.now.Add(time.Minute)
+	ensure(t, d, StateDeployed)
+	subs, stops := e.jobs.calls()
+	next := e.deploy(t)
+	if len(stops) != 1 || stops[0] != first.SubmissionID || len(subs) != 2 || next.Generation != 2 || subs[1].SubmissionID != next.SubmissionID {
+		t.Errorf("got stops %v, %d submits, deploy %+v; want the stuck job stopped and generation 2 submitted", stops, len(subs), next)
+	}
+}
+
+func TestEnsureRollsAnotherVersion(t *testing.T) {
+	e := newEnv(t)
+	ensure(t, e.deployer("old"), StateDeployed)
+	old := e.deploy(t)
+	e.heartbeat(t, "old", old.SubmissionID, e.now)
+	// The old executor beats, but this payload is another version: roll.
+	ensure(t, e.deployer("new"), StateDeployed)
+	dep := e.deploy(t)
+	subs, stops := e.jobs.calls()
+	if dep.Version != "new" || dep.Generation != 2 || !strings.HasPrefix(dep.SubmissionID, "ray-executor-new-2-") ||
+		len(subs) != 2 || subs[1].Metadata["version"] != "new" || len(stops) != 0 {
+		t.Errorf("got deploy %+v, %d submits, stops %v; want new submitted and the old left to drain", dep, len(subs), stops)
+	}
+	// The new executor has not beaten yet (the old one's heartbeat is not its own): starting.
+	ensure(t, e.deployer("new"), StateStarting)
+	if subs, _ := e.jobs.calls(); len(subs) != 2 {
+		t.Errorf("got %d submits, want no third while the new executor starts", len(subs))
+	}
+}
+
+func TestEnsureRayErrorsAreReturned(t *testing.T) {
+	e := newEnv(t)
+	d := e.deployer("v1")
+	ensure(t, d, StateDeployed)
+	e.jobs.jobErr = fmt.Errorf("ray: %w", domain.ErrUnavailable)
+	if _, err := d.Ensure(context.Background()); !errors.Is(err, domain.ErrUnavailable) {
+		t.Errorf("got %v, want Ray's ErrUnavailable", err)
+	}
+	if subs, _ := e.jobs.calls(); len(subs) != 1 || e.deploy(t).Generation != 1 {
+		t.Errorf("a Ray that does not answer must not cause a resubmit: %d submits", len(subs))
+	}
+}
+
+func TestConcurrentDeployersSubmitOnce(t *testing.T) {
+	e := newEnv(t)
+	e.jobs.delay = 50 * time.Millisecond
+	a, b := e.deployer("v1"), e.deployer("v1")
+	var wg sync.WaitGroup
+	states := make([]State, 2)
+	errs := make([]error, 2)
+	for i, d := range []*Deployer{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			states[i], errs[i] = d.Ensure(context.Background())
+		}()
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	subs, _ := e.jobs.calls()
+	got := fmt.Sprint(states)
+	if len(subs) != 1 || (got != "[deployed starting]" && got != "[starting deployed]") {
+		t.Errorf("got %d submits and states %s, want exactly one submit", len(subs), got)
+	}
+	if dep := e.deploy(t); dep.Generation != 1 || dep.SubmissionID != subs[0].SubmissionID {
+		t.Errorf("deploy key %+v does not name the one submission %s", dep, subs[0].SubmissionID)
+	}
+}
