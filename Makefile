@@ -72,12 +72,15 @@ breaking: $(BIN)/buf ## buf breaking: the work tree, every commit that changed t
 	scripts/proto-breaking.sh
 
 .PHONY: lint
-lint: $(BIN)/staticcheck ## go vet, staticcheck and gofmt
-	@test -z "$$(gofmt -l functions shared knative *.go)" || { gofmt -l functions shared knative *.go; echo "gofmt needed" >&2; exit 1; }
+lint: $(BIN)/staticcheck $(VENV_STAMP) ## go vet, staticcheck and gofmt (the e2e and bench tags too); ruff and mypy for the payload
+	@test -z "$$(gofmt -l functions shared knative e2e *.go)" || { gofmt -l functions shared knative e2e *.go; echo "gofmt needed" >&2; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags e2e,exclusive,bench ./e2e/
 	$(BIN)/staticcheck ./...
+	$(BIN)/staticcheck -tags e2e,exclusive,bench ./e2e/
 	cd knative/validate && $(GO) vet ./...
 	cd knative/image && $(GO) vet ./...
+	scripts/lint-python.sh
 
 .PHONY: ray-up ray-down
 ray-up: $(VENV_STAMP) ## start a local Ray head on 127.0.0.1:8265 (unless one runs)
@@ -120,13 +123,13 @@ fuzz: ## run each fuzz target for FUZZTIME (50000 inputs each; crashers land in 
 .PHONY: bench
 bench: $(VENV_STAMP) tools ## benchmarks: gRPC floor vs ingress chain, cold starts, capacity, FF-Go vs shared/serving CPU, large-prompt memory, 200-deliberation load run (BENCHMARKS.md)
 	$(GO) test -tags bench -count=1 -run TestBenchmarkReport -v ./functions/ingress/
-	$(GO) test -tags bench -count=1 -run 'TestColdStartReport|TestFunctionCapacityReport' -v ./functions/e2e/
+	$(GO) test -tags 'e2e bench' -count=1 -run 'TestColdStartReport|TestFunctionCapacityReport' -v ./e2e/
 	$(GO) test -count=1 -run '^$$' -bench 'JobOverhead' ./shared/ray/
 	$(GO) test -tags bench -count=1 -run '^TestFrameworkCPUReport$$' -v ./functions/framework/
 	scripts/ray-head.sh up; export PATH="$(CURDIR)/.venv/bin:$$PATH" RAY_AUTH_TOKEN_FILE="$(CURDIR)/.run/ray-auth-token"; \
-		$(GO) test -tags bench -count=1 -run '^TestLargePromptMemoryReport$$' -v ./functions/e2e/ && \
-		LOAD_DELIBERATIONS=200 $(GO) test -tags exclusive -count=1 \
-		-timeout 30m -run '^TestLoadTwoHundredDeliberations$$' -v ./functions/e2e/; rc=$$?; scripts/ray-head.sh down; exit $$rc
+		$(GO) test -tags 'e2e bench' -count=1 -run '^TestLargePromptMemoryReport$$' -v ./e2e/ && \
+		LOAD_DELIBERATIONS=200 $(GO) test -tags 'e2e exclusive' -count=1 \
+		-timeout 30m -run '^TestLoadTwoHundredDeliberations$$' -v ./e2e/; rc=$$?; scripts/ray-head.sh down; exit $$rc
 
 # Execution models on Ray (issue 11): the original's actor per agent against standing async
 # actors and Ray Serve, in one Ray job (shared/ray/payload/bench/README.md). Ray Serve is

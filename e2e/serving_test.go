@@ -1,8 +1,9 @@
+//go:build e2e
+
 package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -16,27 +17,38 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
-// slowRay answers the version probe at once and a job look-up after delay: a Ray that is
-// slow exactly when a request is in flight.
-func slowRay(t *testing.T, delay time.Duration) string {
+// slowRay is a Ray dashboard that answers every request (the version probe included) after
+// delay: a Ray that is slow exactly when a request is in flight. Functions pointed at it
+// must use a NATS server of their own (scratchNATS): it is no Ray an executor can run on,
+// and their deployer must not name one in the shared store.
+func slowRay(t testing.TB, delay time.Duration) string {
 	t.Helper()
-	job, _ := json.Marshal(map[string]any{"submission_id": "delib-slow", "status": "RUNNING",
-		"metadata": domain.JobMeta{DeliberationID: "delib-slow", TaskID: "t"}.Map()})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(delay)
 		if r.URL.Path == "/api/version" {
 			_, _ = w.Write([]byte(`{"version":"4","ray_version":"2.60.0"}`))
 			return
 		}
-		time.Sleep(delay)
-		_, _ = w.Write(job)
+		http.NotFound(w, r)
 	}))
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// scratchNATS starts a NATS server (with JetStream) for one test and returns its URL.
+func scratchNATS(t testing.TB) string {
+	t.Helper()
+	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	return srv.URL()
 }
 
 // Knative sends SIGTERM and then waits: a request already in flight must finish.
@@ -44,23 +56,23 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	t.Parallel()
 	t.Run("function", func(t *testing.T) {
 		t.Parallel()
-		p := start(t, "status", "RAY_ADDRESS="+slowRay(t, 1500*time.Millisecond), "ENABLE_NATS=false")
+		// GetStatus asks Ray whether it answers: 1.5 s here.
+		p := start(t, "list", "RAY_ADDRESS="+slowRay(t, 1500*time.Millisecond), "NATS_URL="+scratchNATS(t))
 		done := make(chan error, 1)
-		var resp pb.GetDeliberationStatusResponse
+		var resp pb.GetStatusResponse
 		go func() {
 			c := &rpcevents.Client{Source: "drain-test"}
-			done <- c.Call(context.Background(), p.url, rpcevents.TypeGetDeliberationStatus,
-				&pb.GetDeliberationStatusRequest{DeliberationId: "delib-slow"}, rpcevents.CallOptions{}, &resp)
+			done <- c.Call(context.Background(), p.url, rpcevents.TypeGetStatus, &pb.GetStatusRequest{}, rpcevents.CallOptions{}, &resp)
 		}()
 		time.Sleep(300 * time.Millisecond)
 		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		if err := <-done; err != nil || resp.GetStatus() != "running" {
-			t.Fatalf("in-flight request got %v %v, want it answered (running) despite SIGTERM", &resp, err)
+		if err := <-done; err != nil || len(resp.GetComponents()) == 0 || resp.GetComponents()[0].GetName() != "ray" {
+			t.Fatalf("in-flight request got %v %v, want it answered (with the ray component) despite SIGTERM", &resp, err)
 		}
 		if err := p.cmd.Wait(); err != nil {
-			t.Errorf("status exited with %v after draining, want 0", err)
+			t.Errorf("list exited with %v after draining, want 0", err)
 		}
 		if _, err := http.Get(p.url + "/healthz"); err == nil {
 			t.Errorf("a drained function still accepts connections")
@@ -81,7 +93,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		port := freePort(t)
 		cmd := exec.Command(filepath.Join(binDir, "ingress"))
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",
-			"LIST_URL=" + slowFn.URL, "ENABLE_NATS=false"}
+			"LIST_URL=" + slowFn.URL, "NATS_URL=" + scratchNATS(t)}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -125,15 +137,16 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	})
 }
 
-// Every binary starts with nothing but PORT (and the documented defaults) and its readiness
-// probe answers; how fast is measured by `make bench` (BENCHMARKS.md), not asserted here.
-func TestBinariesStartWithOnlyPORT(t *testing.T) {
+// Every binary starts with nothing but PORT and NATS_URL (and the documented defaults) and
+// its readiness probe answers; how fast is measured by `make bench` (BENCHMARKS.md), not
+// asserted here.
+func TestBinariesStartWithOnlyPORTAndNATS(t *testing.T) {
 	t.Parallel()
-	ray := slowRay(t, 0)
+	ray, nats := slowRay(t, 0), scratchNATS(t)
 	for _, name := range []string{"execute", "status", "list", "ingress"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			d, err := timeToReady(name, ray)
+			d, err := timeToReady(name, ray, nats)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -142,17 +155,17 @@ func TestBinariesStartWithOnlyPORT(t *testing.T) {
 	}
 }
 
-// timeToReady starts binary name with only PORT (plus RAY_ADDRESS at rayURL, which the
-// function's readiness checks, and NATS off) and returns how long after exec its readiness
-// probe first succeeded: /readyz 200 for functions, a TCP accept for the ingress (its
-// Knative probe is tcpSocket).
-func timeToReady(name, rayURL string) (time.Duration, error) {
+// timeToReady starts binary name with only PORT and NATS_URL (NATS is the store; readiness
+// is NATS answering), plus RAY_ADDRESS at rayURL (a stand-in, so no executor is deployed),
+// and returns how long after exec its readiness probe first succeeded: /readyz 200 for
+// functions, a TCP accept for the ingress (its Knative probe is tcpSocket).
+func timeToReady(name, rayURL, natsURL string) (time.Duration, error) {
 	ln, err := (&net0{}).port()
 	if err != nil {
 		return 0, err
 	}
 	cmd := exec.Command(filepath.Join(binDir, name))
-	cmd.Env = []string{fmt.Sprintf("PORT=%d", ln), "RAY_ADDRESS=" + rayURL, "ENABLE_NATS=false"}
+	cmd.Env = []string{fmt.Sprintf("PORT=%d", ln), "RAY_ADDRESS=" + rayURL, "NATS_URL=" + natsURL}
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		return 0, err

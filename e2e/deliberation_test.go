@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -11,9 +13,9 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
-	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
@@ -171,26 +173,35 @@ func TestAllAgentsFailingFailsTheDeliberation(t *testing.T) {
 	}
 }
 
-func TestSameKeyTwentyTimesConcurrentlyMakesOneJob(t *testing.T) {
+// A hundred concurrent submissions under one idempotency key: one deliberation id for all,
+// one record, one run (the LLM stand-in sees one call per agent), exactly one submitted and
+// one terminal event, and exactly one of the hundred answers is not a duplicate.
+func TestSameKeyHundredTimesConcurrentlyRunsOnce(t *testing.T) {
 	t.Parallel()
 	s := shared(t)
-	_, url := llm(t)
+	stub, url := llm(t)
 	task := uniqueTask(t)
-	req := request(task, url, "model-a")
+	req := request(task, url, "model-a", "model-b")
 	key := "retry-key-" + task
 
-	ids := make([]string, 20)
-	errs := make([]error, 20)
+	const n = 100
+	ids := make([]string, n)
+	dups := make([]bool, n)
+	errs := make([]error, n)
+	gate := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range ids {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
+			<-gate
 			resp, err := s.submit(t, req, rpcevents.CallOptions{IdempotencyKey: key})
-			ids[i], errs[i] = resp.GetDeliberationId(), err
+			ids[i], dups[i], errs[i] = resp.GetDeliberationId(), resp.GetDuplicate(), err
 		}(i)
 	}
+	close(gate)
 	wg.Wait()
+	firsts := 0
 	for i, err := range errs {
 		if err != nil {
 			t.Fatalf("request %d: %v", i, err)
@@ -198,16 +209,35 @@ func TestSameKeyTwentyTimesConcurrentlyMakesOneJob(t *testing.T) {
 		if ids[i] != ids[0] {
 			t.Fatalf("request %d got deliberation %q, request 0 got %q, want the same", i, ids[i], ids[0])
 		}
+		if !dups[i] {
+			firsts++
+		}
 	}
-	if n := s.jobsForTask(t, task); n != 1 {
-		t.Fatalf("got %d Ray jobs for task %s, want exactly 1", n, task)
+	if firsts != 1 {
+		t.Errorf("got %d answers not marked duplicate, want exactly 1", firsts)
 	}
 	// The same key with a different request is a conflict, not a silent reuse.
-	other := request(task, url, "model-b")
+	other := request(task, url, "model-c")
 	if _, err := s.submit(t, other, rpcevents.CallOptions{IdempotencyKey: key}); !errors.Is(err, domain.ErrConflict) {
 		t.Errorf("got %v for a different request under the same key, want ErrConflict", err)
 	}
-	s.waitDone(t, s.status.url, ids[0])
+	if st := s.waitDone(t, s.status.url, ids[0]); st.GetStatus() != "completed" {
+		t.Fatalf("got %q (%s), want completed", st.GetStatus(), st.GetErrorMessage())
+	}
+	if recs := s.recordsForTask(t, task); len(recs) != 1 || recs[0].Attempts != 1 {
+		t.Errorf("got records %+v for the task, want exactly one, run once", recs)
+	}
+	calls := map[string]int{}
+	for _, c := range stub.Calls() {
+		calls[c.Model]++
+	}
+	if len(calls) != 2 || calls["model-a"] != 1 || calls["model-b"] != 1 {
+		t.Errorf("got LLM calls by model %v, want one per agent (model-a 1, model-b 1)", calls)
+	}
+	evs := stored(t, readBus(t, natsURL), ids[0], hasTerminal)
+	if got := countKinds(evs); got[events.Submitted] != 1 || terminals(evs) != 1 {
+		t.Errorf("got events %s, want one submitted and one terminal", kinds(evs))
+	}
 }
 
 func TestRedeliveredEventIsOneDeliberation(t *testing.T) {
@@ -265,7 +295,7 @@ func TestRestartedStatusFunctionStillReports(t *testing.T) {
 	if st.GetStatus() != "completed" || len(st.GetAgentResults()) != 2 || st.GetResult().GetProposal() == "" {
 		t.Fatalf("got %v after restart, want completed with 2 agent results and a proposal", st)
 	}
-	// A third replica, started after the end, answers identically from Ray alone.
+	// A third replica, started after the end, answers identically from the record alone.
 	third := start(t, "status")
 	again := s.statusOf(t, third.url, id)
 	if again.GetStatus() != st.GetStatus() || again.GetResult().GetProposal() != st.GetResult().GetProposal() {
@@ -309,11 +339,18 @@ func TestShellMetacharactersReachTheLLMVerbatim(t *testing.T) {
 	}
 }
 
-func TestCancelStopsTheJob(t *testing.T) {
+// Cancelling a running deliberation (its one agent's LLM call hangs) ends it cancelled
+// within about a second: the executor stops the agent call, writes the record, and stores
+// exactly one terminal event, cancelled. Cancelling it again changes nothing.
+func TestCancelStopsARunningDeliberation(t *testing.T) {
 	t.Parallel()
 	s := shared(t)
 	id := s.submitHanging(t, 300)
+	if st := s.record(t, id).State; st != domain.StatusRunning {
+		t.Fatalf("got record state %q with the agent's LLM call made, want running", st)
+	}
 	var cancel pb.CancelDeliberationResponse
+	began := time.Now()
 	if err := s.client.Call(context.Background(), s.execute.url, rpcevents.TypeCancelDeliberation,
 		&pb.CancelDeliberationRequest{DeliberationId: id}, rpcevents.CallOptions{}, &cancel); err != nil {
 		t.Fatalf("CancelDeliberation: %v", err)
@@ -321,8 +358,35 @@ func TestCancelStopsTheJob(t *testing.T) {
 	if cancel.GetStatus() != "cancelled" {
 		t.Errorf("got cancel status %q, want cancelled", cancel.GetStatus())
 	}
+	var rec domain.Record
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if rec = s.record(t, id); rec.Terminal() || time.Now().After(deadline) {
+			break
+		}
+	}
+	took := time.Since(began)
+	if rec.State != domain.StatusCancelled {
+		t.Fatalf("got record %+v after cancel, want cancelled", rec)
+	}
+	if took > 1500*time.Millisecond {
+		t.Errorf("the running deliberation took %s to end cancelled, want about a second at most", took)
+	}
+	t.Logf("running deliberation cancelled in %s (CancelDeliberation answered %q)", took.Round(time.Millisecond), cancel.GetMessage())
 	if st := s.waitDone(t, s.status.url, id); st.GetStatus() != "cancelled" {
 		t.Errorf("got status %q after cancel, want cancelled", st.GetStatus())
+	}
+	if err := s.client.Call(context.Background(), s.execute.url, rpcevents.TypeCancelDeliberation,
+		&pb.CancelDeliberationRequest{DeliberationId: id}, rpcevents.CallOptions{}, &cancel); err != nil || cancel.GetStatus() != "cancelled" {
+		t.Errorf("second cancel: got %v %v, want cancelled (unchanged)", &cancel, err)
+	}
+	evs := stored(t, readBus(t, natsURL), id, hasTerminal)
+	time.Sleep(2 * time.Second) // a second terminal event, were one coming, would be stored by now
+	evs = stored(t, readBus(t, natsURL), id, hasTerminal)
+	if n := terminals(evs); n != 1 || !strings.HasSuffix(kinds(evs), string(events.Cancelled)) {
+		t.Errorf("got events %s, want exactly one terminal event, cancelled", kinds(evs))
+	}
+	if rec.Outcome != nil {
+		t.Errorf("got an outcome %+v for a cancelled deliberation, want none", rec.Outcome)
 	}
 	// Unknown ids are not found, for cancel as for status.
 	err := s.client.Call(context.Background(), s.execute.url, rpcevents.TypeCancelDeliberation,
@@ -352,7 +416,7 @@ func TestUnknownDeliberationIsNotFound(t *testing.T) {
 	}
 }
 
-func TestTwoExecuteProcessesGivenTheSameEventMakeOneJob(t *testing.T) {
+func TestTwoExecuteProcessesGivenTheSameEventMakeOneDeliberation(t *testing.T) {
 	t.Parallel()
 	s := shared(t)
 	other := start(t, "execute")
@@ -390,8 +454,8 @@ func TestTwoExecuteProcessesGivenTheSameEventMakeOneJob(t *testing.T) {
 			t.Errorf("round %d: duplicate flags %v and %v, want exactly one submission", round,
 				resps[0].GetDuplicate(), resps[1].GetDuplicate())
 		}
-		if n := s.jobsForTask(t, task); n != 1 {
-			t.Fatalf("round %d: %d Ray jobs for one event, want exactly 1", round, n)
+		if n := len(s.recordsForTask(t, task)); n != 1 {
+			t.Fatalf("round %d: %d records for one event, want exactly 1", round, n)
 		}
 		ids = append(ids, resps[0].GetDeliberationId())
 	}
@@ -401,8 +465,8 @@ func TestTwoExecuteProcessesGivenTheSameEventMakeOneJob(t *testing.T) {
 }
 
 // Prompt and completion text stay out of info-level logs: the functions' own, and the
-// payload's lines in the Ray job log (only the marked result line carries the proposal,
-// as the data status reads).
+// executor's Ray job log (its driver's and, forwarded by Ray, its replicas': the proposal
+// is in the record, never in a log line).
 func TestPromptsAndCompletionsStayOutOfInfoLogs(t *testing.T) {
 	t.Parallel()
 	stub, url := llm(t)
@@ -423,18 +487,28 @@ func TestPromptsAndCompletionsStayOutOfInfoLogs(t *testing.T) {
 	if len(stub.Calls()) != 1 || !strings.Contains(fmt.Sprint(stub.Calls()[0].Messages), "PROMPT-"+secret) {
 		t.Fatalf("the LLM did not get the prompt")
 	}
-	logs, err := s.ray.Logs(context.Background(), resp.GetDeliberationId())
-	if err != nil {
-		t.Fatal(err)
+	// The executor's log: the replica that ran it logs its end with its id (Ray forwards
+	// actor output to the job's driver log, a moment later).
+	dep, _, err := s.store.Deploy(context.Background())
+	if err != nil || dep.SubmissionID == "" {
+		t.Fatalf("deploy key: %+v %v", dep, err)
 	}
-	var payloadLines []string
-	for _, line := range strings.Split(logs, "\n") {
-		if !strings.HasPrefix(line, ray.ResultMarker) {
-			payloadLines = append(payloadLines, line)
+	var logs string
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Second) {
+		if logs, err = s.ray.Logs(context.Background(), dep.SubmissionID); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(logs, resp.GetDeliberationId()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the executor's log (%s) never named deliberation %s; its tail:\n%s", dep.SubmissionID,
+				resp.GetDeliberationId(), logs[max(0, len(logs)-3000):])
 		}
 	}
+	payloadLines := []string{logs}
 	for what, out := range map[string]string{"execute": execute.out.String(), "status": status.out.String(),
-		"payload (Ray job log)": strings.Join(payloadLines, "\n")} {
+		"executor (Ray job log)": strings.Join(payloadLines, "\n")} {
 		for _, text := range []string{"PROMPT-", "COMPLETION-", "REASONING-"} {
 			if strings.Contains(out, text+secret) {
 				t.Errorf("%s logged %s text at info level", what, strings.TrimSuffix(text, "-"))

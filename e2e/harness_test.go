@@ -1,27 +1,37 @@
-// Package e2e runs the function binaries as real processes against the real local Ray head,
-// with the LLM stand-in (the one dependency that cannot run here) in the test process.
+//go:build e2e
+
 package e2e
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/executor"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
@@ -30,9 +40,14 @@ import (
 // loopback (any port).
 const testLLMEndpoints = "http://127.0.0.1"
 
+// executorEnv sizes the executor the functions deploy on the test head: one replica kept,
+// at most two, so a test run costs the shared head two small actors.
+var executorEnv = []string{"EXECUTOR_MIN_REPLICAS=1", "EXECUTOR_MAX_REPLICAS=2", "EXECUTOR_CHECK_INTERVAL=2s"}
+
 var (
 	binDir string
-	// natsURL is the embedded NATS server (with JetStream) every shared function uses.
+	// natsURL is the embedded NATS server (with JetStream) every shared function uses; the
+	// executor they deploy on Ray is bound to it.
 	natsURL string
 )
 
@@ -50,7 +65,7 @@ func TestMain(m *testing.M) {
 	}
 	natsURL = nats.URL()
 	for _, f := range []string{"execute", "status", "list", "ingress"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, f), "../"+f+"/cmd")
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, f), "../functions/"+f+"/cmd")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: building %s: %v\n", f, err)
@@ -58,9 +73,106 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	// The executor job the functions deployed is bound to this NATS server, which ends now:
+	// stop it, so no executor outlives its store on the shared head.
+	if err := stopExecutors(natsURL); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: stopping the executor:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
 	nats.Stop()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// rayFromEnv is a Ray client for the head the tests use, outside any test (TestMain).
+func rayFromEnv() (*ray.Client, error) {
+	addr := os.Getenv("RAY_ADDRESS")
+	if addr == "" {
+		addr = testenv.DefaultRayAddress
+	}
+	tok := strings.TrimSpace(os.Getenv("RAY_AUTH_TOKEN"))
+	if f := os.Getenv("RAY_AUTH_TOKEN_FILE"); tok == "" && f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	return ray.New(ray.Config{Address: addr, Token: tok})
+}
+
+// executorJobs are the executor jobs on the head bound to the NATS server at url (their
+// runtime_env names it), the ones still running first.
+func executorJobs(ctx context.Context, rc *ray.Client, url string) ([]ray.JobDetails, error) {
+	jobs, err := rc.Jobs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []ray.JobDetails
+	for _, j := range jobs {
+		if j.Metadata[domain.MetaMarker] != executor.MetadataMarker {
+			continue
+		}
+		var env struct {
+			EnvVars map[string]string `json:"env_vars"`
+		}
+		if json.Unmarshal(j.RuntimeEnv, &env) == nil && env.EnvVars[events.PayloadURLEnv] == url {
+			out = append(out, j)
+		}
+	}
+	return out, nil
+}
+
+// stopExecutors stops every executor job bound to the NATS server at url (the one the
+// deploy key names and any earlier generation still running) and waits until Ray reports
+// them ended.
+func stopExecutors(url string) error {
+	rc, err := rayFromEnv()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ids := map[string]bool{}
+	if b, err := events.Connect(events.Config{URL: url}, "e2e-cleanup", slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
+		dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+		if d, _, err := records.New(b.Conn(), b.JetStream(), records.Config{}).Deploy(dctx); err == nil && d.SubmissionID != "" {
+			ids[d.SubmissionID] = true
+		}
+		dcancel()
+		b.Close()
+	}
+	jobs, err := executorJobs(ctx, rc, url)
+	if err != nil {
+		return err
+	}
+	for _, j := range jobs {
+		if !j.Status.Terminal() {
+			ids[j.SubmissionID] = true
+		}
+	}
+	var errs []error
+	for id := range ids {
+		if _, err := rc.Stop(ctx, id); err != nil && !errors.Is(err, domain.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("stop %s: %w", id, err))
+		}
+	}
+	for id := range ids {
+		for {
+			j, err := rc.Job(ctx, id)
+			if err != nil || j.Status.Terminal() {
+				break
+			}
+			if ctx.Err() != nil {
+				errs = append(errs, fmt.Errorf("executor %s still %s after stop", id, j.Status))
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // proc is one function binary running as a child process.
@@ -130,7 +242,7 @@ func launch(t testing.TB, name string, env ...string) *proc {
 		"LOG_LEVEL=info",
 		"NATS_URL=" + natsURL,
 		"LLM_ENDPOINT_ALLOWLIST=" + testLLMEndpoints,
-	}, env...)
+	}, append(append([]string{}, executorEnv...), env...)...)
 	p := &proc{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
@@ -160,11 +272,15 @@ func (p *proc) stop(sig syscall.Signal) {
 	}
 }
 
-// system is one set of running functions.
+// system is one set of running functions, with the NATS server they share (its records
+// store and events, read directly by the tests) and the Ray head their executor runs on.
 type system struct {
 	execute, status, list *proc
 	client                *rpcevents.Client
 	ray                   *ray.Client
+	natsURL               string
+	bus                   *events.Bus
+	store                 *records.Store
 }
 
 var (
@@ -177,17 +293,19 @@ var (
 func shared(t *testing.T) *system {
 	t.Helper()
 	sysOnce.Do(func() {
-		sharedSys = &system{
+		s := &system{
 			execute: startShared(t, "execute"),
 			status:  startShared(t, "status"),
-			list:    startShared(t, "list"),
+			list:    startShared(t, "list", "RECONCILE_INTERVAL=5s"),
 		}
-		sharedSys.client = &rpcevents.Client{HTTP: &http.Client{Timeout: 30 * time.Second}, Source: "e2e-test"}
-		rc, err := ray.New(ray.Config{Address: testenv.RayAddress(t), Token: testenv.RayToken(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		sharedSys.ray = rc
+		s.client = &rpcevents.Client{HTTP: &http.Client{Timeout: 30 * time.Second}, Source: "e2e-test"}
+		s.ray = rayClient(t)
+		s.natsURL = natsURL
+		s.bus, s.store = storeAt(t, natsURL, false)
+		// execute deploys the executor as it starts; wait for it, so every test meets a
+		// system that runs deliberations (and GetStatus can be healthy).
+		s.waitExecutorLive(t, 4*time.Minute)
+		sharedSys = s
 	})
 	if sharedSys == nil || sharedSys.list == nil {
 		t.Fatal("shared functions failed to start")
@@ -196,13 +314,13 @@ func shared(t *testing.T) *system {
 }
 
 // startShared is start without per-test cleanup: the processes end with the test binary.
-func startShared(t *testing.T, name string) *proc {
+func startShared(t *testing.T, name string, env ...string) *proc {
 	t.Helper()
 	port := freePort(t)
 	cmd := exec.Command(filepath.Join(binDir, name))
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port),
+	cmd.Env = append(append([]string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port),
 		"RAY_ADDRESS=" + testenv.RayAddress(t), "RAY_AUTH_TOKEN_FILE=" + os.Getenv("RAY_AUTH_TOKEN_FILE"), "LOG_LEVEL=warn", "NATS_URL=" + natsURL,
-		"LLM_ENDPOINT_ALLOWLIST=" + testLLMEndpoints}
+		"LLM_ENDPOINT_ALLOWLIST=" + testLLMEndpoints}, executorEnv...), env...)
 	p := &proc{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -222,20 +340,128 @@ func startShared(t *testing.T, name string) *proc {
 	return nil
 }
 
-// jobsForTask counts the Ray jobs this system submitted for task.
-func (s *system) jobsForTask(t *testing.T, task string) int {
+func rayClient(t testing.TB) *ray.Client {
 	t.Helper()
-	jobs, err := s.ray.Jobs(context.Background())
+	rc, err := ray.New(ray.Config{Address: testenv.RayAddress(t), Token: testenv.RayToken(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for _, j := range jobs {
-		if j.Metadata[domain.MetaTaskID] == task {
-			n++
+	return rc
+}
+
+// storeAt connects to the NATS server at url and returns its events bus and records store
+// (the default names the functions use). With provision it creates the streams, the bucket
+// and the work queue first, as the functions do when they start.
+func storeAt(t testing.TB, url string, provision bool) (*events.Bus, *records.Store) {
+	t.Helper()
+	b, err := events.Connect(events.Config{URL: url}, "e2e-store", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := records.New(b.Conn(), b.JetStream(), records.Config{})
+	if provision {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for !b.Connected() && ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := b.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Provision(ctx); err != nil {
+			t.Fatal(err)
 		}
 	}
-	return n
+	return b, st
+}
+
+// privateSystem starts execute, status and list on a NATS server of their own (url), with
+// env, for a test that breaks NATS or needs an executor of its own. The executor they deploy
+// is bound to url: it is stopped when the test ends, before the server is (register the
+// server's cleanup first).
+func privateSystem(t *testing.T, url string, env ...string) *system {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := stopExecutors(url); err != nil {
+			t.Errorf("stopping the executor of %s: %v", url, err)
+		}
+	})
+	env = append([]string{"NATS_URL=" + url}, env...)
+	s := &system{
+		execute: start(t, "execute", env...),
+		status:  start(t, "status", env...),
+		list:    start(t, "list", append(env, "RECONCILE_INTERVAL=5s")...),
+		client:  &rpcevents.Client{HTTP: &http.Client{Timeout: 30 * time.Second}, Source: "e2e-test"},
+		ray:     rayClient(t),
+		natsURL: url,
+	}
+	s.bus, s.store = storeAt(t, url, false)
+	t.Cleanup(s.bus.Close)
+	return s
+}
+
+// waitExecutorLive waits until the executor writes a fresh heartbeat into this system's
+// store, and returns it.
+func (s *system) waitExecutorLive(t testing.TB, within time.Duration) records.Heartbeat {
+	t.Helper()
+	var last error
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		hb, ok, err := s.store.Heartbeat(context.Background())
+		if err == nil && ok && hb.Fresh(time.Now()) {
+			return hb
+		}
+		last = err
+	}
+	jobs, _ := executorJobs(context.Background(), s.ray, s.natsURL)
+	t.Fatalf("no executor heartbeat within %s (last error %v); executor jobs of this NATS: %+v", within, last, jobs)
+	return records.Heartbeat{}
+}
+
+// record reads deliberation id's record.
+func (s *system) record(t testing.TB, id string) domain.Record {
+	t.Helper()
+	r, _, err := s.store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatalf("record %s: %v", id, err)
+	}
+	return r
+}
+
+// recordsForTask reads every record of task in this system's store: how many deliberations
+// execute accepted for it.
+func (s *system) recordsForTask(t testing.TB, task string) []domain.Record {
+	t.Helper()
+	return s.recordsWhere(t, func(r domain.Record) bool { return r.TaskID == task })
+}
+
+// recordsWhere reads every record in this system's store that keep accepts.
+func (s *system) recordsWhere(t testing.TB, keep func(domain.Record) bool) []domain.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	kv, err := s.bus.JetStream().KeyValue(ctx, s.store.Config().Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeysFiltered(ctx, "d.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []domain.Record
+	for k := range keys.Keys() {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			continue // expired or deleted meanwhile
+		}
+		var r domain.Record
+		if json.Unmarshal(e.Value(), &r) == nil && keep(r) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // llm starts a private LLM stand-in for one test.

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -36,8 +38,8 @@ func largeDescription(n int, seed string) string {
 }
 
 // A task description exactly at the default limit (256 KiB, past what an environment
-// variable can carry) runs through the real ingress, execute, Ray and payload, and reaches
-// the LLM byte for byte; one byte more is INVALID_ARGUMENT naming the field and the limit.
+// variable can carry) runs through the real ingress, execute, the work queue and the
+// executor on Ray, and reaches the LLM byte for byte; one byte more is INVALID_ARGUMENT naming the field and the limit.
 // Past the execute function's MAX_BODY_BYTES a request is refused naming that limit, by
 // gRPC and by CloudEvent alike.
 func TestLargePromptRunsAndOversizeIsRefused(t *testing.T) {
@@ -76,17 +78,19 @@ func TestLargePromptRunsAndOversizeIsRefused(t *testing.T) {
 		t.Errorf("got a user prompt of %d bytes, want the description byte for byte, then the context lines", len(user))
 	}
 
-	// The job table names the request's package; it does not carry the request.
-	job, err := s.ray.Job(ctx, id)
+	// The record names the request by its digest; it does not carry the request (the work
+	// message did, and the executor has acknowledged it).
+	rec := s.record(t, id)
+	raw, err := json.Marshal(rec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(job.RuntimeEnv) > 2<<10 || !bytes.Contains(job.RuntimeEnv, []byte(`"py_modules"`)) || bytes.Contains(job.RuntimeEnv, []byte("Review of")) {
-		t.Errorf("got runtime_env %.300s (%d bytes) in the job table, want the request package's URI and no request text", job.RuntimeEnv, len(job.RuntimeEnv))
+	if len(raw) > 16<<10 || bytes.Contains(raw, []byte("Review of")) || len(rec.RequestSHA256) != 32 {
+		t.Errorf("got a record of %d bytes (%.300s), want its digest and outcome, no request text", len(raw), raw)
 	}
-	t.Logf("job table: runtime_env of %d bytes for a %d-byte description: %s", len(job.RuntimeEnv), len(desc), job.RuntimeEnv)
+	t.Logf("record: %d bytes for a %d-byte description", len(raw), len(desc))
 
-	// Refused, naming what was exceeded; none of it reaches Ray.
+	// Refused, naming what was exceeded; none of it is accepted.
 	refusedTask := uniqueTask(t) + "-refused"
 	sized := func(n int) *pb.ExecuteDeliberationRequest {
 		r := proto.Clone(req).(*pb.ExecuteDeliberationRequest)
@@ -111,8 +115,8 @@ func TestLargePromptRunsAndOversizeIsRefused(t *testing.T) {
 			t.Errorf("%s: got %v, want %s naming %q", tc.name, err, tc.code, tc.want)
 		}
 	}
-	if n := s.jobsForTask(t, refusedTask); n != 0 {
-		t.Errorf("got %d Ray jobs for refused requests, want none", n)
+	if n := len(s.recordsForTask(t, refusedTask)); n != 0 {
+		t.Errorf("got %d records for refused requests, want none", n)
 	}
 
 	// A CloudEvent over MAX_BODY_BYTES, announced (Content-Length) or not (chunked): 413
@@ -139,5 +143,53 @@ func TestLargePromptRunsAndOversizeIsRefused(t *testing.T) {
 		if hresp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(eb.Error.Message, "limit of 2097152 bytes (MAX_BODY_BYTES)") {
 			t.Errorf("CloudEvent of %d bytes (chunked %v): got %d %s, want 413 naming the limit", len(body), chunked, hresp.StatusCode, b)
 		}
+	}
+}
+
+// quoted is n bytes of code-review text in which most characters need a JSON escape (quotes,
+// backslashes, newlines): what a caller pasting JSON or source code sends.
+func quoted(n int) string {
+	unit := "{\"a\":\"\\\"\",\n\"b\":[\"\\n\",\"\t\"]}\n"
+	return strings.Repeat(unit, n/len(unit)) + strings.Repeat("\"", n%len(unit))
+}
+
+// The largest request the default limits admit (a 256 KiB description, 32 agents with a
+// 16 KiB prompt template each) is accepted and runs when its text is code full of quotes
+// and newlines: its work message is then well over NATS's default max_payload (1 MiB), which
+// the request must not meet as a refusal it cannot retry past, nor as a record left pending
+// forever.
+func TestLargestRequestWithinTheLimitsRuns(t *testing.T) {
+	t.Parallel()
+	s := shared(t)
+	client, _ := startIngress(t, s.execute.url, s.status.url, s.list.url)
+	_, url := llm(t)
+	limits := domain.DefaultLimits()
+	models := make([]string, limits.MaxAgents)
+	for i := range models {
+		models[i] = fmt.Sprintf("m%d", i)
+	}
+	req := request(uniqueTask(t), url, models...)
+	req.TaskDescription = quoted(limits.MaxDescriptionBytes)
+	for _, a := range req.Agents {
+		a.PromptTemplate = quoted(limits.MaxPromptTemplateBytes)
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("request: %d agents, %d bytes as JSON (NATS's default max_payload is %d, execute's MAX_BODY_BYTES %d)",
+		len(req.Agents), len(body), 1<<20, 2<<20)
+	resp, err := client.ExecuteDeliberation(context.Background(), req)
+	if err != nil {
+		for _, r := range s.recordsForTask(t, req.TaskId) {
+			if !r.Terminal() {
+				t.Errorf("the refused request left record %s %s behind, with nothing queued to end it", r.ID, r.State)
+			}
+		}
+		t.Fatalf("a request within every documented limit was refused: %v (%s)", err, status.Code(err))
+	}
+	if st := waitGRPC(t, client, resp.GetDeliberationId()); st.GetStatus() != "completed" || st.GetCompletedAgents() != int32(len(models)) {
+		t.Fatalf("got %q with %d completed agents (%s), want completed with %d", st.GetStatus(), st.GetCompletedAgents(),
+			st.GetErrorMessage(), len(models))
 	}
 }

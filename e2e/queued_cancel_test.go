@@ -1,4 +1,4 @@
-//go:build exclusive
+//go:build e2e && exclusive
 
 package e2e
 

@@ -1,13 +1,11 @@
-//go:build bench
+//go:build e2e && bench
 
 package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,12 +23,12 @@ import (
 // TestColdStartReport measures how soon each binary's readiness probe succeeds after exec
 // (median of 9 starts), for BENCHMARKS.md. Knative's probes need it well under 100 ms.
 func TestColdStartReport(t *testing.T) {
-	ray := slowRay(t, 0)
+	ray, nats := slowRay(t, 0), scratchNATS(t)
 	fmt.Printf("\n| binary | readiness after exec, median of 9 | max |\n|---|---|---|\n")
 	for _, name := range []string{"execute", "status", "list", "ingress"} {
 		var ds []time.Duration
 		for i := 0; i < 9; i++ {
-			d, err := timeToReady(name, ray)
+			d, err := timeToReady(name, ray, nats)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -47,21 +45,20 @@ func TestColdStartReport(t *testing.T) {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // TestFunctionCapacityReport sweeps concurrency against one status function process limited
-// to one CPU (GOMAXPROCS=1, a 1-CPU Knative replica) whose Ray answers after 5 ms, the
-// dashboard's usual latency; the knee sets containerConcurrency and the autoscaling target.
+// to one CPU (GOMAXPROCS=1, a 1-CPU Knative replica) reading one running deliberation's
+// record from a local NATS server (one KV read per request); the knee sets
+// containerConcurrency and the autoscaling target.
 func TestFunctionCapacityReport(t *testing.T) {
-	job, _ := json.Marshal(map[string]any{"submission_id": "delib-cap", "status": "RUNNING",
-		"metadata": domain.JobMeta{DeliberationID: "delib-cap", TaskID: "t"}.Map()})
-	rayStub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/api/version" {
-			time.Sleep(5 * time.Millisecond)
-		}
-		_, _ = w.Write(job)
-	}))
-	defer rayStub.Close()
+	nats := scratchNATS(t)
+	_, store := storeAt(t, nats, true)
+	id := domain.NewDeliberationID()
+	rec := domain.NewRecord(id, domain.Request{Kind: domain.KindDeliberation, TaskID: "t", Role: "r"}, "0123456789abcdef0123456789abcdef", "", "", time.Now())
+	if err := store.Create(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
 	port := freePort(t)
 	cmd := exec.Command(filepath.Join(binDir, "status"))
-	cmd.Env = []string{fmt.Sprintf("PORT=%d", port), "RAY_ADDRESS=" + rayStub.URL, "ENABLE_NATS=false",
+	cmd.Env = []string{fmt.Sprintf("PORT=%d", port), "NATS_URL=" + nats,
 		"GOMAXPROCS=1", "LOG_LEVEL=warn", "PATH=" + os.Getenv("PATH")}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -96,7 +93,7 @@ func TestFunctionCapacityReport(t *testing.T) {
 					t0 := time.Now()
 					var resp pb.GetDeliberationStatusResponse
 					if err := c.Call(context.Background(), url, rpcevents.TypeGetDeliberationStatus,
-						&pb.GetDeliberationStatusRequest{DeliberationId: "delib-cap"}, rpcevents.CallOptions{}, &resp); err != nil {
+						&pb.GetDeliberationStatusRequest{DeliberationId: id}, rpcevents.CallOptions{}, &resp); err != nil {
 						t.Error(err)
 						return
 					}

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 // The compatibility suite (issue 10): every request shape of the original service's real

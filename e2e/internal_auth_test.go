@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -17,7 +19,6 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
-	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
@@ -71,7 +72,7 @@ func checkRefused(t *testing.T, what string, code int, h http.Header, body []byt
 }
 
 // The functions started with INTERNAL_TOKEN refuse every caller without it, before anything
-// reaches Ray; with it, they work as ever; the types left open (what Knative Eventing
+// is accepted; with it, they work as ever; the types left open (what Knative Eventing
 // delivers) pass without it; the probes stay open for the kubelet.
 func TestFunctionsRequireTheInternalCredential(t *testing.T) {
 	t.Parallel()
@@ -83,11 +84,7 @@ func TestFunctionsRequireTheInternalCredential(t *testing.T) {
 			"INTERNAL_AUTH_REQUIRED=true", "MAX_INFLIGHT=64"),
 		client: &rpcevents.Client{HTTP: &http.Client{Timeout: 30 * time.Second}, Source: "e2e-test", Token: internalToken},
 	}
-	rc, err := ray.New(ray.Config{Address: testenv.RayAddress(t), Token: testenv.RayToken(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.ray = rc
+	s.ray, s.bus, s.store, s.natsURL = shared(t).ray, shared(t).bus, shared(t).store, natsURL
 	stub, llmURL := llm(t)
 	task := uniqueTask(t)
 	submission, err := protojson.Marshal(request(task, llmURL, "model-a"))
@@ -122,8 +119,8 @@ func TestFunctionsRequireTheInternalCredential(t *testing.T) {
 			t.Errorf("client without token: got %v, want ErrUnauthenticated", err)
 		}
 
-		if n := s.jobsForTask(t, task); n != 0 {
-			t.Errorf("%d Ray jobs were submitted by a caller without the credential", n)
+		if n := len(s.recordsForTask(t, task)); n != 0 {
+			t.Errorf("%d deliberations were accepted from a caller without the credential", n)
 		}
 		if n := len(stub.Calls()); n != 0 {
 			t.Errorf("LLM calls: got %d, want none", n)

@@ -1,4 +1,4 @@
-//go:build exclusive
+//go:build e2e && exclusive
 
 // Tests that need the Ray head to themselves: `make test` runs them after the rest
 // (go test -tags exclusive -run 'TestLoad|TestRayOutage' ./functions/e2e/).

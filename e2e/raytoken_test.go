@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -12,6 +14,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
@@ -71,7 +74,8 @@ func TestLocalRayHeadRefusesUnauthenticatedSubmission(t *testing.T) {
 }
 
 // A missing or wrong token is reported as such, at once: by the Ray client, by a function's
-// readiness answer and start-up log, and by GetStatus through the ingress.
+// start-up log, and by GetStatus through the ingress (its ray component). Readiness and
+// accepting deliberations do not depend on Ray any more.
 func TestWrongRayTokenIsReportedAsSuch(t *testing.T) {
 	t.Parallel()
 	addr, tok := testenv.RayAddress(t), rayToken(t)
@@ -95,37 +99,32 @@ func TestWrongRayTokenIsReportedAsSuch(t *testing.T) {
 		}
 	}
 
+	// Functions with a wrong token: execute and list are ready all the same (NATS is their
+	// store; Ray is off the request path), execute accepts, and each says at start-up that
+	// Ray refuses its credential. They get a NATS server of their own: this system has no
+	// Ray to run an executor on.
 	wrong := "RAY_AUTH_TOKEN=" + strings.Repeat("f", len(tok))
-	list := launch(t, "list", wrong, "ENABLE_NATS=false")
-	var ready string
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get(list.url + "/readyz")
-		if err != nil {
-			continue
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
-			t.Fatal("list became ready with a wrong Ray token")
-		}
-		ready = string(b)
-		break
-	}
-	if !strings.Contains(ready, ray.MsgTokenRefused) {
-		t.Errorf("got readiness answer %q, want it to say %q", ready, ray.MsgTokenRefused)
-	}
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(list.out.String(), ray.MsgTokenRefused); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("got no start-up log naming the refused token; output:\n%s", list.out.String())
+	nats := "NATS_URL=" + scratchNATS(t)
+	execute := start(t, "execute", wrong, nats)
+	list := start(t, "list", wrong, nats)
+	status := start(t, "status", nats)
+	for _, p := range []*proc{execute, list} {
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(p.out.String(), ray.MsgTokenRefused); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: got no start-up log naming the refused token; output:\n%s", p.name, p.out.String())
+			}
 		}
 	}
-	if strings.Contains(list.out.String(), tok) || strings.Contains(list.out.String(), strings.Repeat("f", len(tok))) {
-		t.Error("got a token in the function's log, want none")
+	_, llmURL := llm(t)
+	c := &rpcevents.Client{HTTP: &http.Client{Timeout: 30 * time.Second}, Source: "e2e-test"}
+	var accepted pb.ExecuteDeliberationResponse
+	if err := c.Call(context.Background(), execute.url, rpcevents.TypeExecuteDeliberation,
+		request(uniqueTask(t), llmURL, "m1"), rpcevents.CallOptions{}, &accepted); err != nil || accepted.GetStatus() != "submitted" {
+		t.Errorf("execute with a wrong Ray token: got %v %v, want the deliberation accepted (queued)", &accepted, err)
 	}
 
-	// GetStatus through the ingress names the cause.
-	good := shared(t)
-	client, _ := startIngress(t, good.execute.url, good.status.url, list.url)
+	// GetStatus through the ingress names the cause in the ray component, and is not healthy.
+	client, _ := startIngress(t, execute.url, status.url, list.url, nats)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := client.GetStatus(ctx, &pb.GetStatusRequest{})
@@ -133,15 +132,23 @@ func TestWrongRayTokenIsReportedAsSuch(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.GetStatus() == "healthy" {
-		t.Errorf("got healthy with the list function refused by Ray, want degraded or unhealthy")
+		t.Errorf("got healthy with Ray refusing the functions' token, want degraded")
 	}
 	named := false
 	for _, c := range st.GetComponents() {
-		if c.GetName() == "list" && strings.Contains(c.GetMessage(), ray.MsgTokenRefused) {
+		if c.GetName() == "ray" && c.GetStatus() != "healthy" && strings.Contains(c.GetMessage(), ray.MsgTokenRefused) {
 			named = true
+		}
+		if c.GetName() == "execute" && c.GetStatus() != "healthy" {
+			t.Errorf("got execute %s (%s) with a wrong Ray token, want healthy: accepting needs NATS only", c.GetStatus(), c.GetMessage())
 		}
 	}
 	if !named {
-		t.Errorf("got components %v, want the list component to say %q", st.GetComponents(), ray.MsgTokenRefused)
+		t.Errorf("got components %v, want the ray component to say %q", st.GetComponents(), ray.MsgTokenRefused)
+	}
+	for _, p := range []*proc{execute, list} {
+		if strings.Contains(p.out.String(), tok) || strings.Contains(p.out.String(), strings.Repeat("f", len(tok))) {
+			t.Errorf("got a token in %s's log, want none", p.name)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-//go:build exclusive
+//go:build e2e && exclusive
 
 package e2e
 
@@ -28,7 +28,7 @@ import (
 // rayHead runs scripts/ray-head.sh (up, or stop: the fault).
 func rayHead(t *testing.T, verb string) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join("..", "..", "scripts", "ray-head.sh"), verb)
+	cmd := exec.Command(filepath.Join("..", "scripts", "ray-head.sh"), verb)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ray-head.sh %s: %v\n%s", verb, err, out)
 	}

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -7,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
@@ -59,6 +63,26 @@ func kinds(evs []events.Stored) string {
 		ks = append(ks, string(e.Kind()))
 	}
 	return strings.Join(ks, ",")
+}
+
+// terminals counts the terminal events.
+func terminals(evs []events.Stored) int {
+	n := 0
+	for _, e := range evs {
+		if e.Kind().Terminal() {
+			n++
+		}
+	}
+	return n
+}
+
+// countKinds counts the events of each kind.
+func countKinds(evs []events.Stored) map[events.Kind]int {
+	out := map[events.Kind]int{}
+	for _, e := range evs {
+		out[e.Kind()]++
+	}
+	return out
 }
 
 func hasTerminal(evs []events.Stored) bool {
@@ -165,39 +189,12 @@ func TestLifecycleEventsAndCompatibleResponses(t *testing.T) {
 	}
 }
 
-func TestStoppedDriverGetsExactlyOneTerminalEvent(t *testing.T) {
+// With NATS down, execute refuses at once (UNAVAILABLE, fast: nothing is accepted that
+// could not be stored) and is not ready; once NATS is back the caller's retry with its key
+// is accepted and the deliberation runs to completion with every event stored once. The
+// system has a NATS server of its own (and so an executor of its own on the head).
+func TestNATSDownRefusesFastAndTheRetryCompletes(t *testing.T) {
 	t.Parallel()
-	s := shared(t)
-	id := s.submitHanging(t, 600)
-	// `ray job stop` behind the gateway's back: nobody announces the end but the reconciler.
-	if _, err := s.ray.Stop(context.Background(), id); err != nil {
-		t.Fatal(err)
-	}
-	if st := s.waitDone(t, s.status.url, id); st.GetStatus() != "cancelled" {
-		t.Fatalf("got %q, want cancelled", st.GetStatus())
-	}
-	b := readBus(t, natsURL)
-	for i := 0; i < 4; i++ {
-		reconcile(t, s.list.url)
-	}
-	evs := stored(t, b, id, hasTerminal)
-	terminals := 0
-	for _, e := range evs {
-		if e.Kind().Terminal() {
-			terminals++
-			if e.Kind() != events.Cancelled {
-				t.Errorf("got terminal %s, want cancelled", e.Kind())
-			}
-		}
-	}
-	if terminals != 1 {
-		t.Fatalf("got %d terminal events after 4 reconcile runs (%s), want exactly 1", terminals, kinds(evs))
-	}
-}
-
-func TestNATSDownDuringSubmissionLosesNothing(t *testing.T) {
-	t.Parallel()
-	s := shared(t)
 	dir := t.TempDir()
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -205,43 +202,53 @@ func TestNATSDownDuringSubmissionLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { srv.Stop() })
 	url := "nats://" + addr
-	env := []string{"NATS_URL=" + url, "LOG_LEVEL=warn"}
-	exec := start(t, "execute", env...)
-	list := start(t, "list", env...)
-	b := readBus(t, url)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) { // streams provisioned
-		if _, err := b.Stored(context.Background(), "delib-none"); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("streams never provisioned: %v", err)
-		}
-	}
+	s := privateSystem(t, url, "LOG_LEVEL=warn")
+	s.waitExecutorLive(t, 4*time.Minute)
 
 	srv.Stop()
 	_, llmURL := llm(t)
+	req := request(uniqueTask(t), llmURL, "m1", "m2")
+	opts := rpcevents.CallOptions{IdempotencyKey: "nats-down-" + req.TaskId}
 	var resp pb.ExecuteDeliberationResponse
-	err = s.client.Call(context.Background(), exec.url, rpcevents.TypeExecuteDeliberation,
-		request(uniqueTask(t), llmURL, "m1", "m2"), rpcevents.CallOptions{}, &resp)
-	if err != nil || resp.GetStatus() != "submitted" {
-		t.Fatalf("submission with NATS down: got %v %v, want submitted", &resp, err)
+	for deadline := time.Now().Add(10 * time.Second); s.bus.Connected() && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond) // the functions see the server gone about as fast as this client
 	}
-	id := resp.GetDeliberationId()
+	began := time.Now()
+	err = s.client.Call(context.Background(), s.execute.url, rpcevents.TypeExecuteDeliberation, req, opts, &resp)
+	took := time.Since(began)
+	if !errors.Is(err, domain.ErrUnavailable) {
+		t.Fatalf("submission with NATS down: got %v %v, want ErrUnavailable", &resp, err)
+	}
+	if took > 2*time.Second {
+		t.Errorf("the refusal with NATS down took %s, want it fast", took)
+	}
+	t.Logf("NATS down: execute refused in %s: %v", took.Round(time.Millisecond), err)
+	if r, err := http.Get(s.execute.url + "/readyz"); err != nil || r.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("execute readiness with NATS down: got %v %v, want 503", r, err)
+	} else {
+		r.Body.Close()
+	}
+
 	srv, err = natslocal.Start(addr, filepath.Join(dir, "nats"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Stop()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		err = s.client.Call(context.Background(), s.execute.url, rpcevents.TypeExecuteDeliberation, req, opts, &resp)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || resp.GetStatus() != "submitted" {
+		t.Fatalf("retry with NATS back: got %v %v, want submitted", &resp, err)
+	}
+	id := resp.GetDeliberationId()
 	if st := s.waitDone(t, s.status.url, id); st.GetStatus() != "completed" {
-		t.Fatalf("got %q, want completed", st.GetStatus())
+		t.Fatalf("got %q (%s), want completed", st.GetStatus(), st.GetErrorMessage())
 	}
-	for deadline := time.Now().Add(30 * time.Second); !b.Connected() && time.Now().Before(deadline); {
-		time.Sleep(100 * time.Millisecond)
-	}
-	for i := 0; i < 3; i++ {
-		reconcile(t, list.url)
-	}
-	evs := stored(t, b, id, hasTerminal)
+	evs := stored(t, s.bus, id, hasTerminal)
 	if got, want := sortedKinds(evs), "agent_completed,agent_completed,completed,started,submitted"; got != want {
 		t.Errorf("got events %s, want every event once: %s", got, want)
 	}
@@ -327,27 +334,28 @@ func watch(t *testing.T, client pb.RayExecutorServiceClient, id string) string {
 	}
 }
 
-// ENABLE_NATS=false: no events, and everything else works.
-func TestEventsOff(t *testing.T) {
+// ENABLE_NATS=false is a start-up error of every binary: NATS holds the records and the
+// work queue. The binary exits at once, naming the setting.
+func TestNATSDisabledIsAStartupError(t *testing.T) {
 	t.Parallel()
-	s := shared(t)
-	exec := start(t, "execute", "ENABLE_NATS=false")
-	client, _ := startIngress(t, exec.url, s.status.url, s.list.url, "ENABLE_NATS=false")
-	_, url := llm(t)
-	resp, err := client.ExecuteDeliberation(context.Background(), request(uniqueTask(t), url, "m1"))
-	if err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"execute", "status", "list", "ingress"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p := launch(t, name, "ENABLE_NATS=false", "EXECUTE_URL=http://127.0.0.1:1", "STATUS_URL=http://127.0.0.1:1",
+				"LIST_URL=http://127.0.0.1:1")
+			done := make(chan error, 1)
+			go func() { done <- p.cmd.Wait() }()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Errorf("%s exited 0 with ENABLE_NATS=false, want a start-up error", name)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatalf("%s still runs 15 s after starting with ENABLE_NATS=false; output:\n%s", name, p.out.String())
+			}
+			if out := p.out.String(); !strings.Contains(out, "ENABLE_NATS=false is no longer supported") {
+				t.Errorf("%s said %q, want it to name ENABLE_NATS=false as unsupported", name, out)
+			}
+		})
 	}
-	if st := waitGRPC(t, client, resp.GetDeliberationId()); st.GetStatus() != "completed" {
-		t.Fatalf("got %q with events off, want completed", st.GetStatus())
-	}
-	ws, err := client.WatchDeliberation(context.Background(), &pb.WatchDeliberationRequest{DeliberationId: resp.GetDeliberationId()})
-	if err == nil {
-		_, err = ws.Recv()
-	}
-	if status.Code(err) != codes.FailedPrecondition {
-		t.Errorf("got %v watching with events off, want FailedPrecondition", err)
-	}
-	// (Whether events appear for it is not asserted: other tests' reconcile runs on the
-	// shared list function, which has events on, may publish them from Ray's record.)
 }

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package e2e
 
 import (
@@ -241,7 +243,7 @@ func TestIngressWithAFunctionDown(t *testing.T) {
 // tool finds a binary the Makefile installs into ./bin.
 func tool(t *testing.T, name string) string {
 	t.Helper()
-	path, err := filepath.Abs(filepath.Join("..", "..", "bin", name))
+	path, err := filepath.Abs(filepath.Join("..", "bin", name))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,292 @@
+//go:build e2e && bench
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
+	"github.com/fleet-ai/ray-executor/shared/records"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+)
+
+// TestRecordsScaleReport (make bench) measures what issue 11 asks of the records: with
+// SCALE_FINISHED (100,000) finished deliberations in the store and SCALE_ACTIVE (200)
+// active, GetActiveJobs p99 (target <= 20 ms) and GetDeliberationStatus p99 at SCALE_RATE
+// (500) req/s (target <= 5 ms), and each function's resident memory against the same
+// functions, same load, with an empty store (the baseline of this run; target within 10%).
+// The functions are the real binaries on a real NATS server; Ray is not involved (status
+// and list never ask it on these paths).
+func TestRecordsScaleReport(t *testing.T) {
+	finished := scaleEnvInt(t, "SCALE_FINISHED", 100000)
+	active := scaleEnvInt(t, "SCALE_ACTIVE", 200)
+	rate := scaleEnvInt(t, "SCALE_RATE", 500)
+	seconds := scaleEnvInt(t, "SCALE_SECONDS", 10)
+
+	dir := t.TempDir()
+	for _, fn := range []string{"status", "list"} {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, fn), "../functions/"+fn+"/cmd").CombinedOutput()
+		if err != nil {
+			t.Fatalf("build %s: %v\n%s", fn, err, out)
+		}
+	}
+	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(dir, "nats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := records.New(nc, js, records.Config{})
+	ctx := context.Background()
+	if err := store.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	activeIDs := scaleFill(t, store, active, false)
+	empty := scaleMeasure(t, dir, srv.URL(), activeIDs, rate, seconds)
+	start := time.Now()
+	finishedIDs := scaleFill(t, store, finished, true)
+	fillTook := time.Since(start)
+	full := scaleMeasure(t, dir, srv.URL(), append(finishedIDs, activeIDs...), rate, seconds)
+
+	if full.activeJobs != active || empty.activeJobs != active {
+		t.Errorf("GetActiveJobs listed %d (empty store) and %d (full store) deliberations, want %d both times",
+			empty.activeJobs, full.activeJobs, active)
+	}
+	ratio := func(a, b float64) string { return fmt.Sprintf("%.2f", a/b) }
+	t.Logf("records scale report (%d finished filled in %s; %d active; status at %d req/s for %d s)",
+		finished, fillTook.Round(time.Second), active, rate, seconds)
+	t.Logf("| | empty store (baseline) | %d finished in the store | ratio | target |", finished)
+	t.Logf("|---|---|---|---|---|")
+	t.Logf("| GetActiveJobs p50 / p99 | %s / %s | %s / %s | %s | p99 <= 20 ms |", empty.listP50, empty.listP99, full.listP50, full.listP99,
+		ratio(float64(full.listP99), float64(empty.listP99)))
+	t.Logf("| GetDeliberationStatus p50 / p99 at %d req/s | %s / %s | %s / %s | %s | p99 <= 5 ms |", rate, empty.statusP50, empty.statusP99,
+		full.statusP50, full.statusP99, ratio(float64(full.statusP99), float64(empty.statusP99)))
+	t.Logf("| status achieved req/s | %.0f | %.0f | | |", empty.statusRate, full.statusRate)
+	t.Logf("| status RSS after the load | %d MiB | %d MiB | %s | within 10%% |", empty.statusRSS>>20, full.statusRSS>>20,
+		ratio(float64(full.statusRSS), float64(empty.statusRSS)))
+	t.Logf("| list RSS after the load | %d MiB | %d MiB | %s | within 10%% |", empty.listRSS>>20, full.listRSS>>20,
+		ratio(float64(full.listRSS), float64(empty.listRSS)))
+	if full.statusErrors+empty.statusErrors+full.listErrors+empty.listErrors > 0 {
+		t.Errorf("errors: status %d/%d, list %d/%d (empty/full)", empty.statusErrors, full.statusErrors, empty.listErrors, full.listErrors)
+	}
+}
+
+type scaleResult struct {
+	listP50, listP99, statusP50, statusP99 time.Duration
+	statusRate                             float64
+	statusRSS, listRSS                     int64
+	activeJobs                             int
+	statusErrors, listErrors               int
+}
+
+func scaleEnvInt(t *testing.T, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		t.Fatalf("%s=%q is not a positive number", name, v)
+	}
+	return n
+}
+
+// scaleFill stores n records (finished ones with a three-agent outcome, or pending ones with
+// their active index entries) from 16 writers, and returns their ids.
+func scaleFill(t *testing.T, store *records.Store, n int, finished bool) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = domain.NewDeliberationID()
+	}
+	now := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += 16 {
+				req := domain.Request{Kind: domain.KindDeliberation, TaskID: "scale-" + strconv.Itoa(i), Role: "architect",
+					Agents: make([]domain.Agent, 3), Constraints: domain.Constraints{TimeoutSeconds: 60}}
+				rec := domain.NewRecord(ids[i], req, "0123456789abcdef0123456789abcdef", "", "", now)
+				var err error
+				if finished {
+					rec, _ = rec.Start(1, "replica-1", now)
+					o := domain.Outcome{Version: 1, DeliberationID: ids[i], Status: "completed", NumAgents: 3, CompletedAgents: 3}
+					for a := 0; a < 3; a++ {
+						o.Agents = append(o.Agents, domain.AgentResult{AgentID: "a" + strconv.Itoa(a), Status: "completed",
+							Proposal: strings.Repeat("a proposal sentence. ", 20), Score: 0.8, Tokens: 120})
+					}
+					rec, _ = rec.Finish(o, now.Add(time.Second))
+					err = store.Create(context.Background(), rec)
+				} else {
+					if err = store.Create(context.Background(), rec); err == nil {
+						err = store.PutActive(context.Background(), rec.Active())
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+func scaleFreePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func scaleRSS(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS for %d", pid)
+	return 0
+}
+
+// scaleMeasure starts fresh status and list binaries on the store and loads them.
+func scaleMeasure(t *testing.T, dir, natsURL string, ids []string, rate, seconds int) scaleResult {
+	type fn struct {
+		cmd *exec.Cmd
+		url string
+	}
+	start := func(name string) fn {
+		port := scaleFreePort(t)
+		cmd := exec.Command(filepath.Join(dir, name))
+		cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "NATS_URL="+natsURL, "LOG_LEVEL=error",
+			"RAY_ADDRESS=http://127.0.0.1:1", "INTERNAL_AUTH_REQUIRED=false", "INTERNAL_TOKEN=", "INTERNAL_TOKEN_FILE=")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+		url := fmt.Sprintf("http://127.0.0.1:%d", port)
+		for i := 0; ; i++ {
+			resp, err := http.Get(url + "/readyz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			if i > 300 {
+				t.Fatalf("%s did not become ready", name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return fn{cmd: cmd, url: url}
+	}
+	status, list := start("status"), start("list")
+	defer func() {
+		for _, f := range []fn{status, list} {
+			_ = f.cmd.Process.Kill()
+			_, _ = f.cmd.Process.Wait()
+		}
+	}()
+	client := &rpcevents.Client{HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
+		Source: "scale-bench", Protobuf: true}
+	ctx := context.Background()
+	var res scaleResult
+
+	// GetActiveJobs: 20 req/s, one after another, for the whole run.
+	var listLat []time.Duration
+	for i := 0; i < seconds*20; i++ {
+		t0 := time.Now()
+		var resp pb.GetActiveJobsResponse
+		if err := client.Call(ctx, list.url, rpcevents.TypeGetActiveJobs, &pb.GetActiveJobsRequest{}, rpcevents.CallOptions{}, &resp); err != nil {
+			res.listErrors++
+			continue
+		}
+		listLat = append(listLat, time.Since(t0))
+		res.activeJobs = len(resp.GetJobs())
+		time.Sleep(50*time.Millisecond - time.Since(t0))
+	}
+
+	// GetDeliberationStatus: open loop at rate req/s over random ids.
+	var mu sync.Mutex
+	var statusLat []time.Duration
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	began := time.Now()
+	for i := 0; i < rate*seconds; i++ {
+		<-tick.C
+		id := ids[rand.IntN(len(ids))]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			var resp pb.GetDeliberationStatusResponse
+			err := client.Call(ctx, status.url, rpcevents.TypeGetDeliberationStatus,
+				&pb.GetDeliberationStatusRequest{DeliberationId: id}, rpcevents.CallOptions{}, &resp)
+			d := time.Since(t0)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil || resp.GetStatus() == string(domain.StatusNotFound) {
+				res.statusErrors++
+				return
+			}
+			statusLat = append(statusLat, d)
+		}()
+	}
+	tick.Stop()
+	wg.Wait()
+	res.statusRate = float64(len(statusLat)) / time.Since(began).Seconds()
+	res.listP50, res.listP99 = scalePct(listLat, 50), scalePct(listLat, 99)
+	res.statusP50, res.statusP99 = scalePct(statusLat, 50), scalePct(statusLat, 99)
+	res.statusRSS, res.listRSS = scaleRSS(t, status.cmd.Process.Pid), scaleRSS(t, list.cmd.Process.Pid)
+	return res
+}
+
+func scalePct(d []time.Duration, p int) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
+	return s[min(len(s)-1, len(s)*p/100)].Round(10 * time.Microsecond)
+}
