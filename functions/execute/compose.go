@@ -34,10 +34,12 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	// Ready when NATS is: accepting is a NATS write, and Ray is not on the request path.
 	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: func(context.Context) error { return bus.Ready() }}
 	f.OnClose(bus.Close)
-	executor.Provision(ctx, bus, store, logger)
+	records.Provision(ctx, bus, store, logger)
 	dep := executor.NewDeployer(client, store, cfg.Executor, cfg.Events, cfg.PackageFreshFor, logger)
 	poke := make(chan struct{}, 1)
-	go dep.Run(ctx, cfg.Executor.Check, poke)
+	if cfg.Executor.Deploy {
+		go dep.Run(ctx, cfg.Executor.Check, poke)
+	}
 	svc := &Service{
 		Store: store, Events: bus, Limits: cfg.Limits,
 		Poke: func() {

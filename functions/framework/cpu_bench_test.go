@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat (100 on Linux).
@@ -51,7 +51,7 @@ func startServer(t *testing.T, name, bin string, env ...string) *server {
 	port := freePort(t)
 	cmd := exec.Command(bin)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",
-		"ENABLE_NATS=false", "LOG_LEVEL=warn", "GOMAXPROCS=1"}, env...)
+		"LOG_LEVEL=warn", "GOMAXPROCS=1"}, env...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -109,17 +109,14 @@ func TestFrameworkCPUReport(t *testing.T) {
 	n := envInt("BENCH_REQUESTS", 20000)
 	rounds := envInt("BENCH_ROUNDS", 5)
 	conc := envInt("BENCH_CONCURRENCY", 8)
-	rayStub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte(`{"version":"4","ray_version":"2.60.0"}`))
-	}))
-	defer rayStub.Close()
+	natsURL := "NATS_URL=" + testenv.NATS(t).Config().URL
 	knativeBin := filepath.Join(filepath.Dir(binary), "status")
 	if out, err := exec.Command("go", "build", "-o", knativeBin, "../status/cmd").CombinedOutput(); err != nil {
 		t.Fatalf("building the status binary: %v\n%s", err, out)
 	}
 	servers := []*server{
-		startServer(t, "shared/serving (Knative image)", knativeBin, "RAY_ADDRESS="+rayStub.URL),
-		startServer(t, "functions-framework-go (funcframework)", binary, "RAY_ADDRESS="+rayStub.URL, "FUNCTION_TARGET=status"),
+		startServer(t, "shared/serving (Knative image)", knativeBin, natsURL),
+		startServer(t, "functions-framework-go (funcframework)", binary, natsURL, "FUNCTION_TARGET=status"),
 	}
 	for _, s := range servers { // warm up: connections, caches, the heap
 		load(t, s.url, 2000, conc)

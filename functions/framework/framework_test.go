@@ -97,7 +97,9 @@ func startFunction(t *testing.T, target string, env ...string) string {
 		"PATH=" + os.Getenv("PATH"),
 		"FUNCTION_TARGET=" + target,
 		fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",
-		"ENABLE_NATS=false",
+		// A real NATS (the store); the executor is not deployed from here: these tests are
+		// about the framework's serving, not the run of a deliberation.
+		"NATS_URL=" + testenv.NATS(t).Config().URL, "EXECUTOR_DEPLOY=false",
 		"INTERNAL_TOKEN=" + internalToken,
 	}, append(testenv.RayEnv(t), env...)...)
 	out := &syncBuffer{}
@@ -270,7 +272,7 @@ func TestUnknownTargetRefusedAtStart(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "FUNCTION_TARGET=nope", fmt.Sprintf("PORT=%d", freePort(t)),
-		"HOST=127.0.0.1", "ENABLE_NATS=false"}
+		"HOST=127.0.0.1"}
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `"nope"`) {
 		t.Errorf("FUNCTION_TARGET=nope: got %v %q, want a refusal naming it", err, out)

@@ -46,7 +46,7 @@ type Config struct {
 	Reflection bool
 	// Source (CE_SOURCE) is the source of request events.
 	Source string
-	// Events: ENABLE_NATS, NATS_* (specs/nats.md), for WatchDeliberation.
+	// Events: NATS_* (specs/nats.md), for WatchDeliberation; ENABLE_NATS=false is refused.
 	Events events.Config
 }
 

@@ -12,7 +12,7 @@ import (
 func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
 func TestLoadConfigDefaults(t *testing.T) {
-	cfg, err := LoadConfig(envOf(map[string]string{"ENABLE_NATS": "false"}))
+	cfg, err := LoadConfig(envOf(map[string]string{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,6 @@ func TestLoadConfigAuth(t *testing.T) {
 	}
 	f := newMTLS(t)
 	cfg, err := LoadConfig(envOf(map[string]string{
-		"ENABLE_NATS":          "false",
 		"AUTH_TOKENS_FILE":     tokensFile,
 		"INTERNAL_TOKEN_FILE":  internal,
 		"TLS_CERT_FILE":        f.serverCert,
@@ -111,7 +110,6 @@ func TestLoadConfigRefuses(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.env["ENABLE_NATS"] = "false"
 			_, err := LoadConfig(envOf(tc.env))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)

@@ -177,32 +177,41 @@ func readyz(code int, body string) *httptest.Server {
 func TestGetStatusAndHealthTellTheTruth(t *testing.T) {
 	up := readyz(200, "ready")
 	defer up.Close()
-	noRay := readyz(503, "not ready: ray: connection refused")
-	defer noRay.Close()
+	noNATS := readyz(503, "not ready: events: NATS is not connected (RECONNECTING): unavailable")
+	defer noNATS.Close()
 	down := httptest.NewServer(http.NotFoundHandler())
 	down.Close() // nothing listens there any more
 
-	stats := &fakeCaller{CallFn: func(_ context.Context, _ string, ceType string, _ proto.Message, _ rpcevents.CallOptions, resp proto.Message) error {
-		if ceType != rpcevents.TypeGetStatus {
-			return fmt.Errorf("unexpected %s", ceType)
-		}
-		proto.Merge(resp, &pb.GetStatusResponse{Stats: &pb.RayExecutorStats{TotalDeliberations: 7, CompletedDeliberations: 5}})
-		return nil
-	}}
+	healthy := []*pb.ComponentHealth{{Name: "ray", Status: Healthy, Message: "answers"},
+		{Name: "executor", Status: Healthy, Message: "version v: 1 replicas, 0 running, 0 waiting"}}
+	rayDown := []*pb.ComponentHealth{{Name: "ray", Status: Degraded, Message: "ray: connection refused"},
+		{Name: "executor", Status: Degraded, Message: "no executor runs and work waits (3 waiting); it is being redeployed"}}
 	cases := []struct {
-		name                   string
-		execute, status, list  string
-		want                   string
-		wantServing            healthpb.HealthCheckResponse_ServingStatus
-		wantRay, wantUnhealthy string
+		name                  string
+		execute, status, list string
+		listSays              []*pb.ComponentHealth
+		want                  string
+		wantServing           healthpb.HealthCheckResponse_ServingStatus
+		wantComponent         string // a component that must not be healthy, with its reason
 	}{
-		{"all up", up.URL, up.URL, up.URL, Healthy, healthpb.HealthCheckResponse_SERVING, Healthy, ""},
-		{"list down", up.URL, up.URL, down.URL, Degraded, healthpb.HealthCheckResponse_NOT_SERVING, Healthy, "list"},
-		{"execute down", down.URL, up.URL, up.URL, Unhealthy, healthpb.HealthCheckResponse_NOT_SERVING, Healthy, "execute"},
-		{"Ray down", noRay.URL, noRay.URL, noRay.URL, Unhealthy, healthpb.HealthCheckResponse_NOT_SERVING, Unhealthy, "ray"},
+		{"all up", up.URL, up.URL, up.URL, healthy, Healthy, healthpb.HealthCheckResponse_SERVING, ""},
+		{"list down", up.URL, up.URL, down.URL, healthy, Degraded, healthpb.HealthCheckResponse_NOT_SERVING, "list"},
+		{"execute down", down.URL, up.URL, up.URL, healthy, Unhealthy, healthpb.HealthCheckResponse_NOT_SERVING, "execute"},
+		{"NATS down", noNATS.URL, noNATS.URL, noNATS.URL, healthy, Unhealthy, healthpb.HealthCheckResponse_NOT_SERVING, "execute"},
+		// Ray and the executor gone: deliberations are still accepted (they wait in the
+		// queue), so the service is degraded, not unhealthy, and still serving.
+		{"Ray and executor down", up.URL, up.URL, up.URL, rayDown, Degraded, healthpb.HealthCheckResponse_SERVING, "executor"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			stats := &fakeCaller{CallFn: func(_ context.Context, _ string, ceType string, _ proto.Message, _ rpcevents.CallOptions, resp proto.Message) error {
+				if ceType != rpcevents.TypeGetStatus {
+					return fmt.Errorf("unexpected %s", ceType)
+				}
+				proto.Merge(resp, &pb.GetStatusResponse{Stats: &pb.RayExecutorStats{TotalDeliberations: 7, CompletedDeliberations: 5},
+					Components: tc.listSays})
+				return nil
+			}}
 			h := &Health{HTTP: http.DefaultClient, Targets: []Target{{"execute", tc.execute}, {"status", tc.status}, {"list", tc.list}}}
 			client, health := dial(t, &Server{Caller: stats, Health: h, Started: time.Now().Add(-time.Minute)})
 			resp, err := client.GetStatus(context.Background(), &pb.GetStatusRequest{IncludeStats: true})
@@ -223,13 +232,17 @@ func TestGetStatusAndHealthTellTheTruth(t *testing.T) {
 			for _, c := range resp.GetComponents() {
 				byName[c.GetName()] = c
 			}
-			if byName["ray"].GetStatus() != tc.wantRay {
-				t.Errorf("got ray %v, want %s", byName["ray"], tc.wantRay)
+			for _, c := range tc.listSays { // the list function's report reaches the caller as it is
+				if got := byName[c.GetName()]; got.GetStatus() != c.GetStatus() || got.GetMessage() != c.GetMessage() {
+					t.Errorf("got %s %v, want %v", c.GetName(), got, c)
+				}
 			}
-			if tc.wantUnhealthy != "" && byName[tc.wantUnhealthy].GetStatus() != Unhealthy {
-				t.Errorf("got %s %v, want unhealthy", tc.wantUnhealthy, byName[tc.wantUnhealthy])
+			if tc.wantComponent != "" {
+				if c := byName[tc.wantComponent]; c.GetStatus() == Healthy || c.GetMessage() == "" {
+					t.Errorf("got %s %v, want it not healthy, with the reason", tc.wantComponent, c)
+				}
 			}
-			if tc.wantRay == Healthy && resp.GetStats().GetTotalDeliberations() != 7 {
+			if resp.GetStats().GetTotalDeliberations() != 7 {
 				t.Errorf("got stats %v, want the list function's", resp.GetStats())
 			}
 			hr, err := health.Check(context.Background(), &healthpb.HealthCheckRequest{})

@@ -20,10 +20,11 @@ type Watcher interface {
 
 // WatchDeliberation streams one deliberation's lifecycle events from the first, live, and
 // ends after its terminal event; a deliberation that finished before the call gets its whole
-// history. Unknown deliberations are NOT_FOUND; with events off it is FAILED_PRECONDITION.
+// history. Unknown deliberations are NOT_FOUND; a server built without an event reader
+// (tests) answers FAILED_PRECONDITION.
 func (s *Server) WatchDeliberation(req *pb.WatchDeliberationRequest, stream pb.RayExecutorService_WatchDeliberationServer) error {
 	if s.Events == nil {
-		return status.Error(codes.FailedPrecondition, "lifecycle events are off (ENABLE_NATS=false)")
+		return status.Error(codes.FailedPrecondition, "lifecycle events are not configured on this server")
 	}
 	id := req.GetDeliberationId()
 	ours, err := domain.LookupDeliberationID(id)

@@ -32,9 +32,11 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	store := records.New(bus.Conn(), bus.JetStream(), cfg.Records)
 	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: func(context.Context) error { return bus.Ready() }}
 	f.OnClose(bus.Close)
-	executor.Provision(ctx, bus, store, logger)
-	rec := &Reconciler{Store: store, Logger: logger,
-		Deployer: executor.NewDeployer(client, store, cfg.Executor, cfg.Events, cfg.PackageFreshFor, logger)}
+	records.Provision(ctx, bus, store, logger)
+	rec := &Reconciler{Store: store, Logger: logger}
+	if cfg.Executor.Deploy {
+		rec.Deployer = executor.NewDeployer(client, store, cfg.Executor, cfg.Events, cfg.PackageFreshFor, logger)
+	}
 	if cfg.ReconcileInterval > 0 {
 		go rec.Every(ctx, cfg.ReconcileInterval)
 	}

@@ -182,6 +182,7 @@ func firstErr(errs ...error) error {
 // is scaled to zero: it makes sure the executor runs (resubmitting or rolling it), and
 // drops the delete markers ended deliberations leave in the active index.
 type Reconciler struct {
+	// Deployer is nil when operators deploy the executor themselves (EXECUTOR_DEPLOY=false).
 	Deployer *executor.Deployer
 	Store    Store
 	Logger   *slog.Logger
@@ -189,7 +190,11 @@ type Reconciler struct {
 
 // Run does one pass. Each step runs even when another fails; the first error is returned.
 func (r *Reconciler) Run(ctx context.Context) (executor.State, error) {
-	st, err := r.Deployer.Ensure(ctx)
+	var st executor.State
+	var err error
+	if r.Deployer != nil {
+		st, err = r.Deployer.Ensure(ctx)
+	}
 	if perr := r.Store.PurgeDeletes(ctx, time.Minute); err == nil {
 		err = perr
 	}

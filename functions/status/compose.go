@@ -11,8 +11,9 @@ import (
 
 // Compose wires the status function from its configuration (read from getenv once, here):
 // the handler its Knative binary serves through shared/serving and the module root
-// registers with the Functions Framework. Close releases the NATS connection.
-func Compose(_ context.Context, getenv func(string) string, stdout io.Writer) (*serving.Function, error) {
+// registers with the Functions Framework. Provisioning stops when ctx is done; Close
+// releases the NATS connection.
+func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) (*serving.Function, error) {
 	cfg, err := LoadConfig(getenv)
 	if err != nil {
 		return nil, err
@@ -24,7 +25,9 @@ func Compose(_ context.Context, getenv func(string) string, stdout io.Writer) (*
 	}
 	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: func(context.Context) error { return bus.Ready() }}
 	f.OnClose(bus.Close)
-	svc := NewService(records.New(bus.Conn(), bus.JetStream(), cfg.Records), cfg.CacheSize)
+	store := records.New(bus.Conn(), bus.JetStream(), cfg.Records)
+	records.Provision(ctx, bus, store, logger)
+	svc := NewService(store, cfg.CacheSize)
 	h := NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)
 	f.Handler = h

@@ -1,7 +1,6 @@
 package executor
 
 import (
-	"context"
 	"log/slog"
 	"strconv"
 	"time"
@@ -26,6 +25,10 @@ type Settings struct {
 	NATSURL string
 	// Check is how often a function makes sure the executor runs (EXECUTOR_CHECK_INTERVAL).
 	Check time.Duration
+	// Deploy (EXECUTOR_DEPLOY, default true) lets the functions submit, resubmit and roll the
+	// executor. false: operators run it themselves (a KubeRay RayJob with the environment of
+	// Settings.Env), and the functions only report its heartbeat.
+	Deploy bool
 }
 
 // ReadSettings reads the EXECUTOR_* settings.
@@ -39,6 +42,7 @@ func ReadSettings(r *config.Reader, natsURL string) Settings {
 		DriverNumCPUs:      r.Float("EXECUTOR_DRIVER_NUM_CPUS", 0),
 		NATSURL:            r.String("PAYLOAD_NATS_URL", natsURL),
 		Check:              r.Duration("EXECUTOR_CHECK_INTERVAL", 5*time.Second),
+		Deploy:             r.Bool("EXECUTOR_DEPLOY", true),
 	}
 	switch {
 	case s.MinReplicas < 1:
@@ -74,34 +78,6 @@ func (s Settings) Env(ev events.Config, rc records.Config) map[string]string {
 		"EXECUTOR_MAX_DELIVERIES":      strconv.Itoa(s.MaxDeliveries),
 		"EXECUTOR_REPLICA_NUM_CPUS":    f(s.ReplicaNumCPUs),
 	}
-}
-
-// Provision creates the event streams and the records resources, retrying in the
-// background until NATS takes them (a NATS that is down at start does not stop a function).
-func Provision(ctx context.Context, bus *events.Bus, store *records.Store, logger *slog.Logger) {
-	if !bus.Config().Provision {
-		return
-	}
-	go func() {
-		for delay := 200 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
-			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := bus.Provision(pctx)
-			if err == nil {
-				err = store.Provision(pctx)
-			}
-			cancel()
-			if err == nil {
-				logger.Info("NATS streams and the records bucket provisioned")
-				return
-			}
-			logger.Warn("NATS streams not provisioned yet", "error", err.Error())
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(delay):
-			}
-		}
-	}()
 }
 
 // NewDeployer is the deployer every function that keeps the executor running builds: the

@@ -3,6 +3,7 @@ package records
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
@@ -58,3 +59,32 @@ func AfterTerminal(ctx context.Context, s Finisher, pub Publisher, r domain.Reco
 		warn("not removed from the active index", err)
 	}
 }
+
+// Provision creates the event streams and the records resources, retrying in the
+// background until NATS takes them (a NATS that is down at start does not stop a function).
+func Provision(ctx context.Context, bus *events.Bus, store *Store, logger *slog.Logger) {
+	if !bus.Config().Provision {
+		return
+	}
+	go func() {
+		for delay := 200 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := bus.Provision(pctx)
+			if err == nil {
+				err = store.Provision(pctx)
+			}
+			cancel()
+			if err == nil {
+				logger.Info("NATS streams and the records bucket provisioned")
+				return
+			}
+			logger.Warn("NATS streams not provisioned yet", "error", err.Error())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+		}
+	}()
+}
+

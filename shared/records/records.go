@@ -173,12 +173,20 @@ func (s *Store) kv(ctx context.Context) (jetstream.KeyValue, error) {
 		return s.bucket, nil
 	}
 	kv, err := s.js.KeyValue(ctx, s.cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		// Not provisioned yet (a function that provisions has not started): nothing was
+		// ever accepted into it. Callers that read treat this as "none".
+		return nil, fmt.Errorf("records: bucket %s does not exist yet: %w: %w", s.cfg.Bucket, errNoBucket, domain.ErrUnavailable)
+	}
 	if err != nil {
 		return nil, unavailable("bucket "+s.cfg.Bucket, err)
 	}
 	s.bucket = kv
 	return kv, nil
 }
+
+// errNoBucket marks a records bucket that was never created.
+var errNoBucket = errors.New("no records bucket")
 
 func recordKey(id string) string { return "d." + id }
 func activeKey(id string) string { return "active." + id }
@@ -217,6 +225,9 @@ func (s *Store) Get(ctx context.Context, id string) (domain.Record, uint64, erro
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
 	kv, err := s.kv(ctx)
+	if errors.Is(err, errNoBucket) {
+		return domain.Record{}, 0, fmt.Errorf("records: %s: no records bucket yet: %w", id, domain.ErrNotFound)
+	}
 	if err != nil {
 		return domain.Record{}, 0, err
 	}
@@ -317,6 +328,9 @@ func (s *Store) Active(ctx context.Context) (out []domain.ActiveEntry, bad []str
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
 	kv, err := s.kv(ctx)
+	if errors.Is(err, errNoBucket) {
+		return nil, nil, nil
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -395,11 +409,14 @@ func (s *Store) Counters(ctx context.Context) (map[string]int64, error) {
 	}
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
+	out := map[string]int64{}
 	st, err := s.js.Stream(ctx, s.cfg.CountersStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return out, nil // not provisioned yet: nothing counted
+	}
 	if err != nil {
 		return nil, unavailable("stream "+s.cfg.CountersStream, err)
 	}
-	out := map[string]int64{}
 	for _, name := range []string{CountSubmitted, CountCompleted, CountFailed, CountCancelled, CountDurationMS} {
 		m, err := st.GetLastMsgForSubject(ctx, CountSubjectPrefix+name)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -438,6 +455,9 @@ func (s *Store) Queue(ctx context.Context) (Queue, error) {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
 	c, err := s.js.Consumer(ctx, s.cfg.WorkStream, WorkConsumer)
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return Queue{}, nil // not provisioned yet: nothing queued
+	}
 	if err != nil {
 		return Queue{}, unavailable("consumer "+WorkConsumer, err)
 	}
@@ -551,7 +571,7 @@ func (s *Store) Deploy(ctx context.Context) (d Deploy, rev uint64, err error) {
 	defer cancel()
 	kv, err := s.kv(ctx)
 	if err != nil {
-		return d, 0, err
+		return d, 0, err // no bucket: the deployer waits for provisioning (a write follows)
 	}
 	e, err := kv.Get(ctx, KeyDeploy)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -597,6 +617,9 @@ func (s *Store) getJSON(ctx context.Context, key string, v any) (bool, error) {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
 	kv, err := s.kv(ctx)
+	if errors.Is(err, errNoBucket) {
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}

@@ -48,14 +48,12 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		Logger:         logger,
 		Started:        time.Now(),
 	}
-	if cfg.Events.Enabled {
-		bus, err := events.Connect(cfg.Events, "ray-executor-ingress", logger)
-		if err != nil {
-			return err
-		}
-		defer bus.Close()
-		srv.Events = bus
+	bus, err := events.Connect(cfg.Events, "ray-executor-ingress", logger)
+	if err != nil {
+		return err
 	}
+	defer bus.Close()
+	srv.Events = bus
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Serving.Host, fmt.Sprint(cfg.Serving.Port)))
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
