@@ -87,4 +87,3 @@ func Provision(ctx context.Context, bus *events.Bus, store *Store, logger *slog.
 		}
 	}()
 }
-
