@@ -242,8 +242,16 @@ func TestFunctionsThroughFuncframework(t *testing.T) {
 		var st pb.GetStatusResponse
 		reply(t, post(t, url, rpcevents.TypeGetStatus, "l-2", []byte(`{"include_stats":true}`), true),
 			rpcevents.TypeGetStatus, "list", &st)
-		if st.GetStatus() != "healthy" || st.GetVersion() == "" {
-			t.Errorf("structured GetStatus: got %v, want healthy with a version", &st)
+		// No executor runs here (EXECUTOR_DEPLOY=false): the list function says so, by name.
+		var executor *pb.ComponentHealth
+		for _, c := range st.GetComponents() {
+			if c.GetName() == "executor" {
+				executor = c
+			}
+		}
+		if st.GetStatus() != "degraded" || st.GetVersion() == "" || executor.GetStatus() != "degraded" ||
+			!strings.Contains(executor.GetMessage(), "no executor runs") {
+			t.Errorf("structured GetStatus: got %v, want degraded with a version and the executor's absence named", &st)
 		}
 	})
 
