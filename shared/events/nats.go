@@ -187,13 +187,13 @@ func (b *Bus) Provision(ctx context.Context) error {
 			Name: b.cfg.EventsStream, Subjects: []string{SubjectPrefix + ".>"},
 			Description: "ray-executor deliberation lifecycle events (CloudEvents)",
 			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
-			MaxAge: b.retention(), Duplicates: DuplicateWindow,
+			MaxAge: b.retention(), Duplicates: min(DuplicateWindow, b.retention()),
 		},
 		{
 			Name: b.cfg.ResponsesStream, Subjects: []string{ResponsesSubjects},
 			Description: "agent responses in the original ray executor's format",
 			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
-			MaxAge: b.retention(), Duplicates: DuplicateWindow,
+			MaxAge: b.retention(), Duplicates: min(DuplicateWindow, b.retention()),
 		},
 	} {
 		if _, err := b.js.CreateOrUpdateStream(ctx, sc); err != nil {
