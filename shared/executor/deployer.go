@@ -37,6 +37,13 @@ type Store interface {
 // before it counts as stuck and is replaced (a cold node may install its runtime env).
 const StartupGrace = 3 * time.Minute
 
+// RollHold is how long a deploy of another version stands before this deployer replaces
+// it. During a rollout old and new function revisions run side by side, each with its own
+// payload version; without a hold they would replace each other's executor on every check.
+// With it, the executor flips at most once per hold, and once the old revision is gone the
+// new version wins within a hold.
+const RollHold = 2 * time.Minute
+
 // MetadataMarker marks the executor's Ray job (metadata "ray_executor": "executor").
 const MetadataMarker = "executor"
 
@@ -48,6 +55,7 @@ const (
 	StateLive     State = "live"     // a fresh heartbeat of this version
 	StateStarting State = "starting" // submitted, no heartbeat yet
 	StateDeployed State = "deployed" // this call submitted it
+	StateHeld     State = "held"     // another version was deployed less than RollHold ago
 )
 
 // Deployer keeps the executor of Version running. Every function that may find it missing
@@ -128,6 +136,9 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 			return "", fmt.Errorf("executor: look up %s: %w", dep.SubmissionID, err)
 		}
 	} else if dep.Version != "" {
+		if now.Sub(domain.ParseTime(dep.At)) < RollHold {
+			return StateHeld, nil
+		}
 		d.logger().Info("rolling the executor to this payload version", "from", dep.Version, "to", d.Version)
 	}
 	next := records.Deploy{Version: d.Version, Generation: dep.Generation + 1, At: domain.FormatTime(now)}

@@ -352,7 +352,15 @@ func TestEnsureRollsAnotherVersion(t *testing.T) {
 	ensure(t, e.deployer("old"), StateDeployed)
 	old := e.deploy(t)
 	e.heartbeat(t, "old", old.SubmissionID, e.now)
-	// The old executor beats, but this payload is another version: roll.
+	// Another version deployed a moment ago (a rollout, both revisions running): held, so
+	// two revisions never replace each other's executor on every check.
+	ensure(t, e.deployer("new"), StateHeld)
+	if subs, _ := e.jobs.calls(); len(subs) != 1 {
+		t.Fatalf("got %d submits while held, want the old one only", len(subs))
+	}
+	// Past the hold, the old executor still beating: roll.
+	e.now = e.now.Add(RollHold + time.Second)
+	e.heartbeat(t, "old", old.SubmissionID, e.now)
 	ensure(t, e.deployer("new"), StateDeployed)
 	dep := e.deploy(t)
 	subs, stops := e.jobs.calls()
