@@ -408,9 +408,12 @@ func startCompatBus(t *testing.T) *compatBus {
 	t.Cleanup(nc.Close)
 
 	// Every subject published must be covered by a stream (COMPAT.md: the original's
-	// vllm.streaming.<id> was covered by none).
+	// vllm.streaming.<id> was covered by none): the events and responses streams, and those of
+	// specs/records.md (the work queue, the counters). The one exception is the cancel
+	// signal, core NATS by design: a hint, the record is the truth.
 	if _, err := nc.Subscribe(">", func(m *nats.Msg) {
-		for _, p := range []string{"agent.response.", "ray_executor.deliberation.", "$JS.", "_INBOX.", "$SYS.", "$KV."} {
+		for _, p := range []string{"agent.response.", "ray_executor.deliberation.", "ray_executor.work.", "ray_executor.count.",
+			"ray_executor.control.cancel.", "$JS.", "_INBOX.", "$SYS.", "$KV."} {
 			if strings.HasPrefix(m.Subject, p) {
 				return
 			}

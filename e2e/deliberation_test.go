@@ -379,9 +379,9 @@ func TestCancelStopsARunningDeliberation(t *testing.T) {
 		&pb.CancelDeliberationRequest{DeliberationId: id}, rpcevents.CallOptions{}, &cancel); err != nil || cancel.GetStatus() != "cancelled" {
 		t.Errorf("second cancel: got %v %v, want cancelled (unchanged)", &cancel, err)
 	}
-	evs := stored(t, readBus(t, natsURL), id, hasTerminal)
+	stored(t, readBus(t, natsURL), id, hasTerminal)
 	time.Sleep(2 * time.Second) // a second terminal event, were one coming, would be stored by now
-	evs = stored(t, readBus(t, natsURL), id, hasTerminal)
+	evs := stored(t, readBus(t, natsURL), id, hasTerminal)
 	if n := terminals(evs); n != 1 || !strings.HasSuffix(kinds(evs), string(events.Cancelled)) {
 		t.Errorf("got events %s, want exactly one terminal event, cancelled", kinds(evs))
 	}

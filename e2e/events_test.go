@@ -129,14 +129,6 @@ func compat(t *testing.T, url, id string) []map[string]any {
 	return out
 }
 
-func reconcile(t *testing.T, listURL string) {
-	t.Helper()
-	c := &rpcevents.Client{Source: "e2e-ping"}
-	if err := c.Call(context.Background(), listURL, rpcevents.TypePing, &pb.GetActiveJobsRequest{}, rpcevents.CallOptions{}, &pb.GetActiveJobsResponse{}); err != nil {
-		t.Fatalf("reconcile: %v", err)
-	}
-}
-
 func TestLifecycleEventsAndCompatibleResponses(t *testing.T) {
 	t.Parallel()
 	s := shared(t)

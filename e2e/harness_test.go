@@ -537,17 +537,8 @@ func uniqueTask(t *testing.T) string {
 	return fmt.Sprintf("task-%s-%d", t.Name(), time.Now().UnixNano())
 }
 
-// rayJob is a job some other system might run on the shared cluster.
-func rayJob(id string) ray.SubmitRequest {
-	return ray.SubmitRequest{
-		Entrypoint:   `python -c "import time; time.sleep(30)"`,
-		SubmissionID: id,
-		Metadata:     map[string]string{"owner": "someone-else"},
-	}
-}
-
 // submitHanging submits a deliberation whose one agent's LLM call never returns in time, and
-// waits until that call has been made: the driver is then surely running.
+// waits until that call has been made: the executor is then surely running it.
 func (s *system) submitHanging(t *testing.T, timeoutSeconds int32) string {
 	t.Helper()
 	stub, url := llm(t)
