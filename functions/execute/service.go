@@ -25,6 +25,8 @@ type Store interface {
 	Update(ctx context.Context, id string, change func(domain.Record) (domain.Record, error)) (domain.Record, error)
 	PutActive(ctx context.Context, e domain.ActiveEntry) error
 	Enqueue(ctx context.Context, id string, body []byte) error
+	// MaxPayload is the largest work message NATS takes (0: not known yet).
+	MaxPayload() int64
 	RequestCancel(id string) error
 	WaitTerminal(ctx context.Context, id string) (domain.Record, error)
 	records.Finisher
@@ -82,6 +84,12 @@ func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparen
 	if err != nil {
 		return Submission{}, err
 	}
+	// Checked before the record is created: a work message NATS refuses would leave a
+	// pending record that nothing ever runs or ends, and a retry could not get past it.
+	if max := s.Store.MaxPayload(); max > 0 && int64(len(body)) > max {
+		return Submission{}, fmt.Errorf("execute: the request is %d bytes as the executor's work message, more than the %d bytes "+
+			"the NATS server takes (its max_payload): shorten task_description or the prompt templates: %w", len(body), max, domain.ErrInvalid)
+	}
 	rec := domain.NewRecord(id, r, hash, "", traceparent, s.now())
 	err = s.Store.Create(ctx, rec)
 	duplicate := errors.Is(err, domain.ErrAlreadyExists)
@@ -112,9 +120,9 @@ func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparen
 	if s.Poke != nil {
 		s.Poke()
 	}
-	if duplicate {
-		return Submission{DeliberationID: id, Duplicate: true}, nil
-	}
+	// The counter and the event are stored once by their Nats-Msg-Id, so a duplicate of a
+	// pending deliberation writes them too: a first submit that failed after creating the
+	// record never got to them, and its retry completes them.
 	if err := s.Store.Count(ctx, records.CountSubmitted, id+".submitted", 1); err != nil {
 		logger.Warn("the submitted counter was not incremented", "deliberation_id", id, "error", err.Error())
 	}
@@ -122,6 +130,9 @@ func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparen
 		if err := s.Events.Publish(ctx, ev); err != nil {
 			logger.Warn("the submitted event was not published", "deliberation_id", id, "error", err.Error())
 		}
+	}
+	if duplicate {
+		return Submission{DeliberationID: id, Duplicate: true}, nil
 	}
 	logger.Info("deliberation accepted", "deliberation_id", id, "task_id", r.TaskID,
 		"kind", string(r.Kind), "agents", len(r.Agents))

@@ -390,6 +390,10 @@ func (s *Store) Enqueue(ctx context.Context, id string, body []byte) error {
 	return nil
 }
 
+// MaxPayload is the largest message the connected NATS server takes (its max_payload), 0
+// while not connected: a work message over it can never be queued.
+func (s *Store) MaxPayload() int64 { return s.nc.MaxPayload() }
+
 // Count adds by to counter name, once per msgID (within the duplicate window).
 func (s *Store) Count(ctx context.Context, name, msgID string, by int64) error {
 	ctx, cancel := s.bound(ctx)
