@@ -9,13 +9,18 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
@@ -42,7 +47,7 @@ func largestRequest() *pb.ExecuteDeliberationRequest {
 
 // The largest request the default limits admit fits every hop with room to spare: the
 // execute function's body (as protobuf from the ingress, and as protobuf JSON from an
-// HTTP caller), the package Ray stores, and a submission that carries none of it.
+// HTTP caller) and the work message NATS stores for the executor.
 func TestTheLargestRequestFitsEveryHop(t *testing.T) {
 	cfg, err := LoadConfig(func(k string) string { return map[string]string{"LLM_ENDPOINT_ALLOWLIST": "http://127.0.0.1"}[k] })
 	if err != nil {
@@ -67,26 +72,26 @@ func TestTheLargestRequestFitsEveryHop(t *testing.T) {
 
 	for _, asProtobuf := range []bool{true, false} {
 		t.Run(fmt.Sprintf("protobuf=%v", asProtobuf), func(t *testing.T) {
-			var pkgs []ray.Package
-			var sub ray.SubmitRequest
-			svc := &Service{Limits: cfg.Limits, WorkingDirs: fakeWD{}, Jobs: &fakeJobs{JobFn: notFound,
-				PackageFn: func(_ context.Context, p ray.Package) error { pkgs = append(pkgs, p); return nil },
-				SubmitFn:  func(_ context.Context, r ray.SubmitRequest) (string, error) { sub = r; return r.SubmissionID, nil }}}
-			srv := httptest.NewServer(NewHandler(svc, "test", cfg.MaxBodyBytes, quiet))
+			// The whole request travels in its work message: on a NATS server whose
+			// max_payload takes it, the largest request is queued whole.
+			w := newWorldOn(t, natsWithMaxPayload(t, 4<<20))
+			w.svc.Limits = cfg.Limits
+			srv := httptest.NewServer(NewHandler(w.svc, "test", cfg.MaxBodyBytes, quiet))
 			defer srv.Close()
 			c := &rpcevents.Client{Source: "test", Protobuf: asProtobuf}
 			var resp pb.ExecuteDeliberationResponse
 			if err := c.Call(context.Background(), srv.URL, rpcevents.TypeExecuteDeliberation, req, rpcevents.CallOptions{}, &resp); err != nil {
 				t.Fatalf("got %v, want the largest request accepted", err)
 			}
-			if len(pkgs) != 1 || len(pkgs[0].Data) > int(cfg.MaxBodyBytes) {
-				t.Fatalf("got packages %d, want one of at most %d bytes", len(pkgs), cfg.MaxBodyBytes)
+			msgs := w.workMessages(t)
+			if len(msgs) != 1 || msgs[0].Subject != records.WorkSubjectPrefix+resp.GetDeliberationId() {
+				t.Fatalf("got %d work messages, want the request's", len(msgs))
 			}
-			wire, _ := json.Marshal(sub)
-			t.Logf("request package %d bytes, submission %d bytes", len(pkgs[0].Data), len(wire))
-			if len(wire) > 4<<10 {
-				t.Errorf("got a submission of %d bytes, want a small one (the request is in the package)", len(wire))
+			var pr ray.PayloadRequest
+			if err := json.Unmarshal(msgs[0].Data, &pr); err != nil || pr.TaskDescription != req.GetTaskDescription() || len(pr.Agents) != len(req.GetAgents()) {
+				t.Fatalf("the work message does not carry the request whole: %v", err)
 			}
+			t.Logf("work message %d bytes", len(msgs[0].Data))
 
 			// One byte over the description's limit is refused, naming the field and limit.
 			over := proto.Clone(req).(*pb.ExecuteDeliberationRequest)
@@ -99,4 +104,71 @@ func TestTheLargestRequestFitsEveryHop(t *testing.T) {
 			}
 		})
 	}
+}
+
+// On a NATS server with the default max_payload (1 MiB) the largest request's work message
+// does not fit. It is refused before anything is stored, as a request error naming the
+// limit: never a 503 a retry cannot get past, nor a pending record nothing will ever run.
+func TestAWorkMessageOverMaxPayloadLeavesNothingBehind(t *testing.T) {
+	cfg, err := LoadConfig(func(k string) string { return map[string]string{"LLM_ENDPOINT_ALLOWLIST": "http://127.0.0.1"}[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t)
+	w.svc.Limits = cfg.Limits
+	max := w.bus.Conn().MaxPayload()
+	if max != 1<<20 {
+		t.Fatalf("the test server's max_payload is %d, want NATS's default 1 MiB", max)
+	}
+	r := deliberationRequest(largestRequest())
+	_, err = w.svc.Execute(context.Background(), r, "big", "", quiet)
+	if !errors.Is(err, domain.ErrInvalid) || !strings.Contains(err.Error(), "max_payload") ||
+		!strings.Contains(err.Error(), fmt.Sprint(max)) {
+		t.Fatalf("got %v, want ErrInvalid naming max_payload and %d", err, max)
+	}
+	if _, _, err := w.store.Get(context.Background(), domain.DeliberationIDForKey("big")); !errors.Is(err, domain.ErrNotFound) {
+		t.Errorf("a refused request left a record: %v", err)
+	}
+	if n := len(w.active(t)); n != 0 {
+		t.Errorf("a refused request left %d active entries", n)
+	}
+	if n := len(w.workMessages(t)); n != 0 {
+		t.Errorf("a refused request queued %d messages", n)
+	}
+	// Within max_payload, the same kind of request is accepted.
+	r.TaskDescription = r.TaskDescription[:1000]
+	for i := range r.Agents {
+		r.Agents[i].PromptTemplate = "{task_description}"
+	}
+	if _, err := w.svc.Execute(context.Background(), r, "small", "", quiet); err != nil {
+		t.Errorf("a smaller request: %v", err)
+	}
+}
+
+// natsWithMaxPayload starts an embedded NATS server with JetStream whose max_payload is
+// maxPayload, and returns a bus on it with the event streams provisioned.
+func natsWithMaxPayload(t *testing.T, maxPayload int32) *events.Bus {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, MaxPayload: maxPayload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS did not start")
+	}
+	bus, err := events.Connect(events.Config{URL: srv.ClientURL()}, "test", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bus.Close)
+	for deadline := time.Now().Add(10 * time.Second); !bus.Connected() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := bus.Provision(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	return bus
 }

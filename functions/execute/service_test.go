@@ -3,48 +3,30 @@ package execute
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
+	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/executor"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
-	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
+	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
-
-// fakeJobs is a hand-written fake of the Ray port: each method delegates to its Fn field.
-// A nil PackageFn takes every package.
-type fakeJobs struct {
-	SubmitFn  func(context.Context, ray.SubmitRequest) (string, error)
-	JobFn     func(context.Context, string) (ray.JobDetails, error)
-	StopFn    func(context.Context, string) (bool, error)
-	PackageFn func(context.Context, ray.Package) error
-}
-
-func (f *fakeJobs) Submit(ctx context.Context, r ray.SubmitRequest) (string, error) {
-	return f.SubmitFn(ctx, r)
-}
-func (f *fakeJobs) Job(ctx context.Context, id string) (ray.JobDetails, error) {
-	return f.JobFn(ctx, id)
-}
-func (f *fakeJobs) Stop(ctx context.Context, id string) (bool, error) { return f.StopFn(ctx, id) }
-func (f *fakeJobs) EnsurePackage(ctx context.Context, p ray.Package) error {
-	if f.PackageFn == nil {
-		return nil
-	}
-	return f.PackageFn(ctx, p)
-}
-
-type fakeWD struct{ err error }
-
-func (f fakeWD) WorkingDir(context.Context) (string, error) { return "gcs://_ray_pkg_test.zip", f.err }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -57,157 +39,360 @@ func validRequest() domain.Request {
 	}
 }
 
-func notFound(context.Context, string) (ray.JobDetails, error) {
-	return ray.JobDetails{}, fmt.Errorf("ray: %w", domain.ErrNotFound)
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
 }
 
-func TestExecuteSubmitsWhatStatusAndListNeed(t *testing.T) {
-	var got ray.SubmitRequest
-	var uploaded []ray.Package
-	var calls []string
-	svc := &Service{
-		Jobs: &fakeJobs{JobFn: notFound, SubmitFn: func(_ context.Context, r ray.SubmitRequest) (string, error) {
-			calls = append(calls, "submit")
-			got = r
-			return r.SubmissionID, nil
-		}, PackageFn: func(_ context.Context, p ray.Package) error {
-			calls = append(calls, "package")
-			uploaded = append(uploaded, p)
-			return nil
-		}},
-		WorkingDirs: fakeWD{},
+// world is a service on a real NATS server, and what the tests read behind its back.
+type world struct {
+	svc   *Service
+	store *records.Store
+	bus   *events.Bus
+	pokes atomic.Int32
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	return newWorldOn(t, testenv.NATS(t))
+}
+
+func newWorldOn(t *testing.T, bus *events.Bus) *world {
+	t.Helper()
+	store := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	if err := store.Provision(ctxT(t)); err != nil {
+		t.Fatal(err)
 	}
-	sub, err := svc.Execute(context.Background(), validRequest(), "k1", "00-abc-def-01", quiet)
+	w := &world{store: store, bus: bus}
+	w.svc = &Service{Store: store, Events: bus, CancelWait: 3 * time.Second, Poke: func() { w.pokes.Add(1) }}
+	return w
+}
+
+func (w *world) workMessages(t *testing.T) []jetstream.RawStreamMsg {
+	t.Helper()
+	ctx := ctxT(t)
+	st, err := w.bus.JetStream().Stream(ctx, records.DefaultWorkStream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sub.DeliberationID != domain.DeliberationIDForKey("k1") || got.SubmissionID != sub.DeliberationID {
-		t.Errorf("got id %q submitted as %q, want both %q", sub.DeliberationID, got.SubmissionID, domain.DeliberationIDForKey("k1"))
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	meta, ours := domain.ParseJobMeta(got.Metadata)
-	if !ours || meta.TaskID != "t1" || meta.NumAgents != 1 || meta.StoryID != "s1" || meta.Traceparent != "00-abc-def-01" {
-		t.Errorf("got metadata %v, want ours with task t1, 1 agent, story s1 and the traceparent", got.Metadata)
-	}
-	if got.Entrypoint != ray.PayloadEntrypoint || strings.Contains(got.Entrypoint, "t1") {
-		t.Errorf("got entrypoint %q, want the fixed payload command with no request text", got.Entrypoint)
-	}
-	if wd := got.RuntimeEnv["working_dir"]; wd != "gcs://_ray_pkg_test.zip" {
-		t.Errorf("got working_dir %v", wd)
-	}
-	// The request goes first, in a package of its own that the job names.
-	if strings.Join(calls, ",") != "package,submit" || len(uploaded) != 1 {
-		t.Fatalf("got calls %v, want the request package uploaded, then the job submitted", calls)
-	}
-	if mods, _ := got.RuntimeEnv["py_modules"].([]string); len(mods) != 1 || mods[0] != uploaded[0].URI() {
-		t.Errorf("got py_modules %v, want [%s]", got.RuntimeEnv["py_modules"], uploaded[0].URI())
-	}
-	env, _ := got.RuntimeEnv["env_vars"].(map[string]string)
-	if !strings.HasPrefix(env[ray.RequestModuleEnv], ray.RequestModulePrefix) {
-		t.Errorf("got env_vars %v, want %s naming the request module", env, ray.RequestModuleEnv)
-	}
-	for k, v := range env {
-		if strings.Contains(v, "t1") || k == "RAY_EXECUTOR_REQUEST" {
-			t.Errorf("got env var %s=%q, want no request text in env_vars", k, v)
+	var out []jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if err == nil {
+			out = append(out, *m)
 		}
 	}
+	return out
 }
 
-func TestExecuteErrors(t *testing.T) {
-	ours := func(req domain.Request) func(context.Context, string) (ray.JobDetails, error) {
-		return func(_ context.Context, id string) (ray.JobDetails, error) {
-			job, _ := ray.DeliberationJob(id, req, "", ray.JobOptions{})
-			return ray.JobDetails{SubmissionID: id, Status: ray.StatusRunning, Metadata: job.Submit.Metadata}, nil
-		}
+func (w *world) events(t *testing.T, id string) []events.Stored {
+	t.Helper()
+	st, err := w.bus.Stored(ctxT(t), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func (w *world) counters(t *testing.T) map[string]int64 {
+	t.Helper()
+	c, err := w.store.Counters(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (w *world) active(t *testing.T) map[string]domain.ActiveEntry {
+	t.Helper()
+	entries, _, err := w.store.Active(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]domain.ActiveEntry{}
+	for _, e := range entries {
+		out[e.ID] = e
+	}
+	return out
+}
+
+func TestExecuteAcceptsIntoNATS(t *testing.T) {
+	w := newWorld(t)
+	sub, err := w.svc.Execute(ctxT(t), validRequest(), "k1", "00-abc-def-01", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := domain.DeliberationIDForKey("k1")
+	if sub.DeliberationID != id || sub.Duplicate {
+		t.Fatalf("got %+v, want %s, not a duplicate", sub, id)
 	}
 	normalized := validRequest()
 	if err := domain.Normalize(&normalized, domain.Limits{}); err != nil {
 		t.Fatal(err)
 	}
-	other := normalized
-	other.TaskDescription = "something else"
-	noSubmit := func(context.Context, ray.SubmitRequest) (string, error) {
-		return "", errors.New("must not submit")
+	rec, _, err := w.store.Get(ctxT(t), id)
+	if err != nil {
+		t.Fatal(err)
 	}
-	cases := []struct {
-		name     string
-		jobs     *fakeJobs
-		wd       fakeWD
-		key      string
-		want     error
-		wantDup  bool
-		wantCode int
-	}{
-		{"Ray down on lookup", &fakeJobs{JobFn: func(context.Context, string) (ray.JobDetails, error) {
-			return ray.JobDetails{}, domain.ErrUnavailable
-		}, SubmitFn: noSubmit}, fakeWD{}, "k", domain.ErrUnavailable, false, 503},
-		{"Ray down on submit", &fakeJobs{JobFn: notFound, SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) {
-			return "", fmt.Errorf("ray: %w", domain.ErrUnavailable)
-		}}, fakeWD{}, "", domain.ErrUnavailable, false, 503},
-		{"Ray slow", &fakeJobs{JobFn: notFound, SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) {
-			return "", domain.ErrDeadline
-		}}, fakeWD{}, "k", domain.ErrDeadline, false, 504},
-		{"Ray refuses our token", &fakeJobs{JobFn: notFound, SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) {
-			return "", domain.ErrUnauthenticated
-		}}, fakeWD{}, "k", domain.ErrUnauthenticated, false, 502},
-		{"package upload fails", &fakeJobs{JobFn: notFound, SubmitFn: noSubmit},
-			fakeWD{err: domain.ErrUnavailable}, "k", domain.ErrUnavailable, false, 503},
-		{"request package upload fails", &fakeJobs{JobFn: notFound, SubmitFn: noSubmit,
-			PackageFn: func(context.Context, ray.Package) error { return fmt.Errorf("ray: %w", domain.ErrUnavailable) }},
-			fakeWD{}, "k", domain.ErrUnavailable, false, 503},
-		{"request package upload times out", &fakeJobs{JobFn: notFound, SubmitFn: noSubmit,
-			PackageFn: func(context.Context, ray.Package) error { return domain.ErrDeadline }},
-			fakeWD{}, "", domain.ErrDeadline, false, 504},
-		{"existing job, same request", &fakeJobs{JobFn: ours(normalized), SubmitFn: noSubmit}, fakeWD{}, "k", nil, true, 200},
-		{"existing job, other request", &fakeJobs{JobFn: ours(other), SubmitFn: noSubmit}, fakeWD{}, "k", domain.ErrConflict, false, 409},
-		{"existing foreign job", &fakeJobs{JobFn: func(_ context.Context, id string) (ray.JobDetails, error) {
-			return ray.JobDetails{SubmissionID: id, Metadata: map[string]string{"x": "y"}}, nil
-		}, SubmitFn: noSubmit}, fakeWD{}, "k", domain.ErrConflict, false, 409},
-		{"lost the race", &fakeJobs{
-			JobFn: func() func(context.Context, string) (ray.JobDetails, error) {
-				var n atomic.Int32
-				return func(ctx context.Context, id string) (ray.JobDetails, error) {
-					if n.Add(1) == 1 {
-						return notFound(ctx, id)
-					}
-					return ours(normalized)(ctx, id)
-				}
-			}(),
-			SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) { return "", domain.ErrAlreadyExists },
-		}, fakeWD{}, "k", nil, true, 200},
+	if rec.State != domain.StatusPending || rec.TaskID != "t1" || rec.StoryID != "s1" || rec.NumAgents != 1 ||
+		rec.RequestSHA256 != executor.RequestHash(normalized) || rec.Traceparent != "00-abc-def-01" ||
+		rec.TimeoutSeconds != normalized.Constraints.TimeoutSeconds || rec.Deadline == "" {
+		t.Errorf("got record %+v", rec)
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			svc := &Service{Jobs: tc.jobs, WorkingDirs: tc.wd}
-			sub, err := svc.Execute(context.Background(), validRequest(), tc.key, "", quiet)
-			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
-				t.Fatalf("got %v, want %v", err, tc.want)
-			}
-			if sub.Duplicate != tc.wantDup {
-				t.Errorf("got duplicate %v, want %v", sub.Duplicate, tc.wantDup)
-			}
-			if err != nil {
-				if code, _ := rpcevents.HTTPStatus(err); code != tc.wantCode {
-					t.Errorf("got HTTP %d, want %d", code, tc.wantCode)
-				}
-			}
-		})
+	if a, ok := w.active(t)[id]; !ok || a.State != domain.StatusPending || a.TaskID != "t1" {
+		t.Errorf("got active index %v, want %s pending", w.active(t), id)
+	}
+	msgs := w.workMessages(t)
+	want, _ := executor.WorkMessage(id, normalized, "00-abc-def-01")
+	if len(msgs) != 1 || msgs[0].Subject != records.WorkSubjectPrefix+id || string(msgs[0].Data) != string(want) {
+		t.Fatalf("got %d work messages (%v), want one on %s carrying the payload request", len(msgs), msgs, records.WorkSubjectPrefix+id)
+	}
+	if c := w.counters(t); c[records.CountSubmitted] != 1 {
+		t.Errorf("got counters %v, want submitted 1", c)
+	}
+	evs := w.events(t, id)
+	if len(evs) != 1 || evs[0].Kind() != events.Submitted || evs[0].Traceparent != "00-abc-def-01" {
+		t.Errorf("got events %+v, want one submitted with the traceparent", evs)
+	}
+	if w.pokes.Load() != 1 {
+		t.Errorf("got %d pokes of the deployer, want 1", w.pokes.Load())
+	}
+	// No key: a fresh id every time.
+	a, _ := w.svc.Execute(ctxT(t), validRequest(), "", "", quiet)
+	b, _ := w.svc.Execute(ctxT(t), validRequest(), "", "", quiet)
+	if a.DeliberationID == b.DeliberationID || a.Duplicate || b.Duplicate || a.DeliberationID == "" {
+		t.Errorf("without a key: got %+v and %+v, want two new deliberations", a, b)
 	}
 }
 
-func TestInvalidRequestNeverReachesRay(t *testing.T) {
-	fail := &fakeJobs{
-		SubmitFn: func(context.Context, ray.SubmitRequest) (string, error) { t.Error("submitted"); return "", nil },
-		JobFn: func(context.Context, string) (ray.JobDetails, error) {
-			t.Error("looked up")
-			return ray.JobDetails{}, nil
-		},
+// Accepting is a NATS write: the service has no Ray port at all, so no Ray outage, latency
+// or refusal can reach a caller of execute.
+func TestExecuteHasNoRayPort(t *testing.T) {
+	for _, typ := range []reflect.Type{reflect.TypeOf(Service{}), reflect.TypeOf((*Store)(nil)).Elem()} {
+		var check func(reflect.Type, string)
+		check = func(tt reflect.Type, where string) {
+			if strings.Contains(tt.PkgPath(), "/shared/ray") {
+				t.Errorf("%s is of Ray's type %s", where, tt)
+			}
+			for _, m := range []string{"Submit", "Job", "Stop", "WorkingDir", "EnsurePackage"} {
+				if _, ok := tt.MethodByName(m); ok && tt.Kind() == reflect.Interface {
+					t.Errorf("%s (%s) has Ray's method %s", where, tt, m)
+				}
+			}
+		}
+		if typ.Kind() == reflect.Struct {
+			for i := range typ.NumField() {
+				f := typ.Field(i)
+				check(f.Type, "Service."+f.Name)
+			}
+		} else {
+			check(typ, "Store")
+		}
 	}
-	h := NewHandler(&Service{Jobs: fail, WorkingDirs: fakeWD{}}, "test", 0, quiet)
-	srv := httptest.NewServer(h)
+}
+
+func httpCode(err error) int {
+	code, _ := rpcevents.HTTPStatus(err)
+	return code
+}
+
+func TestExecuteIdempotency(t *testing.T) {
+	w := newWorld(t)
+	ctx := ctxT(t)
+	first, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+	if err != nil || !again.Duplicate || again.DeliberationID != first.DeliberationID {
+		t.Fatalf("same key, same request: got %+v, %v, want the same deliberation as a duplicate", again, err)
+	}
+	other := validRequest()
+	other.TaskDescription = "something else"
+	_, err = w.svc.Execute(ctx, other, "k", "", quiet)
+	if !errors.Is(err, domain.ErrConflict) || httpCode(err) != http.StatusConflict {
+		t.Fatalf("same key, other request: got %v, want ErrConflict (409)", err)
+	}
+	// Normalization happens before the hash: a request that only spells defaults out is the same.
+	spelled := validRequest()
+	if err := domain.Normalize(&spelled, domain.Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if sub, err := w.svc.Execute(ctx, spelled, "k", "", quiet); err != nil || !sub.Duplicate {
+		t.Errorf("the same request with its defaults spelled out: got %+v, %v", sub, err)
+	}
+	// A duplicate of a running or ended deliberation queues nothing again.
+	if _, err := w.store.Update(ctx, first.DeliberationID, func(r domain.Record) (domain.Record, error) {
+		return r.Start(1, "x", time.Now())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if sub, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet); err != nil || !sub.Duplicate {
+		t.Errorf("duplicate of a running one: got %+v, %v", sub, err)
+	}
+	if a := w.active(t)[first.DeliberationID]; a.State != domain.StatusPending {
+		// the executor re-puts the entry as running; execute must not have touched it
+		t.Errorf("a duplicate of a running deliberation rewrote its index entry: %+v", a)
+	}
+	if n := len(w.workMessages(t)); n != 1 {
+		t.Errorf("got %d work messages, want 1", n)
+	}
+	if c := w.counters(t); c[records.CountSubmitted] != 1 {
+		t.Errorf("got counters %v, want submitted 1", c)
+	}
+	if evs := w.events(t, first.DeliberationID); len(evs) != 1 {
+		t.Errorf("got %d events, want the one submitted", len(evs))
+	}
+}
+
+func TestConcurrentExecuteWithOneKey(t *testing.T) {
+	w := newWorld(t)
+	const n = 100
+	subs := make([]Submission, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			subs[i], errs[i] = w.svc.Execute(ctxT(t), validRequest(), "one-key", "", quiet)
+		}()
+	}
+	wg.Wait()
+	id := domain.DeliberationIDForKey("one-key")
+	fresh := 0
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("submit %d: %v", i, errs[i])
+		}
+		if subs[i].DeliberationID != id {
+			t.Fatalf("submit %d: got id %s, want %s", i, subs[i].DeliberationID, id)
+		}
+		if !subs[i].Duplicate {
+			fresh++
+		}
+	}
+	if fresh != 1 {
+		t.Errorf("got %d submits that were not duplicates, want exactly 1", fresh)
+	}
+	if n := len(w.workMessages(t)); n != 1 {
+		t.Errorf("got %d work messages, want 1", n)
+	}
+	kv, err := w.bus.JetStream().KeyValue(ctxT(t), records.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeys(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for k := range keys.Keys() {
+		got = append(got, k)
+	}
+	if len(got) != 2 {
+		t.Errorf("got keys %v, want one record and its active entry", got)
+	}
+	if c := w.counters(t); c[records.CountSubmitted] != 1 {
+		t.Errorf("got counters %v, want submitted 1", c)
+	}
+	if evs := w.events(t, id); len(evs) != 1 {
+		t.Errorf("got %d events, want one submitted", len(evs))
+	}
+}
+
+// failingEnqueue is the real store whose first n queue appends fail as NATS failing there
+// would (a fault the real server cannot be made to produce at that exact step).
+type failingEnqueue struct {
+	*records.Store
+	n atomic.Int32
+}
+
+func (f *failingEnqueue) Enqueue(ctx context.Context, id string, body []byte) error {
+	if f.n.Add(-1) >= 0 {
+		return domain.ErrUnavailable
+	}
+	return f.Store.Enqueue(ctx, id, body)
+}
+
+// A submit that stopped after creating the record is completed by its retry: the retry is
+// a duplicate of a pending record, so it queues the work again (the queue keeps one copy)
+// and writes the counter and event the first never got to.
+func TestRetryCompletesAnInterruptedSubmit(t *testing.T) {
+	w := newWorld(t)
+	fs := &failingEnqueue{Store: w.store}
+	fs.n.Store(1)
+	w.svc.Store = fs
+	ctx := ctxT(t)
+	_, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+	if !errors.Is(err, domain.ErrUnavailable) || httpCode(err) != http.StatusServiceUnavailable {
+		t.Fatalf("got %v, want ErrUnavailable (503)", err)
+	}
+	id := domain.DeliberationIDForKey("k")
+	if n := len(w.workMessages(t)); n != 0 {
+		t.Fatalf("got %d work messages, want none yet", n)
+	}
+	for range 2 {
+		sub, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+		if err != nil || !sub.Duplicate || sub.DeliberationID != id {
+			t.Fatalf("retry: got %+v, %v", sub, err)
+		}
+	}
+	if msgs := w.workMessages(t); len(msgs) != 1 || msgs[0].Subject != records.WorkSubjectPrefix+id {
+		t.Errorf("got %d work messages, want one for %s", len(msgs), id)
+	}
+	if c := w.counters(t); c[records.CountSubmitted] != 1 {
+		t.Errorf("got counters %v, want submitted 1", c)
+	}
+	if evs := w.events(t, id); len(evs) != 1 || evs[0].Kind() != events.Submitted {
+		t.Errorf("got events %+v, want one submitted", evs)
+	}
+	if _, ok := w.active(t)[id]; !ok {
+		t.Error("no active entry")
+	}
+}
+
+func TestExecuteWithNATSDown(t *testing.T) {
+	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus, err := events.Connect(events.Config{URL: srv.URL()}, "test", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	srv.Stop()
+	for deadline := time.Now().Add(10 * time.Second); bus.Connected() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	svc := &Service{Store: records.New(bus.Conn(), bus.JetStream(), records.Config{}), Events: bus}
+	start := time.Now()
+	_, err = svc.Execute(ctxT(t), validRequest(), "k", "", quiet)
+	if !errors.Is(err, domain.ErrUnavailable) || httpCode(err) != http.StatusServiceUnavailable {
+		t.Errorf("execute: got %v, want ErrUnavailable (503)", err)
+	}
+	_, err = svc.Cancel(ctxT(t), domain.DeliberationIDForKey("k"), quiet)
+	if !errors.Is(err, domain.ErrUnavailable) {
+		t.Errorf("cancel: got %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("took %v, want a fast failure", d)
+	}
+}
+
+func TestInvalidRequestNeverReachesNATS(t *testing.T) {
+	w := newWorld(t)
+	srv := httptest.NewServer(NewHandler(w.svc, "test", 0, quiet))
 	defer srv.Close()
 	c := &rpcevents.Client{Source: "test"}
 	var resp pb.ExecuteDeliberationResponse
-	err := c.Call(context.Background(), srv.URL, rpcevents.TypeExecuteDeliberation,
+	err := c.Call(ctxT(t), srv.URL, rpcevents.TypeExecuteDeliberation,
 		&pb.ExecuteDeliberationRequest{TaskId: "t"}, rpcevents.CallOptions{IdempotencyKey: "k"}, &resp)
 	var se *rpcevents.StatusError
 	if !errors.As(err, &se) || se.HTTPStatus != http.StatusBadRequest {
@@ -218,156 +403,215 @@ func TestInvalidRequestNeverReachesRay(t *testing.T) {
 			t.Errorf("got %q, want it to name %s", se.Message, field)
 		}
 	}
-}
-
-// fakePublisher is a hand-written fake of the event bus.
-type fakePublisher struct {
-	PublishFn func(context.Context, events.Event) error
-}
-
-func (f *fakePublisher) Publish(ctx context.Context, ev events.Event) error {
-	return f.PublishFn(ctx, ev)
-}
-
-// A PENDING job starts once its reservation fits even after Ray took its stop, so its
-// cancelled event is stored first (the payload looks for it before running any agent),
-// and once stored the deliberation is cancelled whatever Ray answers to the stop.
-func TestCancelPendingStoresTheEventBeforeTheStop(t *testing.T) {
-	ours := domain.JobMeta{DeliberationID: "d1", TaskID: "t1", NumAgents: 2}.Map()
-	pending := func(_ context.Context, id string) (ray.JobDetails, error) {
-		return ray.JobDetails{SubmissionID: id, Status: ray.StatusPending, Metadata: ours}, nil
+	if _, _, err := w.store.Get(ctxT(t), domain.DeliberationIDForKey(rpcevents.KeyFor("test", "", "k"))); !errors.Is(err, domain.ErrNotFound) {
+		t.Errorf("an invalid request left a record: %v", err)
 	}
-	rayDown := fmt.Errorf("ray: %w", domain.ErrUnavailable)
-	natsDown := fmt.Errorf("events: %w", domain.ErrUnavailable)
-	cases := []struct {
-		name       string
-		stopErr    error
-		publishErr error
-		want       domain.Status
-		wantErr    error
-		wantMsg    string
-	}{
-		{"stop taken", nil, nil, domain.StatusCancelled, nil, "deliberation cancelled before it started"},
-		{"stop refused, event stored", rayDown, nil, domain.StatusCancelled, nil, "deliberation cancelled before it started"},
-		{"stop taken, NATS down", nil, natsDown, domain.StatusCancelled, nil, "could not be recorded on NATS"},
-		{"stop refused, NATS down", rayDown, natsDown, "", domain.ErrUnavailable, ""},
+	if n := len(w.workMessages(t)); n != 0 || w.pokes.Load() != 0 {
+		t.Errorf("an invalid request queued %d messages and poked the deployer %d times", n, w.pokes.Load())
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			var calls []string
-			var published events.Event
-			svc := &Service{
-				Jobs: &fakeJobs{JobFn: pending, StopFn: func(context.Context, string) (bool, error) {
-					calls = append(calls, "stop")
-					return tc.stopErr == nil, tc.stopErr
-				}},
-				Events: &fakePublisher{PublishFn: func(_ context.Context, ev events.Event) error {
-					calls = append(calls, "publish")
-					published = ev
-					return tc.publishErr
-				}},
-			}
-			c, err := svc.Cancel(context.Background(), "d1", quiet)
-			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && err != nil) {
-				t.Fatalf("got error %v, want %v", err, tc.wantErr)
-			}
-			if c.Status != tc.want || !strings.Contains(c.Message, tc.wantMsg) {
-				t.Errorf("got %q %q, want %q with %q", c.Status, c.Message, tc.want, tc.wantMsg)
-			}
-			if got := strings.Join(calls, ","); got != "publish,stop" {
-				t.Errorf("got calls %s, want publish,stop (the event stored before Ray is asked)", got)
-			}
-			if published.ID != "d1.terminal" || published.Kind() != events.Cancelled {
-				t.Errorf("got event %s of kind %s, want d1.terminal, cancelled", published.ID, published.Kind())
-			}
-		})
-	}
-}
-
-// A running job is stopped before its cancelled event is stored: a stop Ray refuses leaves
-// no cancelled event behind for a deliberation that goes on and completes.
-func TestCancelRunningStopsBeforeTheEvent(t *testing.T) {
-	ours := domain.JobMeta{DeliberationID: "d1"}.Map()
-	var calls []string
-	svc := &Service{
-		Jobs: &fakeJobs{
-			JobFn: func(_ context.Context, id string) (ray.JobDetails, error) {
-				return ray.JobDetails{SubmissionID: id, Status: ray.StatusRunning, Metadata: ours}, nil
-			},
-			StopFn: func(context.Context, string) (bool, error) {
-				calls = append(calls, "stop")
-				return false, fmt.Errorf("ray: %w", domain.ErrUnavailable)
-			},
-		},
-		Events: &fakePublisher{PublishFn: func(context.Context, events.Event) error {
-			calls = append(calls, "publish")
-			return nil
-		}},
-	}
-	if _, err := svc.Cancel(context.Background(), "d1", quiet); !errors.Is(err, domain.ErrUnavailable) {
-		t.Fatalf("got %v, want ErrUnavailable", err)
-	}
-	if got := strings.Join(calls, ","); got != "stop" {
-		t.Errorf("got calls %s, want stop alone", got)
-	}
-}
-
-func TestCancel(t *testing.T) {
-	running := func(st ray.JobStatus, md map[string]string) func(context.Context, string) (ray.JobDetails, error) {
-		return func(_ context.Context, id string) (ray.JobDetails, error) {
-			return ray.JobDetails{SubmissionID: id, Status: st, Metadata: md}, nil
+	// A valid one through the handler: submitted, and the second time a duplicate.
+	req := &pb.ExecuteDeliberationRequest{TaskId: "t1", TaskDescription: "d", Role: "dev", VllmUrl: "http://127.0.0.1:8000",
+		VllmModel: "m", Constraints: &pb.TaskConstraints{StoryId: "s1"}, Agents: []*pb.Agent{{Id: "a1", Role: "dev", Model: "m"}}}
+	for i, wantDup := range []bool{false, true} {
+		if err := c.Call(ctxT(t), srv.URL, rpcevents.TypeExecuteDeliberation, req, rpcevents.CallOptions{IdempotencyKey: "k2"}, &resp); err != nil {
+			t.Fatal(err)
 		}
-	}
-	ours := domain.JobMeta{DeliberationID: "d1"}.Map()
-	var stopped int
-	stop := func(context.Context, string) (bool, error) { stopped++; return true, nil }
-	cases := []struct {
-		name      string
-		job       func(context.Context, string) (ray.JobDetails, error)
-		want      domain.Status
-		wantErr   error
-		wantStops int
-	}{
-		{"running", running(ray.StatusRunning, ours), domain.StatusCancelled, nil, 1},
-		{"already succeeded", running(ray.StatusSucceeded, ours), domain.StatusCompleted, nil, 0},
-		{"already failed", running(ray.StatusFailed, ours), domain.StatusFailed, nil, 0},
-		{"unknown", notFound, "", domain.ErrNotFound, 0},
-		{"foreign", running(ray.StatusRunning, map[string]string{}), "", domain.ErrNotFound, 0},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			stopped = 0
-			svc := &Service{Jobs: &fakeJobs{JobFn: tc.job, StopFn: stop}}
-			c, err := svc.Cancel(context.Background(), "d1", quiet)
-			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && err != nil) {
-				t.Fatalf("got %v, want %v", err, tc.wantErr)
-			}
-			if c.Status != tc.want || stopped != tc.wantStops {
-				t.Errorf("got %q with %d stops, want %q with %d", c.Status, stopped, tc.want, tc.wantStops)
-			}
-		})
+		if resp.GetDeliberationId() != domain.DeliberationIDForKey(rpcevents.KeyFor("test", "", "k2")) || resp.GetStatus() != "submitted" || resp.GetDuplicate() != wantDup {
+			t.Errorf("call %d: got %v", i, &resp)
+		}
 	}
 }
 
 // Cancelling an id this system could never have minted (the original's, with ':') is
-// NOT_FOUND without a call to Ray; an empty or oversize id is a malformed request.
-func TestCancelForeignIDIsNotFoundWithoutAskingRay(t *testing.T) {
-	asked := 0
-	svc := &Service{Jobs: &fakeJobs{JobFn: func(context.Context, string) (ray.JobDetails, error) {
-		asked++
-		return ray.JobDetails{}, domain.ErrNotFound
-	}}}
+// NOT_FOUND without a read of NATS; an empty or oversize id is a malformed request.
+func TestCancelRefusesWithoutTouchingNATS(t *testing.T) {
+	svc := &Service{} // no store: a call to it would panic the test
 	for _, id := range []string{"deliberation-ceremony-c1:story-s1:role-QA-1733000000", "a.b", "../x", "delib >"} {
-		if _, err := svc.Cancel(context.Background(), id, slog.Default()); !errors.Is(err, domain.ErrNotFound) {
-			t.Errorf("cancel %q: got %v, want ErrNotFound", id, err)
+		if _, err := svc.Cancel(context.Background(), id, quiet); !errors.Is(err, domain.ErrNotFound) || httpCode(err) != http.StatusNotFound {
+			t.Errorf("cancel %q: got %v, want ErrNotFound (404)", id, err)
 		}
-	}
-	if asked != 0 {
-		t.Errorf("got %d calls to Ray for foreign ids, want none", asked)
 	}
 	for _, id := range []string{"", strings.Repeat("x", domain.MaxLookupIDBytes+1)} {
-		if _, err := svc.Cancel(context.Background(), id, slog.Default()); !errors.Is(err, domain.ErrInvalid) {
+		if _, err := svc.Cancel(context.Background(), id, quiet); !errors.Is(err, domain.ErrInvalid) {
 			t.Errorf("cancel an id of %d bytes: got %v, want ErrInvalid", len(id), err)
 		}
+	}
+}
+
+func TestCancelUnknown(t *testing.T) {
+	w := newWorld(t)
+	_, err := w.svc.Cancel(ctxT(t), domain.DeliberationIDForKey("never"), quiet)
+	if !errors.Is(err, domain.ErrNotFound) {
+		t.Errorf("got %v, want ErrNotFound", err)
+	}
+}
+
+func TestCancelPending(t *testing.T) {
+	w := newWorld(t)
+	ctx := ctxT(t)
+	sub, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c, err := w.svc.Cancel(ctx, sub.DeliberationID, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Status != domain.StatusCancelled || c.Message != "deliberation cancelled before it started" {
+		t.Errorf("got %+v", c)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("cancelling a pending one took %v: it must not wait for an executor", d)
+	}
+	rec, _, _ := w.store.Get(ctx, sub.DeliberationID)
+	if rec.State != domain.StatusCancelled || rec.EndedAt == "" || rec.Reason == "" {
+		t.Errorf("got record %+v", rec)
+	}
+	evs := w.events(t, sub.DeliberationID)
+	if len(evs) != 2 || evs[1].Kind() != events.Cancelled || evs[1].ID != sub.DeliberationID+".terminal" {
+		t.Errorf("got events %+v, want submitted then cancelled", evs)
+	}
+	if _, ok := w.active(t)[sub.DeliberationID]; ok {
+		t.Error("the active entry is still there")
+	}
+	if cn := w.counters(t); cn[records.CountCancelled] != 1 {
+		t.Errorf("got counters %v", cn)
+	}
+	// Again: it has ended, nothing changes and its status is reported.
+	c, err = w.svc.Cancel(ctx, sub.DeliberationID, quiet)
+	if err != nil || c.Status != domain.StatusCancelled || !strings.Contains(c.Message, "already finished") {
+		t.Errorf("second cancel: got %+v, %v", c, err)
+	}
+	if n := len(w.events(t, sub.DeliberationID)); n != 2 {
+		t.Errorf("got %d events after the second cancel, want 2", n)
+	}
+	// A duplicate submit of the cancelled deliberation does not revive it.
+	if s, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet); err != nil || !s.Duplicate {
+		t.Errorf("duplicate after cancel: %+v, %v", s, err)
+	}
+	if _, ok := w.active(t)[sub.DeliberationID]; ok {
+		t.Error("a duplicate of a cancelled deliberation put it back in the active index")
+	}
+}
+
+// running starts a deliberation as the executor would and listens for its cancel signal.
+func running(t *testing.T, w *world, key string) (string, chan struct{}) {
+	t.Helper()
+	ctx := ctxT(t)
+	sub, err := w.svc.Execute(ctx, validRequest(), key, "", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := w.store.Update(ctx, sub.DeliberationID, func(r domain.Record) (domain.Record, error) {
+		return r.Start(1, "replica-1", time.Now())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = w.store.PutActive(ctx, rec.Active())
+	signal := make(chan struct{}, 1)
+	s, err := w.bus.Conn().Subscribe(records.CancelSubjectPrefix+sub.DeliberationID, func(*nats.Msg) { signal <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Unsubscribe() })
+	_ = w.bus.Conn().Flush()
+	return sub.DeliberationID, signal
+}
+
+func TestCancelRunning(t *testing.T) {
+	w := newWorld(t)
+	id, signal := running(t, w, "k")
+	executorDone := make(chan error, 1)
+	go func() { // the executor: on the signal, it stops its agents and records the end
+		select {
+		case <-signal:
+		case <-time.After(10 * time.Second):
+			executorDone <- errors.New("no cancel signal")
+			return
+		}
+		ctx := context.Background()
+		rec, _, err := w.store.Get(ctx, id)
+		if err == nil && !rec.CancelRequested {
+			err = errors.New("the signal came before cancel_requested was stored")
+		}
+		if err == nil {
+			time.Sleep(200 * time.Millisecond)
+			rec, err = w.store.Update(ctx, id, func(r domain.Record) (domain.Record, error) { return r.Cancelled(time.Now()) })
+		}
+		if err == nil {
+			records.AfterTerminal(ctx, w.store, w.bus, rec, events.SourcePayload, quiet)
+		}
+		executorDone <- err
+	}()
+	start := time.Now()
+	c, err := w.svc.Cancel(ctxT(t), id, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-executorDone; err != nil {
+		t.Fatal(err)
+	}
+	if c.Status != domain.StatusCancelled || c.Message != "deliberation cancelled; its agent calls were stopped" {
+		t.Errorf("got %+v", c)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Errorf("Cancel returned after %v, before the executor ended the deliberation", d)
+	}
+	rec, _, _ := w.store.Get(ctxT(t), id)
+	if rec.State != domain.StatusCancelled || !rec.CancelRequested || rec.Reason != "cancelled by request" {
+		t.Errorf("got record %+v", rec)
+	}
+	if _, ok := w.active(t)[id]; ok {
+		t.Error("the active entry is still there")
+	}
+}
+
+func TestCancelRunningThatTheExecutorDoesNotEnd(t *testing.T) {
+	w := newWorld(t)
+	w.svc.CancelWait = 300 * time.Millisecond
+	id, signal := running(t, w, "k")
+	start := time.Now()
+	c, err := w.svc.Cancel(ctxT(t), id, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 3*time.Second {
+		t.Errorf("returned after %v, want after CancelWait (300ms)", d)
+	}
+	select {
+	case <-signal:
+	case <-time.After(5 * time.Second):
+		t.Error("no cancel signal was published")
+	}
+	if c.Status != domain.StatusCancelled || !strings.HasPrefix(c.Message, "cancel requested") {
+		t.Errorf("got %+v", c)
+	}
+	rec, _, _ := w.store.Get(ctxT(t), id)
+	if rec.State != domain.StatusRunning || !rec.CancelRequested {
+		t.Errorf("got record %+v, want running with cancel_requested", rec)
+	}
+	if n := len(w.events(t, id)); n != 1 {
+		t.Errorf("got %d events, want no terminal one: the executor writes it", n)
+	}
+}
+
+func TestCancelRunningThatCompletesFirst(t *testing.T) {
+	w := newWorld(t)
+	id, signal := running(t, w, "k")
+	go func() {
+		<-signal
+		_, _ = w.store.Update(context.Background(), id, func(r domain.Record) (domain.Record, error) {
+			return r.Finish(domain.Outcome{Status: "completed"}, time.Now())
+		})
+	}()
+	c, err := w.svc.Cancel(ctxT(t), id, quiet)
+	if err != nil || c.Status != domain.StatusCompleted || !strings.Contains(c.Message, "finished before the cancel") {
+		t.Errorf("got %+v, %v, want completed", c, err)
+	}
+	c, err = w.svc.Cancel(ctxT(t), id, quiet)
+	if err != nil || c.Status != domain.StatusCompleted || !strings.Contains(c.Message, "already finished") {
+		t.Errorf("cancel after it completed: got %+v, %v", c, err)
 	}
 }
