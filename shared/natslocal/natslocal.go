@@ -12,6 +12,9 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
+// MaxPayload is the largest message the local server takes.
+const MaxPayload = 8 << 20
+
 // Server is an embedded NATS server with JetStream, for `make run` and tests: the same
 // server binary production runs, in process, bound to loopback.
 type Server struct {
@@ -38,6 +41,11 @@ func Start(addr, storeDir string) (*Server, error) {
 		JetStream: true,
 		StoreDir:  storeDir,
 		NoSigs:    true,
+		// A work message carries a whole request (execute takes up to MAX_BODY_BYTES, 2 MiB,
+		// which is more as JSON), and a record all its agents' answers: NATS's default 1 MiB
+		// is too small. 8 MiB is the largest NATS advises; production servers need the same
+		// (max_payload: 8MB, knative/README.md).
+		MaxPayload: MaxPayload,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natslocal: NATS: %w", err)
