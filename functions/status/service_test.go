@@ -2,24 +2,23 @@ package status
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
-
-type fakeJobs struct {
-	JobFn  func(context.Context, string) (ray.JobDetails, error)
-	LogsFn func(context.Context, string) (string, error)
-}
-
-func (f *fakeJobs) Job(ctx context.Context, id string) (ray.JobDetails, error) {
-	return f.JobFn(ctx, id)
-}
-func (f *fakeJobs) Logs(ctx context.Context, id string) (string, error) { return f.LogsFn(ctx, id) }
 
 const twoAgents = `{"version":1,"status":"completed","num_agents":2,"completed_agents":1,"failed_agents":1,` +
 	`"agents":[{"agent_id":"a1","status":"completed","proposal":"p1","reasoning":"r1","score":0.5},` +
@@ -28,85 +27,165 @@ const twoAgents = `{"version":1,"status":"completed","num_agents":2,"completed_a
 const allFailed = `{"version":1,"status":"failed","num_agents":1,"completed_agents":0,"failed_agents":1,"error":"all 1 agents failed",` +
 	`"agents":[{"agent_id":"a1","status":"failed","error":"HTTP 500","error_type":"http_error"}]}`
 
-func TestStatusMapping(t *testing.T) {
-	meta := domain.JobMeta{DeliberationID: "d1", TaskID: "t1", NumAgents: 2}.Map()
-	cases := []struct {
-		name      string
-		status    ray.JobStatus
-		md        map[string]string
-		logs      string
-		jobErr    error
-		want      domain.Status
-		wantType  string
-		wantAgent int
-		wantErr   error
-	}{
-		{"pending", ray.StatusPending, meta, "", nil, domain.StatusPending, "", 0, nil},
-		{"running", ray.StatusRunning, meta, "", nil, domain.StatusRunning, "", 0, nil},
-		{"succeeded with result", ray.StatusSucceeded, meta, "noise\n" + ray.ResultMarker + twoAgents + "\nmore\n", nil, domain.StatusCompleted, "", 2, nil},
-		{"succeeded without result", ray.StatusSucceeded, meta, "hello\n", nil, domain.StatusFailed, "no_result", 0, nil},
-		{"succeeded with a broken result", ray.StatusSucceeded, meta, ray.ResultMarker + "{oops\n", nil, domain.StatusFailed, "invalid_result", 0, nil},
-		{"failed, every agent failed", ray.StatusFailed, meta, ray.ResultMarker + allFailed + "\n", nil, domain.StatusFailed, "all_agents_failed", 1, nil},
-		{"failed before reporting", ray.StatusFailed, meta, "Traceback\n", nil, domain.StatusFailed, "JOB_ENTRYPOINT_COMMAND_ERROR", 0, nil},
-		{"stopped", ray.StatusStopped, meta, "", nil, domain.StatusCancelled, "cancelled", 0, nil},
-		{"unknown", "", nil, "", fmt.Errorf("ray: %w", domain.ErrNotFound), domain.StatusNotFound, "", 0, nil},
-		{"foreign job", ray.StatusRunning, map[string]string{"other": "x"}, "", nil, domain.StatusNotFound, "", 0, nil},
-		{"Ray down", "", nil, "", fmt.Errorf("ray: %w", domain.ErrUnavailable), "", "", 0, domain.ErrUnavailable},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			jobs := &fakeJobs{
-				JobFn: func(_ context.Context, id string) (ray.JobDetails, error) {
-					return ray.JobDetails{SubmissionID: id, Status: tc.status, Metadata: tc.md,
-						ErrorType: "JOB_ENTRYPOINT_COMMAND_ERROR", Message: "exit 1"}, tc.jobErr
-				},
-				LogsFn: func(context.Context, string) (string, error) { return tc.logs, nil },
-			}
-			rep, err := NewService(jobs, 8).Status(context.Background(), "d1")
-			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && err != nil) {
-				t.Fatalf("got error %v, want %v", err, tc.wantErr)
-			}
-			if rep.Status != tc.want || rep.ErrorType != tc.wantType {
-				t.Errorf("got %q/%q, want %q/%q", rep.Status, rep.ErrorType, tc.want, tc.wantType)
-			}
-			if n := len(Response(rep).GetAgentResults()); n != tc.wantAgent {
-				t.Errorf("got %d agent results, want %d", n, tc.wantAgent)
-			}
-		})
-	}
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
 }
 
-func TestFinishedReportsAreCachedAndActiveOnesAreNot(t *testing.T) {
-	var jobCalls, logCalls int
-	st := ray.StatusRunning
-	jobs := &fakeJobs{
-		JobFn: func(_ context.Context, id string) (ray.JobDetails, error) {
-			jobCalls++
-			return ray.JobDetails{SubmissionID: id, Status: st, Metadata: domain.JobMeta{DeliberationID: id}.Map()}, nil
-		},
-		LogsFn: func(context.Context, string) (string, error) {
-			logCalls++
-			return ray.ResultMarker + twoAgents + "\n", nil
-		},
+func newStore(t *testing.T) *records.Store {
+	t.Helper()
+	bus := testenv.NATS(t)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	if err := s.Provision(ctxT(t)); err != nil {
+		t.Fatal(err)
 	}
-	svc := NewService(jobs, 8)
-	for i := 0; i < 3; i++ {
-		if _, err := svc.Status(context.Background(), "d1"); err != nil {
+	return s
+}
+
+func outcome(t *testing.T, raw string) domain.Outcome {
+	t.Helper()
+	var o domain.Outcome
+	if err := json.Unmarshal([]byte(raw), &o); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+
+// stored creates the record of key as execute does and moves it on with change, as the
+// executor or Cancel would.
+func stored(t *testing.T, s *records.Store, key string, change func(domain.Record) (domain.Record, error)) string {
+	t.Helper()
+	id := domain.DeliberationIDForKey(key)
+	r := domain.Request{Kind: domain.KindDeliberation, TaskID: "task-" + key, Role: "dev",
+		Constraints: domain.Constraints{TimeoutSeconds: 60}, Agents: []domain.Agent{{ID: "a1"}, {ID: "a2"}}}
+	if err := s.Create(ctxT(t), domain.NewRecord(id, r, "h", "", "", t0)); err != nil {
+		t.Fatal(err)
+	}
+	if change != nil {
+		if _, err := s.Update(ctxT(t), id, change); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if jobCalls != 3 || logCalls != 0 {
-		t.Fatalf("running: got %d job and %d log calls, want 3 and 0", jobCalls, logCalls)
+	return id
+}
+
+func TestStatusReadsTheRecord(t *testing.T) {
+	s := newStore(t)
+	start := func(r domain.Record) (domain.Record, error) { return r.Start(1, "x", t0.Add(time.Second)) }
+	end := t0.Add(5 * time.Second)
+	cases := []struct {
+		name       string
+		change     func(domain.Record) (domain.Record, error)
+		want       domain.Status
+		wantType   string
+		wantMsg    string
+		wantAgents int
+		ended      bool
+	}{
+		{"pending", nil, domain.StatusPending, "", "", 0, false},
+		{"running", start, domain.StatusRunning, "", "", 0, false},
+		{"completed", func(r domain.Record) (domain.Record, error) {
+			r, _ = start(r)
+			return r.Finish(outcome(t, twoAgents), end)
+		}, domain.StatusCompleted, "", "", 2, true},
+		{"every agent failed", func(r domain.Record) (domain.Record, error) {
+			r, _ = start(r)
+			return r.Finish(outcome(t, allFailed), end)
+		}, domain.StatusFailed, "all_agents_failed", "all 1 agents failed", 1, true},
+		{"executor lost", func(r domain.Record) (domain.Record, error) {
+			return r.Fail(domain.ErrorTypeExecutorLost, "delivered 4 times", end)
+		}, domain.StatusFailed, "executor_lost", "delivered 4 times", 0, true},
+		{"cancelled", func(r domain.Record) (domain.Record, error) {
+			r, _, err := r.Cancel("cancelled by request", end)
+			return r, err
+		}, domain.StatusCancelled, "", "cancelled by request", 0, true},
 	}
-	st = ray.StatusSucceeded
-	for i := 0; i < 3; i++ {
-		rep, err := svc.Status(context.Background(), "d1")
-		if err != nil || rep.Status != domain.StatusCompleted {
+	svc := NewService(s, 8)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id := stored(t, s, tc.name, tc.change)
+			rep, err := svc.Status(ctxT(t), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.DeliberationID != id || rep.Status != tc.want || rep.ErrorType != tc.wantType || rep.ErrorMessage != tc.wantMsg {
+				t.Errorf("got %q/%q/%q, want %q/%q/%q", rep.Status, rep.ErrorType, rep.ErrorMessage, tc.want, tc.wantType, tc.wantMsg)
+			}
+			resp := Response(rep)
+			if n := len(resp.GetAgentResults()); n != tc.wantAgents {
+				t.Errorf("got %d agent results, want %d", n, tc.wantAgents)
+			}
+			if resp.GetTaskId() != "task-"+tc.name || !resp.GetStartTime().AsTime().Equal(t0) {
+				t.Errorf("got task %q, start %v", resp.GetTaskId(), resp.GetStartTime().AsTime())
+			}
+			if tc.ended != (resp.GetEndTime() != nil) || tc.ended && !resp.GetEndTime().AsTime().Equal(end) {
+				t.Errorf("got end time %v, want it set (%v) only when ended", resp.GetEndTime(), tc.ended)
+			}
+			if tc.wantAgents == 0 && resp.GetTotalAgents() != 2 {
+				t.Errorf("got total agents %d, want the record's 2", resp.GetTotalAgents())
+			}
+		})
+	}
+	rep, err := svc.Status(ctxT(t), domain.DeliberationIDForKey("never accepted"))
+	if err != nil || rep.Status != domain.StatusNotFound {
+		t.Errorf("unknown id: got %v, %v, want not_found", rep.Status, err)
+	}
+}
+
+// countingRecords is the real store, counting reads.
+type countingRecords struct {
+	*records.Store
+	gets atomic.Int32
+}
+
+func (c *countingRecords) Get(ctx context.Context, id string) (domain.Record, uint64, error) {
+	c.gets.Add(1)
+	return c.Store.Get(ctx, id)
+}
+
+func TestFinishedReportsAreCachedAndActiveOnesAreNot(t *testing.T) {
+	s := newStore(t)
+	c := &countingRecords{Store: s}
+	svc := NewService(c, 2)
+	id := stored(t, s, "k", func(r domain.Record) (domain.Record, error) { return r.Start(1, "x", t0) })
+	for range 3 {
+		if rep, err := svc.Status(ctxT(t), id); err != nil || rep.Status != domain.StatusRunning {
+			t.Fatalf("got %v, %v", rep.Status, err)
+		}
+	}
+	if n := c.gets.Load(); n != 3 {
+		t.Fatalf("running: got %d reads, want 3 (an active report is never cached)", n)
+	}
+	if _, err := s.Update(ctxT(t), id, func(r domain.Record) (domain.Record, error) {
+		return r.Finish(outcome(t, twoAgents), t0.Add(time.Second))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		rep, err := svc.Status(ctxT(t), id)
+		if err != nil || rep.Status != domain.StatusCompleted || rep.Outcome == nil {
 			t.Fatalf("got %v %v, want completed", rep.Status, err)
 		}
 	}
-	if jobCalls != 4 || logCalls != 1 {
-		t.Errorf("finished: got %d job and %d log calls in all, want 4 and 1 (later reads cached)", jobCalls, logCalls)
+	if n := c.gets.Load(); n != 4 {
+		t.Errorf("finished: got %d reads in all, want 4 (later reports cached)", n)
+	}
+	// The cache is bounded: two more finished deliberations push the first out.
+	for _, k := range []string{"k2", "k3"} {
+		other := stored(t, s, k, func(r domain.Record) (domain.Record, error) { return r.Fail("x", "y", t0) })
+		if _, err := svc.Status(ctxT(t), other); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := c.gets.Load()
+	if _, err := svc.Status(ctxT(t), id); err != nil {
+		t.Fatal(err)
+	}
+	if c.gets.Load() != before+1 {
+		t.Error("the oldest cached report was not evicted from a cache of 2")
 	}
 }
 
@@ -124,32 +203,77 @@ func TestResponseIsCompatible(t *testing.T) {
 	if md["total_agents"] != "2" || md["completed_agents"] != "1" || md["failed_agents"] != "1" || md["average_score"] != "0.5000" {
 		t.Errorf("got metadata %v", md)
 	}
-	if resp.GetAgentResults()[1].GetError() != "HTTP 500" {
-		t.Errorf("got %v, want a2's error", resp.GetAgentResults()[1])
+	if resp.GetAgentResults()[1].GetError() != "HTTP 500" || resp.GetCompletedAgents() != 1 || resp.GetFailedAgents() != 1 {
+		t.Errorf("got %v, want a2's error and the counts", resp)
 	}
 }
 
 // Ids this system could not have minted (the original's, with ':'; any characters) are
-// not_found without a call to Ray; only an empty or oversize id is a malformed request.
-func TestForeignIDIsNotFoundWithoutAskingRay(t *testing.T) {
-	asked := 0
-	svc := NewService(&fakeJobs{JobFn: func(context.Context, string) (ray.JobDetails, error) {
-		asked++
-		return ray.JobDetails{}, domain.ErrNotFound
-	}}, 8)
+// not_found without a read of NATS; only an empty or oversize id is a malformed request.
+func TestForeignIDIsNotFoundWithoutReadingNATS(t *testing.T) {
+	svc := NewService(nil, 8) // no store: a read would panic the test
 	for _, id := range []string{"a/b", "a.b", "../x", "deliberation-ceremony-c1:story-s1:role-QA-1733000000",
 		"delib-*", "delib >", "délib", strings.Repeat("x", domain.MaxLookupIDBytes)} {
 		rep, err := svc.Status(context.Background(), id)
-		if err != nil || rep.Status != domain.StatusNotFound {
+		if err != nil || rep.Status != domain.StatusNotFound || rep.DeliberationID != id {
 			t.Errorf("id %.40q: got %v, %v, want not_found and no error", id, rep.Status, err)
 		}
-	}
-	if asked != 0 {
-		t.Errorf("got %d calls to Ray for foreign ids, want none", asked)
 	}
 	for _, id := range []string{"", strings.Repeat("x", domain.MaxLookupIDBytes+1)} {
 		if _, err := svc.Status(context.Background(), id); !errors.Is(err, domain.ErrInvalid) {
 			t.Errorf("id of %d bytes: got %v, want ErrInvalid", len(id), err)
+		}
+	}
+}
+
+func TestStatusErrors(t *testing.T) {
+	bus := testenv.NATS(t)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	_ = s.Provision(ctxT(t))
+	kv, err := bus.JetStream().KeyValue(ctxT(t), records.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := domain.DeliberationIDForKey("bad")
+	if _, err := kv.Put(ctxT(t), "d."+id, []byte(`{"v":1,"id":"x","state":"exploded"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewService(s, 8).Status(ctxT(t), id); !errors.Is(err, domain.ErrUnavailable) {
+		t.Errorf("a record that does not read: got %v, want ErrUnavailable", err)
+	}
+
+	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	down, err := events.Connect(events.Config{URL: srv.URL()}, "test", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer down.Close()
+	srv.Stop()
+	for deadline := time.Now().Add(10 * time.Second); down.Connected() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	svc := NewService(records.New(down.Conn(), down.JetStream(), records.Config{}), 8)
+	if _, err := svc.Status(ctxT(t), id); !errors.Is(err, domain.ErrUnavailable) {
+		t.Errorf("NATS down: got %v, want ErrUnavailable", err)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+	cfg, err := LoadConfig(env(nil))
+	if err != nil || cfg.CacheSize != 1024 || cfg.Records.Bucket != records.DefaultBucket || cfg.Source != "ray-executor/status" {
+		t.Errorf("defaults: got %+v, %v", cfg, err)
+	}
+	for k, want := range map[string]string{"ENABLE_NATS": "ENABLE_NATS=false is no longer supported", "RESULT_CACHE_SIZE": "RESULT_CACHE_SIZE must be positive"} {
+		v := "false"
+		if k == "RESULT_CACHE_SIZE" {
+			v = "0"
+		}
+		if _, err := LoadConfig(env(map[string]string{k: v})); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s=%s: got %v, want %q", k, v, err, want)
 		}
 	}
 }
