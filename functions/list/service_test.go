@@ -2,58 +2,108 @@ package list
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/executor"
 	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
-type fakeJobs struct {
-	JobsFn func(context.Context) ([]ray.JobDetails, error)
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
 }
 
-func (f fakeJobs) Jobs(ctx context.Context) ([]ray.JobDetails, error) { return f.JobsFn(ctx) }
-
-func TestActiveListsOnlyOurPendingAndRunningJobs(t *testing.T) {
-	t0 := time.Unix(1700000000, 0)
-	ours := func(id string) map[string]string {
-		return domain.JobMeta{DeliberationID: id, TaskID: "task-" + id, Role: "dev", NumAgents: 3}.Map()
+func newStore(t *testing.T) (*records.Store, jetstream.KeyValue) {
+	t.Helper()
+	bus := testenv.NATS(t)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	if err := s.Provision(ctxT(t)); err != nil {
+		t.Fatal(err)
 	}
-	jobs := []ray.JobDetails{
-		{SubmissionID: "b", Status: ray.StatusRunning, Metadata: ours("b"), StartTime: t0.Add(time.Second)},
-		{SubmissionID: "a", Status: ray.StatusPending, Metadata: ours("a"), StartTime: t0},
-		{SubmissionID: "done", Status: ray.StatusSucceeded, Metadata: ours("done"), StartTime: t0},
-		{SubmissionID: "stopped", Status: ray.StatusStopped, Metadata: ours("stopped"), StartTime: t0},
-		{SubmissionID: "foreign", Status: ray.StatusRunning, Metadata: map[string]string{"x": "y"}},
-		{Type: "DRIVER", Status: ray.StatusRunning},
-	}
-	svc := &Service{Jobs: fakeJobs{func(context.Context) ([]ray.JobDetails, error) { return jobs, nil }}}
-	got, err := svc.Active(context.Background())
+	kv, err := bus.JetStream().KeyValue(ctxT(t), records.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[0].Meta.DeliberationID != "a" || got[1].Meta.DeliberationID != "b" {
-		t.Fatalf("got %+v, want a then b", got)
+	return s, kv
+}
+
+var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+
+func entry(id string, st domain.Status, created time.Time) domain.ActiveEntry {
+	return domain.ActiveEntry{ID: id, TaskID: "task-" + id, Kind: domain.KindDeliberation, Role: "dev", State: st,
+		NumAgents: 3, CreatedAt: domain.FormatTime(created)}
+}
+
+func TestActiveListsTheIndexOldestFirst(t *testing.T) {
+	s, kv := newStore(t)
+	ctx := ctxT(t)
+	for _, e := range []domain.ActiveEntry{
+		entry("c", domain.StatusPending, t0.Add(2*time.Second)),
+		entry("b", domain.StatusRunning, t0.Add(time.Second)),
+		entry("a2", domain.StatusPending, t0),
+		entry("a1", domain.StatusPending, t0),
+		entry("gone", domain.StatusRunning, t0),
+	} {
+		if err := s.PutActive(ctx, e); err != nil {
+			t.Fatal(err)
+		}
 	}
-	info := JobInfo(got[1], t0.Add(2*time.Minute+5*time.Second))
+	_ = s.DeleteActive(ctx, "gone")
+	if _, err := kv.Put(ctx, "active.junk", []byte("{")); err != nil {
+		t.Fatal(err)
+	}
+	svc := &Service{Store: s, Logger: quiet}
+	got, err := svc.Active(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, a := range got {
+		ids = append(ids, a.Meta.DeliberationID)
+	}
+	if fmt.Sprint(ids) != "[a1 a2 b c]" {
+		t.Fatalf("got %v, want [a1 a2 b c]: oldest first, ties by id, ended and undecodable left out", ids)
+	}
+	b := got[2]
+	if b.Status != domain.StatusRunning || b.Meta.TaskID != "task-b" || b.Meta.NumAgents != 3 || b.Meta.Role != "dev" ||
+		!b.StartTime.Equal(t0.Add(time.Second)) {
+		t.Errorf("got %+v", b)
+	}
+	info := JobInfo(b, t0.Add(2*time.Minute+5*time.Second))
 	if info.GetJobId() != "b" || info.GetSubmissionId() != "b" || info.GetName() != "vllm-agent-job-b" ||
-		info.GetStatus() != "RUNNING" || info.GetTaskId() != "task-b" || info.GetRole() != "dev" ||
+		info.GetStatus() != "RUNNING" || info.GetTaskId() != "task-b" || info.GetRole() != "dev" || info.GetKind() != "deliberation" ||
 		info.GetRuntime() != "2m 4s" || info.GetTotalAgents() != 3 || !info.GetStartTime().AsTime().Equal(t0.Add(time.Second)) {
 		t.Errorf("got %v", info)
 	}
+	if JobInfo(got[0], t0).GetStatus() != "PENDING" {
+		t.Errorf("a pending one: got %q", JobInfo(got[0], t0).GetStatus())
+	}
 }
 
-func TestActivePassesRayErrorsOn(t *testing.T) {
-	svc := &Service{Jobs: fakeJobs{func(context.Context) ([]ray.JobDetails, error) { return nil, domain.ErrUnavailable }}}
-	if _, err := svc.Active(context.Background()); !errors.Is(err, domain.ErrUnavailable) {
-		t.Errorf("got %v, want ErrUnavailable", err)
+func TestRayStatus(t *testing.T) {
+	for s, want := range map[domain.Status]string{domain.StatusRunning: "RUNNING", domain.StatusPending: "PENDING"} {
+		if got := RayStatus(s); got != want {
+			t.Errorf("RayStatus(%s) = %q, want %q", s, got, want)
+		}
 	}
 }
 
 func TestRuntime(t *testing.T) {
-	t0 := time.Unix(1700000000, 0)
 	for _, tc := range []struct {
 		start, now time.Time
 		want       string
@@ -67,5 +117,177 @@ func TestRuntime(t *testing.T) {
 		if got := Runtime(tc.start, tc.now); got != tc.want {
 			t.Errorf("Runtime(%v) got %q, want %q", tc.now.Sub(tc.start), got, tc.want)
 		}
+	}
+}
+
+func TestStats(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := ctxT(t)
+	svc := &Service{Store: s}
+	st, err := svc.Stats(ctx)
+	if err != nil || st != (Stats{}) {
+		t.Fatalf("nothing yet: got %+v, %v", st, err)
+	}
+	for i := range 6 {
+		_ = s.Count(ctx, records.CountSubmitted, fmt.Sprintf("d%d.submitted", i), 1)
+	}
+	_ = s.Count(ctx, records.CountCompleted, "d0.count", 1)
+	_ = s.Count(ctx, records.CountCompleted, "d1.count", 1)
+	_ = s.Count(ctx, records.CountFailed, "d2.count", 1)
+	_ = s.Count(ctx, records.CountCancelled, "d3.count", 1)
+	_ = s.Count(ctx, records.CountDurationMS, "d0.duration", 1000)
+	_ = s.Count(ctx, records.CountDurationMS, "d1.duration", 2000)
+	_ = s.Count(ctx, records.CountDurationMS, "d2.duration", 3000)
+	_ = s.PutActive(ctx, entry("d4", domain.StatusRunning, t0))
+	_ = s.PutActive(ctx, entry("d5", domain.StatusPending, t0))
+	st, err = svc.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Stats{Total: 6, Pending: 1, Running: 1, Completed: 2, Failed: 1, Cancelled: 1, AverageExecutionMS: 2000}
+	if st != want {
+		t.Errorf("got %+v, want %+v", st, want)
+	}
+	m := StatsMessage(st)
+	if m.GetTotalDeliberations() != 6 || m.GetActiveDeliberations() != 2 || m.GetPendingDeliberations() != 1 ||
+		m.GetCompletedDeliberations() != 2 || m.GetFailedDeliberations() != 1 || m.GetCancelledDeliberations() != 1 ||
+		m.GetAverageExecutionTimeMs() != 2000 {
+		t.Errorf("got %v", m)
+	}
+}
+
+func putHeartbeat(t *testing.T, kv jetstream.KeyValue, at time.Time) {
+	t.Helper()
+	b, _ := json.Marshal(records.Heartbeat{Version: "v1", SubmissionID: "s1", Replicas: 2, InFlight: 3, MaxReplicas: 4,
+		UpdatedAt: domain.FormatTime(at)})
+	if _, err := kv.Put(ctxT(t), records.KeyExecutor, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func component(t *testing.T, cs []Component, name string) Component {
+	t.Helper()
+	for _, c := range cs {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no %s component in %+v", name, cs)
+	return Component{}
+}
+
+func TestHealth(t *testing.T) {
+	s, kv := newStore(t)
+	ctx := ctxT(t)
+	now := time.Now()
+	svc := &Service{Store: s, Now: func() time.Time { return now }}
+
+	if cs := svc.Health(ctx); len(cs) != 1 {
+		t.Errorf("without RayReady: got %+v, want the executor alone", cs)
+	}
+	c := component(t, svc.Health(ctx), "executor")
+	if c.Status != Degraded || c.Message != "no executor runs; it is deployed again when work arrives" {
+		t.Errorf("no executor, no work: got %+v", c)
+	}
+	_ = s.Enqueue(ctx, "d1", []byte("{}"))
+	_ = s.Enqueue(ctx, "d2", []byte("{}"))
+	now = time.Now().Add(90 * time.Second)
+	c = component(t, svc.Health(ctx), "executor")
+	if c.Status != Degraded || !strings.HasPrefix(c.Message, "no executor runs and work waits (2 waiting, the oldest for 1m3") {
+		t.Errorf("no executor, work waiting: got %+v", c)
+	}
+	putHeartbeat(t, kv, now.Add(-5*time.Second))
+	c = component(t, svc.Health(ctx), "executor")
+	if c.Status != Healthy || !strings.HasPrefix(c.Message, "version v1: 2 replicas, 3 running, 2 waiting, the oldest for ") {
+		t.Errorf("live executor: got %+v", c)
+	}
+	putHeartbeat(t, kv, now.Add(-time.Minute))
+	if c = component(t, svc.Health(ctx), "executor"); c.Status != Degraded {
+		t.Errorf("stale heartbeat: got %+v, want degraded", c)
+	}
+
+	svc.RayReady = func(context.Context) error { return nil }
+	if r := component(t, svc.Health(ctx), "ray"); r.Status != Healthy {
+		t.Errorf("ray answers: got %+v", r)
+	}
+	svc.RayReady = func(context.Context) error { return fmt.Errorf("ray: connection refused: %w", domain.ErrUnavailable) }
+	if r := component(t, svc.Health(ctx), "ray"); r.Status != Degraded || !strings.Contains(r.Message, "connection refused") {
+		t.Errorf("ray down: got %+v", r)
+	}
+}
+
+// failingStore is the real store whose queue read fails as a NATS that stops answering
+// mid-report would.
+type failingStore struct {
+	*records.Store
+}
+
+func (failingStore) Queue(context.Context) (records.Queue, error) {
+	return records.Queue{}, fmt.Errorf("records: consumer: timeout: %w", domain.ErrUnavailable)
+}
+
+type failingPurge struct {
+	*records.Store
+}
+
+func (failingPurge) PurgeDeletes(context.Context, time.Duration) error {
+	return fmt.Errorf("records: purge: %w", domain.ErrUnavailable)
+}
+
+func TestHealthWhenNATSFails(t *testing.T) {
+	s, _ := newStore(t)
+	svc := &Service{Store: failingStore{s}}
+	c := component(t, svc.Health(ctxT(t)), "executor")
+	if c.Status != Unhealthy || !strings.Contains(c.Message, "NATS does not answer") || !strings.Contains(c.Message, "timeout") {
+		t.Errorf("got %+v, want unhealthy naming the error", c)
+	}
+}
+
+// fakeJobs is a Ray Jobs port that must not be called: the executor is live.
+type fakeJobs struct{ t *testing.T }
+
+func (f fakeJobs) Submit(context.Context, ray.SubmitRequest) (string, error) {
+	f.t.Error("submitted with a live executor")
+	return "", errors.New("no")
+}
+func (f fakeJobs) Job(context.Context, string) (ray.JobDetails, error) {
+	f.t.Error("asked Ray with a live executor")
+	return ray.JobDetails{}, errors.New("no")
+}
+func (f fakeJobs) Stop(context.Context, string) (bool, error) {
+	f.t.Error("stopped a job with a live executor")
+	return false, errors.New("no")
+}
+
+func TestReconcilerPass(t *testing.T) {
+	s, kv := newStore(t)
+	ctx := ctxT(t)
+	putHeartbeat(t, kv, time.Now())
+	rec := &Reconciler{Store: s, Logger: quiet,
+		Deployer: &executor.Deployer{Store: s, Jobs: fakeJobs{t}, Version: "v1", Logger: quiet}}
+	st, err := rec.Run(ctx)
+	if err != nil || st != executor.StateLive {
+		t.Errorf("got %q, %v, want live", st, err)
+	}
+	// A failing step does not hide the result of the other: the purge's error is returned.
+	rec.Store = failingPurge{s}
+	if _, err := rec.Run(ctx); !errors.Is(err, domain.ErrUnavailable) {
+		t.Errorf("purge failing: got %v, want its ErrUnavailable", err)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+	cfg, err := LoadConfig(env(nil))
+	if err != nil || cfg.ReconcileInterval != 0 || cfg.Records.Bucket != records.DefaultBucket || cfg.Executor.MaxDeliveries != 3 {
+		t.Errorf("defaults: got %+v, %v", cfg, err)
+	}
+	if _, err := LoadConfig(env(map[string]string{"ENABLE_NATS": "false"})); err == nil ||
+		!strings.Contains(err.Error(), "ENABLE_NATS=false is no longer supported") {
+		t.Errorf("ENABLE_NATS=false: got %v", err)
+	}
+	if _, err := LoadConfig(env(map[string]string{"EXECUTOR_MAX_DELIVERIES": "0"})); err == nil ||
+		!strings.Contains(err.Error(), "EXECUTOR_MAX_DELIVERIES") {
+		t.Errorf("bad executor setting: got %v", err)
 	}
 }
