@@ -1,7 +1,7 @@
 //go:build e2e && exclusive
 
 // Tests that need the Ray head to themselves: `make test` runs them after the rest
-// (go test -tags exclusive -run 'TestLoad|TestRayOutage' ./functions/e2e/).
+// (go test -tags 'e2e exclusive' -run 'TestLoad|TestRayOutage|...' ./e2e/).
 
 package e2e
 
@@ -24,7 +24,6 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
-	"github.com/fleet-ai/ray-executor/shared/ray"
 )
 
 // envInt reads a test knob.
@@ -56,8 +55,9 @@ func retryable(err error) bool {
 // TestLoadTwoHundredDeliberations submits LOAD_DELIBERATIONS (200) deliberations through
 // the ingress as fast as it accepts them (LOAD_WORKERS concurrent callers, each retrying a
 // refused submission with its key), waits for all to complete, and checks that each ran
-// exactly once. It reports accepted/s, submit latency, and how fast Ray started and
-// finished the jobs.
+// exactly once (one record per task, on its first attempt, one LLM call, one terminal
+// event). It reports accepted/s, submit latency, how long deliberations waited in the
+// queue, and how fast the executor ran them.
 func TestLoadTwoHundredDeliberations(t *testing.T) {
 	n, workers := envInt("LOAD_DELIBERATIONS", 200), envInt("LOAD_WORKERS", 16)
 	s := shared(t)
@@ -134,64 +134,57 @@ func TestLoadTwoHundredDeliberations(t *testing.T) {
 	}
 	slices.Sort(lat)
 
-	// Wait for every deliberation to end, watching how many Ray runs at once.
-	maxRunning := 0
+	// Wait for every deliberation to end, watching how many run at once (the active index).
+	maxRunning, maxReplicas := 0, 0
 	pending := maps(ids)
 	for deadline := time.Now().Add(15 * time.Minute); len(pending) > 0; time.Sleep(500 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d deliberations did not finish in 15 min", len(pending))
 		}
-		jobs, err := s.ray.Jobs(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
 		running := 0
-		for _, j := range jobs {
-			if _, ours := ids[j.SubmissionID]; !ours {
-				continue
-			}
-			if j.Status == ray.StatusRunning {
+		for _, j := range s.activeJobs(t) {
+			if _, ours := ids[j.GetJobId()]; ours && j.GetStatus() == "RUNNING" {
 				running++
-			}
-			if j.Status.Terminal() {
-				delete(pending, j.SubmissionID)
 			}
 		}
 		maxRunning = max(maxRunning, running)
+		if hb, ok, err := s.store.Heartbeat(context.Background()); err == nil && ok {
+			maxReplicas = max(maxReplicas, hb.Replicas)
+		}
+		for id := range pending {
+			if s.record(t, id).Terminal() {
+				delete(pending, id)
+			}
+		}
 	}
 	allDone := time.Since(start)
 
-	// Exactly one Ray job per deliberation, each completed, each agent asked once.
-	jobs, err := s.ray.Jobs(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	perTask := map[string]int{}
+	// Exactly one record per task, each completed on its first attempt, each agent asked
+	// once, one terminal event each.
 	var firstStart, lastEnd time.Time
-	var queued []time.Duration
-	for _, j := range jobs {
-		task := j.Metadata[domain.MetaTaskID]
-		if !strings.HasPrefix(task, run+"-") {
+	var queued, ran []time.Duration
+	bus := readBus(t, natsURL)
+	for id, task := range ids {
+		recs := s.recordsForTask(t, task)
+		if len(recs) != 1 {
+			t.Errorf("task %s has %d records, want 1", task, len(recs))
 			continue
 		}
-		perTask[task]++
-		if j.Status != ray.StatusSucceeded {
-			t.Errorf("job %s (%s) ended %s: %s", j.SubmissionID, task, j.Status, j.Message)
+		r := recs[0]
+		if r.ID != id || r.State != domain.StatusCompleted || r.Attempts != 1 {
+			t.Errorf("task %s: record %s %s attempt %d (%s), want %s completed on attempt 1", task, r.ID, r.State, r.Attempts, r.Error, id)
 		}
-		if firstStart.IsZero() || j.StartTime.Before(firstStart) {
-			firstStart = j.StartTime
+		created, started, ended := domain.ParseTime(r.CreatedAt), domain.ParseTime(r.StartedAt), domain.ParseTime(r.EndedAt)
+		if firstStart.IsZero() || started.Before(firstStart) {
+			firstStart = started
 		}
-		if j.EndTime.After(lastEnd) {
-			lastEnd = j.EndTime
+		if ended.After(lastEnd) {
+			lastEnd = ended
 		}
-		queued = append(queued, j.EndTime.Sub(j.StartTime))
-	}
-	if len(perTask) != n {
-		t.Errorf("Ray has jobs for %d tasks, want %d", len(perTask), n)
-	}
-	for task, c := range perTask {
-		if c != 1 {
-			t.Errorf("task %s has %d Ray jobs, want 1", task, c)
+		queued = append(queued, started.Sub(created))
+		ran = append(ran, ended.Sub(started))
+		if n := terminals(stored(t, bus, id, hasTerminal)); n != 1 {
+			t.Errorf("deliberation %s: %d terminal events, want 1", id, n)
 		}
 	}
 	calls := llmCallsPerTask(stub, run)
@@ -210,12 +203,14 @@ func TestLoadTwoHundredDeliberations(t *testing.T) {
 		}
 	}
 	slices.Sort(queued)
+	slices.Sort(ran)
 	t.Logf("LOAD %d deliberations, %d callers: accepted in %.1fs = %.1f accepted/s; submit latency p50 %.0f ms, p99 %.0f ms, max %.0f ms; refusals retried %v",
 		n, workers, acceptWindow.Seconds(), float64(n)/acceptWindow.Seconds(),
 		millis(pct(lat, 0.5)), millis(pct(lat, 0.99)), millis(lat[len(lat)-1]), refusals)
-	t.Logf("LOAD Ray: first job start to last job end %.1fs = %.2f completed/s; job start-to-end p50 %.1fs, p99 %.1fs; at most %d running at once; all done %.1fs after the first submit",
+	t.Logf("LOAD executor: first start to last end %.1fs = %.2f completed/s; queued (created to started) p50 %.2fs, p99 %.2fs; run p50 %.2fs, p99 %.2fs; at most %d running at once on at most %d replicas; all done %.1fs after the first submit",
 		lastEnd.Sub(firstStart).Seconds(), float64(n)/lastEnd.Sub(firstStart).Seconds(),
-		pct(queued, 0.5).Seconds(), pct(queued, 0.99).Seconds(), maxRunning, allDone.Seconds())
+		pct(queued, 0.5).Seconds(), pct(queued, 0.99).Seconds(), pct(ran, 0.5).Seconds(), pct(ran, 0.99).Seconds(),
+		maxRunning, maxReplicas, allDone.Seconds())
 }
 
 func maps(m map[string]string) map[string]bool {
