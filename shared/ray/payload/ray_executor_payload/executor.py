@@ -42,6 +42,8 @@ NUM_CPUS_ENV = "EXECUTOR_REPLICA_NUM_CPUS"
 VERSION_ENV = "EXECUTOR_VERSION"
 SUBMISSION_ID_ENV = "EXECUTOR_SUBMISSION_ID"
 SCALE_DOWN_DELAY_ENV = "EXECUTOR_SCALE_DOWN_DELAY_SECONDS"
+LOCAL_RAY_ENV = "RAY_EXECUTOR_LOCAL_RAY"
+LOCAL_RAY_TEMP_DIR_ENV = "RAY_EXECUTOR_LOCAL_RAY_TEMP_DIR"
 
 IN_PROGRESS_SECONDS = 10.0  # AckWait is 30 s
 FETCH_TIMEOUT_SECONDS = 1.0
@@ -151,6 +153,25 @@ async def connect(settings: nats_events.NatsSettings, name: str) -> Any:
     if settings.tls_ca_file:
         kwargs["tls"] = ssl.create_default_context(cafile=settings.tls_ca_file)
     return await nats.connect(**kwargs)
+
+
+def ray_init_kwargs(environ: Mapping[str, str]) -> Dict[str, Any]:
+    """ray.init arguments: none inside a Ray job (ray.init finds the cluster from the
+    RAY_ADDRESS the job supervisor sets); for development and tests, RAY_EXECUTOR_LOCAL_RAY=
+    <num_cpus> starts a private local Ray instead (no dashboard, temp dir from
+    RAY_EXECUTOR_LOCAL_RAY_TEMP_DIR when set), which never touches another cluster."""
+    local = environ.get(LOCAL_RAY_ENV, "").strip()
+    if not local:
+        return {}
+    try:
+        num_cpus = int(local)
+    except ValueError:
+        raise ValueError(f"{LOCAL_RAY_ENV} must be a number of CPUs, got {local!r}") from None
+    kwargs: Dict[str, Any] = {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
+    temp_dir = environ.get(LOCAL_RAY_TEMP_DIR_ENV, "").strip()
+    if temp_dir:
+        kwargs["_temp_dir"] = temp_dir
+    return kwargs
 
 
 def _event(kind: str, **fields: Any) -> None:
@@ -686,10 +707,10 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
         return 2
     import ray
 
-    from .__main__ import ray_init_kwargs
-
     kwargs = ray_init_kwargs(environ)
     if kwargs:
+        # A throwaway cluster: don't let Ray write a token to ~/.ray/auth_token, which
+        # other clients on this machine would then pick up.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(**kwargs)
 

@@ -7,7 +7,7 @@ import pytest
 
 import llm_stub
 from ray_executor_payload import allm, llm, records
-from ray_executor_payload.executor import SettingsError, desired_replicas, settings_from_env
+from ray_executor_payload.executor import SettingsError, desired_replicas, ray_init_kwargs, settings_from_env
 
 T0 = 1_800_000_000.25
 
@@ -73,6 +73,15 @@ def test_settings_are_validated_at_start():
 
 def test_desired_replicas_follow_the_backlog_within_bounds():
     assert [desired_replicas(b, 64, 1, 4) for b in (0, 1, 64, 65, 200, 10_000)] == [1, 1, 1, 2, 4, 4]
+
+
+def test_ray_init_kwargs():
+    assert ray_init_kwargs({}) == {}
+    assert ray_init_kwargs({"RAY_EXECUTOR_LOCAL_RAY": "2", "RAY_EXECUTOR_LOCAL_RAY_TEMP_DIR": "/tmp/x"}) == {
+        "address": "local", "num_cpus": 2, "include_dashboard": False, "_temp_dir": "/tmp/x",
+    }
+    with pytest.raises(ValueError):
+        ray_init_kwargs({"RAY_EXECUTOR_LOCAL_RAY": "many"})
 
 
 def call(url, model="m"):

@@ -2,15 +2,12 @@
 
 The server and its two streams come from the nats_server fixture (conftest.py); every test
 uses deliberation ids of its own, so tests share the server without seeing each other's
-messages. Publishers are driven directly with realistic results, or through main() in this
-process (with Ray replaced), which is how the driver calls them.
+messages. Publishers are driven directly with realistic results.
 """
 
 import hashlib
-import io
 import json
 import re
-import socket
 import sys
 import time
 import uuid
@@ -18,13 +15,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from helpers import agent, request, request_dict
-from nats_server import EVENTS_STREAM, RESPONSES_STREAM, Listener, NatsServer, closed_port
+from helpers import agent, request
+from nats_server import EVENTS_STREAM, RESPONSES_STREAM, Listener, NatsServer
 from ray_executor_payload import nats_events
-from ray_executor_payload.__main__ import main
 from ray_executor_payload.events import Events, make_events
 from ray_executor_payload.nats_events import NatsEvents
-from ray_executor_payload.result import RESULT_MARKER, AgentResult, ResultPrinter, iso_utc, summarize
+from ray_executor_payload.result import AgentResult, iso_utc, summarize
 from ray_executor_payload.runner import setup_logging
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -34,12 +30,8 @@ T0 = 1_800_000_000.0
 
 
 @pytest.fixture(autouse=True)
-def logging_to_stderr(monkeypatch):
+def logging_to_stderr():
     setup_logging()
-    import ray_executor_payload.__main__ as entry
-
-    # main() shuts Ray down at the end; these in-process runs never start one.
-    monkeypatch.setattr(entry, "shutdown_ray", lambda: None)
 
 
 def new_id(prefix="delib"):
@@ -348,144 +340,6 @@ def test_publishing_twice_stores_every_message_once(nats_server):
     # Compatible responses are keyed by their subject: a failure of an agent that had
     # completed is a different message (as in the original).
     assert len(nats_server.responses(did)) == 5
-
-
-# --- through main(): the driver's own calls ----------------------------------------------
-
-
-def fake_runner(results, delay=0.0):
-    """Replaces run_deliberation: reports `results` (in that order) as they "end"."""
-
-    def run(req, started, events):
-        for a in results:
-            time.sleep(delay)
-            events.on_agent_done(req, a)
-        by_id = {a.agent_id: a for a in results}
-        return [by_id[s.id] for s in req.agents]
-
-    return run
-
-
-def run_main(monkeypatch, env, results=None, run=None):
-    import ray_executor_payload.__main__ as entry
-
-    monkeypatch.setattr(entry, "init_ray", lambda environ: None)
-    monkeypatch.setattr(entry, "run_deliberation", run or fake_runner(results))
-    out = io.StringIO()
-    start = time.time()
-    code = main(env, ResultPrinter(out))
-    elapsed = time.time() - start
-    (line,) = out.getvalue().splitlines()
-    assert line.startswith(RESULT_MARKER)
-    return code, json.loads(line[len(RESULT_MARKER):]), elapsed
-
-
-def untimed(res):
-    return {k: v for k, v in res.items() if k not in ("started_at", "finished_at", "duration_ms")}
-
-
-def test_main_publishes_through_the_driver_hooks(nats_server, monkeypatch, request_env):
-    did = new_id()
-    results = [done("a2", "dev", "m", "second"), done("a1", "dev", "m", "first")]
-    env = {
-        **request_env(request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did)),
-        "RAY_EXECUTOR_NATS_URL": nats_server.url,
-    }
-    code, res, _ = run_main(monkeypatch, env, results)
-    assert code == 0 and res["status"] == "completed"
-    assert [m.msg_id for m in nats_server.lifecycle(did)] == [
-        f"{did}.started", f"{did}.agent.1", f"{did}.agent.0", f"{did}.terminal"]
-    assert len(nats_server.responses(did)) == 2
-
-
-def test_main_interrupted_publishes_no_terminal_event(nats_server, monkeypatch, request_env):
-    did = new_id()
-
-    def stopped(req, started, events):
-        events.on_agent_done(req, done("a1", "dev", "m", "p"))
-        raise SystemExit(15)  # what Ray's SIGTERM handler does on `ray job stop`
-
-    import ray_executor_payload.__main__ as entry
-
-    monkeypatch.setattr(entry, "init_ray", lambda environ: None)
-    monkeypatch.setattr(entry, "run_deliberation", stopped)
-    env = {
-        **request_env(request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did)),
-        "RAY_EXECUTOR_NATS_URL": nats_server.url,
-    }
-    out = io.StringIO()
-    with pytest.raises(SystemExit):
-        main(env, ResultPrinter(out))
-    assert json.loads(out.getvalue()[len(RESULT_MARKER):])["error"] == "interrupted: SystemExit: 15"
-    assert [m.msg_id for m in nats_server.lifecycle(did)] == [f"{did}.started", f"{did}.agent.0"]
-
-
-def test_main_with_ray_unavailable_publishes_every_agent_and_the_failed_terminal(nats_server, monkeypatch, request_env):
-    import ray_executor_payload.__main__ as entry
-
-    def no_ray(environ):
-        raise ConnectionError("GCS unreachable")
-
-    monkeypatch.setattr(entry, "init_ray", no_ray)
-    did = new_id()
-    env = {
-        **request_env(request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=did)),
-        "RAY_EXECUTOR_NATS_URL": nats_server.url,
-    }
-    out = io.StringIO()
-    assert main(env, ResultPrinter(out)) == 1
-    stored = nats_server.lifecycle(did)
-    assert [m.msg_id for m in stored] == [f"{did}.started", f"{did}.agent.0", f"{did}.agent.1", f"{did}.terminal"]
-    assert stored[1].json["data"]["error_type"] == "internal"
-    assert stored[-1].json["data"]["error"] == "Ray unavailable: ConnectionError: GCS unreachable"
-    assert [m.subject for m in nats_server.responses(did)] == ["agent.response.failed"] * 2
-
-
-# --- NATS trouble never changes the run --------------------------------------------------
-
-
-def test_unreachable_nats_changes_neither_result_nor_exit_code(monkeypatch, capsys, request_env):
-    proposal = "SECRET-PROPOSAL-TEXT"
-    results = [done("a1", "dev", "m", proposal), fail("a2", "dev", "m")]
-    data = request_dict(agents=[agent("a1", "m"), agent("a2", "m")], deliberation_id=new_id())
-    code0, res0, t0 = run_main(monkeypatch, request_env(data), results)
-    env = {**request_env(data), "RAY_EXECUTOR_NATS_URL": f"nats://127.0.0.1:{closed_port()}"}
-    code1, res1, t1 = run_main(monkeypatch, env, results)
-    assert code0 == code1 == 0
-    assert untimed(res0) == untimed(res1)
-    assert t1 - t0 < 3.0, (t0, t1)
-    err = capsys.readouterr().err
-    assert "events: could not publish ray_executor.deliberation." in err
-    assert "cannot connect" in err and "ConnectionRefusedError" in err
-    assert proposal not in err
-
-
-def test_unreachable_nats_all_failed_keeps_exit_code_1(monkeypatch, request_env):
-    results = [fail("a1", "dev", "m")]
-    data = request_dict(agents=[agent("a1", "m")], deliberation_id=new_id())
-    env = {**request_env(data), "RAY_EXECUTOR_NATS_URL": f"nats://127.0.0.1:{closed_port()}"}
-    code, res, elapsed = run_main(monkeypatch, env, results)
-    assert code == 1 and res["status"] == "failed" and elapsed < 3.0
-
-
-def test_a_silent_server_bounds_close(monkeypatch, capsys, request_env):
-    # Accepts TCP connections but never speaks NATS: every connect attempt times out.
-    with socket.socket() as hole:
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(16)
-        results = [done("a1", "dev", "m", "p")]
-        data = request_dict(agents=[agent("a1", "m")], deliberation_id=new_id())
-        env = {**request_env(data), "RAY_EXECUTOR_NATS_URL": f"nats://127.0.0.1:{hole.getsockname()[1]}"}
-        code, res, elapsed = run_main(monkeypatch, env, results)
-    assert code == 0 and res["status"] == "completed"
-    # The look-up of a stored terminal event gives up when its connect times out; then
-    # close is bounded as before.
-    limit = nats_events.CONNECT_TIMEOUT_SECONDS + nats_events.CLOSE_TIMEOUT_SECONDS + nats_events.SHUTDOWN_SECONDS + 1.5
-    assert elapsed < limit, elapsed
-    err = capsys.readouterr().err
-    assert "not sent before close" in err
-    assert "cannot tell whether it was cancelled before it started (NATS at nats://127.0.0.1:" in err
-    assert "connecting timed out); running it" in err
 
 
 def test_a_nats_restart_during_the_run_is_survived(nats_server, tmp_path):
