@@ -1,10 +1,11 @@
-"""The asyncio LLM path of the standing executor: llm.complete's semantics over aiohttp.
+"""The LLM path of the standing executor, in asyncio over aiohttp.
 
-Same request body, headers, parsing, error types and messages, retry rules (connection
-errors, timeouts, HTTP 429 and 5xx; backoff with jitter, Retry-After honoured) and deadline
-as llm.py, whose pure helpers it reuses. One aiohttp session per process, created lazily in
-the running event loop. Redirects are never followed, environment proxies never honoured,
-and only http/https URLs are called.
+Same request body, headers, parsing, error types and messages as llm.py's post_chat, whose
+pure helpers it reuses; complete adds the retry rules (connection errors, timeouts, HTTP 429
+and 5xx; exponential backoff with jitter, Retry-After honoured) and never goes past the
+deadline. One aiohttp session per process, created lazily in the running event loop.
+Redirects are never followed, environment proxies never honoured, and only http/https URLs
+are called.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import urllib.parse
 from typing import Any, Callable, Optional
 
 from . import llm
+from .agents import AgentJob, failed_agent, log
 from .result import COMPLETED, AgentResult, completed_score, duration_ms, iso_utc
-from .runner import AgentJob, failed_agent, log
 
 _session: Any = None
 _session_loop: Optional[asyncio.AbstractEventLoop] = None
@@ -116,8 +117,8 @@ async def complete(
     rng: Callable[[], float] = random.random,
     on_retry: Optional[Callable[[int, llm.LLMError, float], None]] = None,
 ) -> llm.CallOutcome:
-    """llm.complete in asyncio: up to 1 + max_retries attempts, retryable failures only,
-    never past the deadline."""
+    """Up to 1 + max_retries attempts. Only retryable failures (connection errors, timeouts,
+    HTTP 429 and 5xx) are retried, with backoff, and never past the deadline."""
     attempts = 0
     last: Optional[llm.LLMError] = None
     for attempt in range(1, max_retries + 2):
@@ -145,8 +146,8 @@ async def complete(
 
 
 async def run_agent(job: AgentJob, deliberation_id: str = "") -> AgentResult:
-    """runner.run_agent in asyncio: never raises (cancellation aside); every failure becomes a
-    failed AgentResult with the same fields."""
+    """One agent's LLM call, as an AgentResult. Never raises (cancellation aside): every
+    failure becomes a failed AgentResult."""
     started = time.time()
     try:
         api_key = os.environ.get(llm.API_KEY_ENV, "")

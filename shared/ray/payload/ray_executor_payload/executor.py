@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Set
 
 from . import allm, llm, nats_events, records
+from .agents import AgentJob, failed_agent, grace_seconds, log, plan_jobs, setup_logging
 from .request import DeliberationRequest, RequestError, parse_request
 from .result import AgentResult, summarize
-from .runner import AgentJob, failed_agent, grace_seconds, log, plan_jobs, setup_logging
 
 RECORDS_BUCKET_ENV = "NATS_RECORDS_BUCKET"
 WORK_STREAM_ENV = "NATS_WORK_STREAM"

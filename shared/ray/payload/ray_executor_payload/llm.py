@@ -31,7 +31,7 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 10.0
 RETRY_AFTER_CAP_SECONDS = 60.0
 
-# error_type values of the result line.
+# error_type values of a failed agent (AgentResult.error_type, in the record's outcome).
 TIMEOUT = "timeout"
 HTTP_ERROR = "http_error"
 CONNECTION_ERROR = "connection_error"
@@ -50,7 +50,7 @@ class LLMError(Exception):
 
 @dataclass(frozen=True)
 class ChatCall:
-    """Everything one agent's LLM call needs; built by the driver, run by the Ray task."""
+    """Everything one agent's LLM call needs, planned from the request (agents.plan_jobs)."""
 
     url: str  # the full chat completions URL (see chat_completions_url)
     model: str
@@ -305,44 +305,3 @@ def backoff_delay(
     delay between half and all of min(cap, base * 2**(attempt-1))."""
     delay = min(cap, base * (2 ** (attempt - 1)))
     return delay / 2 + rng() * delay / 2
-
-
-def complete(
-    call: ChatCall,
-    deadline: float,
-    max_retries: int,
-    api_key: str = "",
-    *,
-    backoff_base: float = BACKOFF_BASE_SECONDS,
-    backoff_cap: float = BACKOFF_CAP_SECONDS,
-    clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: Callable[[], float] = random.random,
-    on_retry: Optional[Callable[[int, LLMError, float], None]] = None,
-) -> CallOutcome:
-    """Up to 1 + max_retries attempts. Only retryable failures (connection errors, timeouts,
-    HTTP 429 and 5xx) are retried, with backoff, and never past the deadline."""
-    attempts = 0
-    last: Optional[LLMError] = None
-    for attempt in range(1, max_retries + 2):
-        if deadline - clock() <= 0:
-            if last is None:
-                last = LLMError(TIMEOUT, "deadline reached before the first attempt")
-            break
-        attempts += 1
-        try:
-            return CallOutcome(post_chat(call, deadline, api_key, clock), None, attempts)
-        except LLMError as exc:
-            last = exc
-        if not last.retryable or attempt > max_retries:
-            break
-        delay = max(backoff_delay(attempt, backoff_base, backoff_cap, rng), last.retry_after)
-        if clock() + delay >= deadline:
-            if last.error_type != TIMEOUT:
-                last.message += " (no time left to retry before the deadline)"
-            break
-        if on_retry is not None:
-            on_retry(attempt, last, delay)
-        sleep(delay)
-    assert last is not None
-    return CallOutcome(None, last, attempts)

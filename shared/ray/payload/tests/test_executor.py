@@ -12,7 +12,7 @@ import llm_stub
 from executor_env import Env, delib, worker
 from helpers import agent
 from ray_executor_payload import records
-from ray_executor_payload.runner import setup_logging
+from ray_executor_payload.agents import setup_logging
 
 
 @pytest.fixture(autouse=True)

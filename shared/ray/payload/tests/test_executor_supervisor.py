@@ -9,7 +9,7 @@ from executor_env import Env, delib, settings_for
 from helpers import agent
 from ray_executor_payload import records
 from ray_executor_payload.executor import LocalReplicas, Supervisor
-from ray_executor_payload.runner import setup_logging
+from ray_executor_payload.agents import setup_logging
 
 
 def test_the_supervisor_scales_on_the_backlog_heartbeats_and_rolls(nats_server, stub):

@@ -88,7 +88,7 @@ def call(url, model="m"):
     return llm.ChatCall(url=llm.chat_completions_url(url), model=model, system_prompt="s", user_prompt="u")
 
 
-def test_async_complete_retries_like_the_sync_one(stub):
+def test_async_complete_retries_retryable_failures_only(stub):
     stub.set("m-flaky", llm_stub.fail_then(2, 503))
     stub.set("m-429", llm_stub.status(429, headers={"Retry-After": "0.2"}))
     stub.set("m-400", llm_stub.status(400, b'{"error": {"message": "no such model"}}'))

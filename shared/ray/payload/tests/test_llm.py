@@ -1,3 +1,8 @@
+"""The LLM client: llm.py's request shape and parsing, allm.py's retries and deadline (the
+executor's path, driven through allm.run_agent as the executor runs an agent), and llm.py's
+synchronous post_chat (the benchmarks' client)."""
+
+import asyncio
 import dataclasses
 import json
 import socket
@@ -7,14 +12,26 @@ import pytest
 
 import llm_stub
 from helpers import NASTY_DESCRIPTION, agent, request
-from ray_executor_payload import llm
-from ray_executor_payload.runner import plan_jobs, run_agent
+from ray_executor_payload import allm, llm
+from ray_executor_payload.agents import plan_jobs
 
 
 def job_for(req, index=0, deadline=None, backoff_base=0.01):
     deadline = deadline if deadline is not None else time.time() + req.timeout_seconds
     job = plan_jobs(req, deadline)[index]
     return dataclasses.replace(job, backoff_base=backoff_base)
+
+
+def run_agent(job):
+    """allm.run_agent in an event loop of its own (the session is per loop)."""
+
+    async def go():
+        try:
+            return await allm.run_agent(job, "delib-1")
+        finally:
+            await allm.close_session()
+
+    return asyncio.run(go())
 
 
 def closed_port_url():
@@ -223,23 +240,31 @@ def test_retries_never_go_past_the_deadline(stub):
 
 
 def test_backoff_stops_before_the_deadline_deterministic(stub):
-    """With a fake clock: delays 1, 2, 4 fit before the deadline at +10 s, 8 would not."""
+    """With a fake clock, advanced by each backoff: delays 0.1, 0.2 and 0.4 fit before the
+    deadline at +1 s, 0.8 would not."""
     now = [1000.0]
     sleeps = []
 
-    def fake_sleep(d):
-        sleeps.append(d)
-        now[0] += d
+    def before_sleep(attempt, err, delay):
+        sleeps.append(delay)
+        now[0] += delay
 
     stub.set("m-down", llm_stub.status(500, b"down"))
     call = plan_jobs(request(stub.url, agents=[agent("a1", "m-down")]), 0)[0].call
-    out = llm.complete(
-        call, deadline=1010.0, max_retries=10, backoff_base=1.0, backoff_cap=30.0,
-        clock=lambda: now[0], sleep=fake_sleep, rng=lambda: 1.0,
-    )
+
+    async def go():
+        try:
+            return await allm.complete(
+                call, deadline=1001.0, max_retries=10, backoff_base=0.1, backoff_cap=30.0,
+                clock=lambda: now[0], rng=lambda: 1.0, on_retry=before_sleep,
+            )
+        finally:
+            await allm.close_session()
+
+    out = asyncio.run(go())
     assert out.completion is None
     assert out.attempts == 4
-    assert sleeps == [1.0, 2.0, 4.0]
+    assert sleeps == [0.1, 0.2, 0.4]
     assert out.error.error_type == "http_error"
     assert out.error.message == "HTTP 500 from 127.0.0.1: down (no time left to retry before the deadline)"
     assert len(stub.requests) == 4
@@ -326,3 +351,34 @@ def test_parse_completion_edge_cases():
             llm.parse_completion(bad)
         assert info.value.error_type == "invalid_response"
         assert not info.value.retryable
+
+
+# --- the synchronous client (bench/) -------------------------------------------------------
+
+
+def test_sync_post_chat_sends_the_same_request_and_parses_the_same_way(stub, monkeypatch):
+    stub.set("m-ok", llm_stub.ok("<think>why</think>Pick A.", usage={"prompt_tokens": 5, "completion_tokens": 2}))
+    call = plan_jobs(request(stub.url, metadata={"task_type": "TASK_EXTRACTION"}), 0)[0].call
+    c = llm.post_chat(call, time.time() + 10, "k")
+    assert (c.proposal, c.reasoning, c.tokens) == ("Pick A.", "why", 7)
+    (rec,) = stub.requests
+    assert rec.path == "/v1/chat/completions" and rec.headers["authorization"] == "Bearer k"
+    assert rec.body["temperature"] == 0 and rec.body["response_format"] == {"type": "json_object"}
+
+
+def test_sync_post_chat_errors(stub):
+    stub.set("m-down", llm_stub.status(503, b"upstream overloaded"))
+    stub.set("m-slow", llm_stub.sleep(5))
+    down = plan_jobs(request(stub.url, agents=[agent("a1", "m-down")]), 0)[0].call
+    with pytest.raises(llm.LLMError) as info:
+        llm.post_chat(down, time.time() + 10)
+    assert (info.value.error_type, info.value.retryable) == ("http_error", True)
+    assert info.value.message == "HTTP 503 from 127.0.0.1: upstream overloaded"
+    slow = plan_jobs(request(stub.url, agents=[agent("a1", "m-slow")]), 0)[0].call
+    t = time.time()
+    with pytest.raises(llm.LLMError) as info:
+        llm.post_chat(slow, t + 0.5)
+    assert info.value.error_type == "timeout" and time.time() - t < 1.5
+    with pytest.raises(llm.LLMError) as info:
+        llm.post_chat(plan_jobs(request(closed_port_url()), 0)[0].call, time.time() + 5)
+    assert info.value.error_type == "connection_error" and info.value.message.startswith("cannot reach 127.0.0.1")

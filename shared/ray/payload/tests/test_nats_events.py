@@ -21,7 +21,7 @@ from ray_executor_payload import nats_events
 from ray_executor_payload.events import Events, make_events
 from ray_executor_payload.nats_events import NatsEvents
 from ray_executor_payload.result import AgentResult, iso_utc, summarize
-from ray_executor_payload.runner import setup_logging
+from ray_executor_payload.agents import setup_logging
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 CE_TYPE = "fleet.ray_executor.v1.deliberation."
