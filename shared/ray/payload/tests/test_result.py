@@ -6,7 +6,6 @@ from datetime import datetime
 import pytest
 
 from helpers import NASTY_DESCRIPTION
-from ray_executor_payload.events import Events, EventsGuard
 from ray_executor_payload.result import (
     RESULT_MARKER,
     AgentResult,
@@ -109,23 +108,3 @@ def test_printer_writes_to_the_file_descriptor(capfd):
     ResultPrinter(sys.stdout).print(failure("d", "t", "via fd", 0, 0))
     out, _ = capfd.readouterr()
     assert parse_line(out.rstrip("\n"))["error"] == "via fd"
-
-
-def test_event_hook_failures_are_swallowed_and_logged(capsys):
-    calls = []
-
-    class Broken(Events):
-        def on_started(self, request):
-            raise RuntimeError("nats down")
-
-        def on_agent_done(self, request, agent):
-            calls.append(("agent", agent))
-
-    guard = EventsGuard(Broken())
-    guard.on_started(None)  # must not raise
-    guard.on_agent_done(None, "a1")
-    guard.on_finished(None, None)
-    guard.close()
-    assert calls == [("agent", "a1")]
-    err = capsys.readouterr().err
-    assert "event hook on_started failed: RuntimeError: nats down" in err
