@@ -1,17 +1,18 @@
-"""ray-executor payload: the driver of a deliberation Ray job.
+"""ray-executor payload: the standing executor (specs/records.md).
 
-The Go gateway (shared/ray) embeds this package as the job's working_dir and runs
-`python -u -m ray_executor_payload`, the request JSON in a package of its own named in the
-job's runtime_env.py_modules (RAY_EXECUTOR_REQUEST_MODULE names its module). The payload runs one Ray task per agent, each calling an OpenAI-compatible (vLLM) chat
-completions endpoint, and prints one line `RAY_EXECUTOR_RESULT {json}` on stdout.
+The Go side (shared/executor) embeds this package as the working_dir of one long-lived Ray
+job, `python -u -m ray_executor_payload.executor`. Its replicas pull deliberations from the
+NATS JetStream work queue, run each one's agents concurrently, each calling an
+OpenAI-compatible (vLLM) chat completions endpoint, and write the outcome to the
+deliberation's record.
 
-Modules: request (input contract), prompts, llm (HTTP client, retries), runner (Ray tasks),
-result (output contract), events (publisher hooks), nats_events (NATS JetStream publisher,
-specs/nats.md), __main__ (entrypoint).
-Only the standard library and ray are used, plus nats-py for events when it is installed.
+Modules: executor (the driver, its Replica actors and their Worker), records (the record,
+its state machine, the store, the counters and the terminal event), request (the work
+message's request), prompts, agents (an agent's job and failed result, logging), allm (the
+asyncio LLM client and retries), llm (the client's pure parts, and a synchronous post_chat
+for the benchmarks), result (the outcome), nats_events (the NATS settings, the lifecycle
+events and compatible agent responses, specs/nats.md).
+Only the standard library, ray, nats-py and aiohttp are used.
 """
-
-from .request import REQUEST_MODULE_ENV  # noqa: F401
-from .result import RESULT_MARKER  # noqa: F401
 
 __version__ = "1"

@@ -1,45 +1,31 @@
-"""The deliberation request: loading and validation.
+"""The deliberation request: parsing and validation.
 
-The Go gateway (shared/ray/deliberation.go, DeliberationJob) writes the request as JSON
-(PayloadRequest) into a package of its own, which the job names in runtime_env.py_modules:
-a Python package ray_executor_request_<16 hex digits> holding request.json, the digits being
-the first 16 of the file's SHA-256. Ray unpacks it on each node and puts it on the job's
-PYTHONPATH; RAY_EXECUTOR_REQUEST_MODULE names the module. The request never travels in an
-environment variable (Ray's workers cannot start with one over 128 KiB, and Ray expands $NAME
-in them) nor on the command line. The Go side already validated it, but the payload checks
-again everything it relies on, so that a bad request fails fast with a clear message (exit
-code 2) instead of half-running.
+execute publishes the request JSON (shared/ray PayloadRequest, built by shared/executor
+WorkMessage) as the body of the deliberation's work message; the executor parses it with
+parse_request. The Go side already
+validated it, but the payload checks again everything it relies on, so that a bad request
+ends the deliberation at once (invalid_request, naming every problem) instead of
+half-running.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import json
 import math
-import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Tuple
 
-REQUEST_MODULE_ENV = "RAY_EXECUTOR_REQUEST_MODULE"
-REQUEST_MODULE_PREFIX = "ray_executor_request_"
-REQUEST_FILE = "request.json"
 REQUEST_VERSION = 1
 KINDS = ("deliberation", "backlog_review")
-
-# The request module's name: the prefix and the first 16 hex digits of request.json's SHA-256.
-_MODULE_RE = re.compile(r"^" + REQUEST_MODULE_PREFIX + r"([0-9a-f]{16})$")
 
 # W3C trace context, version 00 style: 2-32-16-2 lowercase hex digits.
 _TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 class RequestError(ValueError):
-    """The request is missing or malformed. Carries what could still be read of the ids,
-    so the failed result line can name the deliberation when possible."""
+    """The request is malformed. Carries what could still be read of the ids."""
 
     def __init__(self, message: str, deliberation_id: str = "", task_id: str = ""):
         super().__init__(message)
@@ -81,67 +67,14 @@ class DeliberationRequest:
         return self.metadata.get("task_type", "")
 
 
-def request_module_name(request_json: bytes) -> str:
-    """The module name the gateway gives a request: the prefix and the first 16 hex digits
-    of the JSON's SHA-256 (ray.RequestPackage)."""
-    return REQUEST_MODULE_PREFIX + hashlib.sha256(request_json).hexdigest()[:16]
-
-
-def load_request(environ: Mapping[str, str]) -> DeliberationRequest:
-    """Reads and validates the request from the module RAY_EXECUTOR_REQUEST_MODULE names."""
-    raw = read_request_file(environ)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RequestError(f"{REQUEST_FILE} is not valid UTF-8: {exc}") from None
-    return parse_request(text)
-
-
-def read_request_file(environ: Mapping[str, str]) -> bytes:
-    """The bytes of request.json in the request module, checked against the module's name.
-    The module is located on sys.path (where Ray's py_modules put it), never imported: no
-    code of it runs."""
-    name = environ.get(REQUEST_MODULE_ENV)
-    if name is None:
-        raise RequestError(f"environment variable {REQUEST_MODULE_ENV} is not set")
-    name = name.strip()
-    if not name:
-        raise RequestError(f"environment variable {REQUEST_MODULE_ENV} is empty")
-    m = _MODULE_RE.match(name)
-    if m is None:
-        raise RequestError(f"{REQUEST_MODULE_ENV} must be {REQUEST_MODULE_PREFIX}<16 hex digits>, got {name[:100]!r}")
-    importlib.invalidate_caches()
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError) as exc:
-        spec = None
-        why = f": {exc}"
-    else:
-        why = ""
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise RequestError(
-            f"request module {name} is not on the Python path{why}: the job's runtime_env.py_modules must name its package"
-        )
-    path = os.path.join(locations[0], REQUEST_FILE)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise RequestError(f"cannot read {REQUEST_FILE} of request module {name}: {exc.strerror or exc}") from None
-    if hashlib.sha256(raw).hexdigest()[:16] != m.group(1):
-        raise RequestError(f"{REQUEST_FILE} of request module {name} does not hash to the name of its module: it is not the request the gateway sent")
-    return raw
-
-
 def parse_request(raw: str) -> DeliberationRequest:
-    """Parses and validates the request JSON (the text of request.json)."""
+    """Parses and validates the request JSON (a work message's body)."""
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise RequestError(f"{REQUEST_FILE} is not valid JSON: {exc}") from None
+        raise RequestError(f"the request is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise RequestError(f"{REQUEST_FILE} must be a JSON object, got {_json_type(data)}")
+        raise RequestError(f"the request must be a JSON object, got {_json_type(data)}")
     return _validate(data)
 
 

@@ -9,9 +9,7 @@ for path in (TESTS_DIR, PAYLOAD_DIR):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from helpers import write_request_module  # noqa: E402
 from llm_stub import StubLLM  # noqa: E402
-from ray_executor_payload.request import REQUEST_MODULE_ENV  # noqa: E402
 
 
 @pytest.fixture
@@ -19,22 +17,6 @@ def stub():
     s = StubLLM()
     yield s
     s.close()
-
-
-@pytest.fixture
-def request_env(tmp_path, monkeypatch):
-    """request_env(data, **extra) is the environment of a job whose request is data: the
-    request module is written under request_env.path, which is put on sys.path as Ray's
-    py_modules put it on the job's PYTHONPATH (subprocesses need it in PYTHONPATH)."""
-    modules = tmp_path / "py_modules"
-    modules.mkdir()
-    monkeypatch.syspath_prepend(str(modules))
-
-    def make(data, **extra):
-        return {REQUEST_MODULE_ENV: write_request_module(str(modules), data), **extra}
-
-    make.path = str(modules)
-    return make
 
 
 def _ci() -> bool:

@@ -2,10 +2,9 @@
 
 import copy
 import json
-import os
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
-from ray_executor_payload.request import REQUEST_FILE, DeliberationRequest, parse_request, request_module_name
+from ray_executor_payload.request import DeliberationRequest, parse_request
 
 # Everything a shell or a format string could misread, plus newlines and non-ASCII text.
 NASTY_DESCRIPTION = (
@@ -42,19 +41,3 @@ def request_dict(vllm_url: str = "http://127.0.0.1:9", agents: Optional[List[Dic
 
 def request(vllm_url: str = "http://127.0.0.1:9", agents: Optional[List[Dict[str, Any]]] = None, **overrides: Any) -> DeliberationRequest:
     return parse_request(json.dumps(request_dict(vllm_url, agents, **overrides)))
-
-
-def write_request_module(directory: str, data: Union[Dict[str, Any], str, bytes]) -> str:
-    """Writes a request module into directory as Ray unpacks the gateway's request package
-    (shared/ray RequestPackage: <module>/__init__.py, <module>/request.json) and returns the
-    module's name. data is a request dict (written as JSON), or the file's exact text."""
-    if isinstance(data, dict):
-        data = json.dumps(data)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    name = request_module_name(raw)
-    module_dir = os.path.join(directory, name)
-    os.makedirs(module_dir, exist_ok=True)
-    open(os.path.join(module_dir, "__init__.py"), "wb").close()
-    with open(os.path.join(module_dir, REQUEST_FILE), "wb") as f:
-        f.write(raw)
-    return name

@@ -1,18 +1,9 @@
 import json
-import os
-import sys
 
 import pytest
 
-from helpers import NASTY_DESCRIPTION, agent, request_dict, write_request_module
-from ray_executor_payload.request import (
-    REQUEST_FILE,
-    REQUEST_MODULE_ENV,
-    RequestError,
-    load_request,
-    parse_request,
-    request_module_name,
-)
+from helpers import NASTY_DESCRIPTION, agent, request_dict
+from ray_executor_payload.request import RequestError, parse_request
 
 
 def parse(data):
@@ -112,69 +103,27 @@ def test_every_problem_is_named_and_ids_are_kept():
 
 
 @pytest.mark.parametrize(
-    "env, message",
-    [
-        ({}, f"{REQUEST_MODULE_ENV} is not set"),
-        ({REQUEST_MODULE_ENV: "   "}, f"{REQUEST_MODULE_ENV} is empty"),
-        ({REQUEST_MODULE_ENV: "os"}, "must be ray_executor_request_<16 hex digits>, got 'os'"),
-        ({REQUEST_MODULE_ENV: "ray_executor_request_0123"}, "must be ray_executor_request_<16 hex digits>"),
-        ({REQUEST_MODULE_ENV: "ray_executor_request_0123456789abcdef"}, "is not on the Python path"),
-    ],
-)
-def test_missing_or_malformed_module_name(env, message):
-    with pytest.raises(RequestError) as info:
-        load_request(env)
-    assert message in str(info.value)
-
-
-@pytest.mark.parametrize(
     "text, message",
     [
-        ("{not json", f"{REQUEST_FILE} is not valid JSON"),
-        ("[1, 2]", f"{REQUEST_FILE} must be a JSON object, got array"),
-        (b"\xff\xfe{}", f"{REQUEST_FILE} is not valid UTF-8"),
+        ("{not json", "the request is not valid JSON"),
+        ("[1, 2]", "the request must be a JSON object, got array"),
+        ('"a string"', "the request must be a JSON object, got string"),
+        ("[" * 100000, "the request is not valid JSON"),
     ],
 )
-def test_malformed_request_file(request_env, text, message):
+def test_malformed_request_text(text, message):
     with pytest.raises(RequestError) as info:
-        load_request(request_env(text))
+        parse_request(text)
     assert message in str(info.value)
 
 
-def test_request_is_read_from_its_module_byte_for_byte(request_env):
-    # A description of the gateway's default limit (256 KiB), full of what a shell, Ray's
-    # env var expansion or a format string could misread: it arrives as sent.
+def test_a_large_nasty_request_is_parsed_verbatim():
+    # A description of the gateway's default limit (256 KiB), full of what a shell, an env
+    # var expansion or a format string could misread: it arrives as sent.
     desc = (NASTY_DESCRIPTION * (256 * 1024 // len(NASTY_DESCRIPTION.encode())))
     desc += "x" * (256 * 1024 - len(desc.encode()))
     assert len(desc.encode()) == 256 * 1024
-    env = request_env(request_dict(task_description=desc, metadata={"k": "$HOME ${PATH}"}))
-    req = load_request(env)
+    req = parse_request(json.dumps(request_dict(task_description=desc, metadata={"k": "$HOME ${PATH}"})))
     assert req.task_id == "task-42"
     assert req.task_description == desc
     assert req.metadata == {"k": "$HOME ${PATH}"}
-
-
-def test_module_name_is_the_files_hash(tmp_path):
-    raw = json.dumps(request_dict()).encode()
-    name = write_request_module(str(tmp_path), raw)
-    assert name == request_module_name(raw)
-    assert name.startswith("ray_executor_request_") and len(name) == len("ray_executor_request_") + 16
-
-
-def test_a_request_file_that_does_not_match_its_name_is_refused(request_env):
-    env = request_env(request_dict())
-    # Replace the file with another request: it no longer hashes to the module's name.
-    path = os.path.join(request_env.path, env[REQUEST_MODULE_ENV], REQUEST_FILE)
-    with open(path, "w") as f:
-        json.dump(request_dict(task_id="someone-else"), f)
-    with pytest.raises(RequestError, match="does not hash to the name of its module"):
-        load_request(env)
-
-
-def test_the_request_module_is_located_not_imported(request_env):
-    env = request_env(request_dict())
-    name = env[REQUEST_MODULE_ENV]
-    with open(os.path.join(request_env.path, name, "__init__.py"), "w") as f:
-        f.write("raise SystemExit('imported')\n")
-    assert load_request(env).task_id == "task-42"
-    assert name not in sys.modules
