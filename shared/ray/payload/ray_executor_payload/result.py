@@ -1,27 +1,21 @@
-"""The result line: the payload's one report to the Go side (domain.Outcome).
+"""A deliberation's outcome (domain.Outcome): each agent's result and their summary.
 
-Exactly one line on stdout: RESULT_MARKER followed by compact JSON. json.dumps escapes
-every control character, and ensure_ascii=True also escapes U+2028, U+0085 and the like, so
-the line holds no character that any reader could take for a line break, whatever the
-encoding of stdout.
+The executor writes DeliberationResult.to_dict as the record's `outcome` when the agents have
+ended (records.finish); the Go side reads it from there.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional
 
-RESULT_MARKER = "RAY_EXECUTOR_RESULT "
 RESULT_VERSION = 1
 
 COMPLETED = "completed"
 FAILED = "failed"
-CANCELLED = "cancelled"  # cancelled before it started: no agent ran
 
 
 def iso_utc(epoch: float) -> str:
@@ -90,8 +84,6 @@ class DeliberationResult:
     duration_ms: int
     error: str = ""
     agents: List[AgentResult] = field(default_factory=list)
-    # The request's agent count when no agent ran (a cancelled run); else len(agents).
-    planned_agents: Optional[int] = None
 
     @property
     def completed_agents(self) -> int:
@@ -107,7 +99,7 @@ class DeliberationResult:
             "deliberation_id": self.deliberation_id,
             "task_id": self.task_id,
             "status": self.status,
-            "num_agents": len(self.agents) if self.planned_agents is None else self.planned_agents,
+            "num_agents": len(self.agents),
             "completed_agents": self.completed_agents,
             "failed_agents": self.failed_agents,
             "started_at": self.started_at,
@@ -143,90 +135,6 @@ def summarize(
     return res
 
 
-def failure(
-    deliberation_id: str,
-    task_id: str,
-    error: str,
-    started: float,
-    finished: float,
-    agents: Optional[List[AgentResult]] = None,
-) -> DeliberationResult:
-    """A deliberation that failed as a whole (bad request, Ray unavailable, a bug)."""
-    return DeliberationResult(
-        deliberation_id=deliberation_id,
-        task_id=task_id,
-        status=FAILED,
-        started_at=iso_utc(started),
-        finished_at=iso_utc(finished),
-        duration_ms=duration_ms(started, finished),
-        error=_short(error, 1000),
-        agents=list(agents or []),
-    )
-
-
-def cancelled(
-    deliberation_id: str,
-    task_id: str,
-    num_agents: int,
-    error: str,
-    started: float,
-    finished: float,
-) -> DeliberationResult:
-    """A deliberation that was cancelled before it started: none of its num_agents agents
-    ran (so none completed or failed)."""
-    return DeliberationResult(
-        deliberation_id=deliberation_id,
-        task_id=task_id,
-        status=CANCELLED,
-        started_at=iso_utc(started),
-        finished_at=iso_utc(finished),
-        duration_ms=duration_ms(started, finished),
-        error=_short(error, 1000),
-        planned_agents=num_agents,
-    )
-
-
 def _short(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def result_line(result: DeliberationResult) -> str:
-    """The marker and the compact JSON, without the trailing newline."""
-    body = json.dumps(result.to_dict(), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    return RESULT_MARKER + body
-
-
-class ResultPrinter:
-    """Prints the result line at most once, so no code path can report twice.
-
-    The line goes out in a single write(2) on stdout's file descriptor, so output of other
-    threads (Ray forwards worker logs to the driver's streams) cannot land inside it."""
-
-    def __init__(self, stream: Optional[TextIO] = None):
-        self._stream = stream
-        self.printed = False
-
-    def print(self, result: DeliberationResult) -> None:
-        if self.printed:
-            return
-        data = result_line(result) + "\n"
-        self.printed = True
-        stream = self._stream or sys.stdout
-        for s in (sys.stderr, stream):
-            try:
-                s.flush()
-            except (OSError, ValueError):
-                pass
-        try:
-            fd = stream.fileno()
-        except (AttributeError, OSError, ValueError):
-            fd = None
-        if fd is None:
-            stream.write(data)
-            stream.flush()
-            return
-        raw = data.encode("ascii")  # ensure_ascii=True: the line is pure ASCII
-        while raw:
-            written = os.write(fd, raw)
-            raw = raw[written:]

@@ -1,20 +1,13 @@
-import io
+"""The outcome the executor writes to a deliberation's record (DeliberationResult.to_dict)."""
+
 import json
-import sys
 from datetime import datetime
 
 import pytest
 
 from helpers import NASTY_DESCRIPTION
-from ray_executor_payload.result import (
-    RESULT_MARKER,
-    AgentResult,
-    ResultPrinter,
-    failure,
-    parse_score,
-    result_line,
-    summarize,
-)
+from ray_executor_payload import records
+from ray_executor_payload.result import AgentResult, parse_score, summarize
 
 AGENT_KEYS = {
     "agent_id", "role", "model", "status", "proposal", "reasoning", "score", "tokens", "prompt_tokens",
@@ -24,11 +17,6 @@ TOP_KEYS = {
     "version", "deliberation_id", "task_id", "status", "num_agents", "completed_agents", "failed_agents",
     "started_at", "finished_at", "duration_ms", "error", "agents",
 }
-
-
-def parse_line(line):
-    assert line.startswith(RESULT_MARKER)
-    return json.loads(line[len(RESULT_MARKER):])
 
 
 @pytest.mark.parametrize(
@@ -77,34 +65,17 @@ def test_summarize_failed_when_every_agent_failed():
     assert d["error"] == "all 2 agents failed: a: http_error: HTTP 500 from h: boom; b: timeout: timed out"
 
 
-def test_result_line_is_one_parsable_ascii_line_with_every_field():
-    tricky = NASTY_DESCRIPTION + "\r\n\u0085\u2028 \x1c end"
+def test_the_outcome_survives_the_record_with_every_field():
+    tricky = NASTY_DESCRIPTION + "\r\n\u0085\u2028 \x1c end \ud800"
     agents = [agent_result("a1", "completed", proposal=tricky, reasoning="r\nr", score=0.5, tokens=3)]
-    line = result_line(summarize("d-1", "t-1", agents, 0, 1))
-    assert line.startswith(RESULT_MARKER)
-    assert len(line.splitlines()) == 1  # str.splitlines also splits on \x1c, \x85, \u2028, ...
-    assert line.isascii()
-    d = parse_line(line)
+    rec = records.finish(records.new_record("d-1", task_id="t-1"), summarize("d-1", "t-1", agents, 0, 1).to_dict(), 2)
+    raw = records.encode(rec)
+    assert raw.isascii()  # a lone surrogate from an LLM does not break the write
+    d = records.decode(raw, "d.d-1")["outcome"]
     assert set(d) == TOP_KEYS
     assert set(d["agents"][0]) == AGENT_KEYS
     assert d["agents"][0]["proposal"] == tricky
     assert d["version"] == 1
     assert isinstance(d["agents"][0]["score"], float)
     datetime.fromisoformat(d["started_at"].replace("Z", "+00:00"))
-
-
-def test_printer_prints_exactly_once():
-    out = io.StringIO()
-    p = ResultPrinter(out)
-    p.print(failure("d", "t", "first", 0, 0))
-    p.print(failure("d", "t", "second", 0, 0))
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 1
-    assert parse_line(lines[0])["error"] == "first"
-    assert out.getvalue().endswith("\n")
-
-
-def test_printer_writes_to_the_file_descriptor(capfd):
-    ResultPrinter(sys.stdout).print(failure("d", "t", "via fd", 0, 0))
-    out, _ = capfd.readouterr()
-    assert parse_line(out.rstrip("\n"))["error"] == "via fd"
+    assert json.loads(raw)["state"] == "completed"
