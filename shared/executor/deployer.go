@@ -37,6 +37,11 @@ type Store interface {
 // before it counts as stuck and is replaced (a cold node may install its runtime env).
 const StartupGrace = 3 * time.Minute
 
+// SubmitGrace is how long a deploy key may name a job Ray does not know yet: the deployer
+// that wrote it submits after writing it (uploading the payload package first). Past it, the
+// job is taken as lost (a restarted head, a deployer that died before submitting).
+const SubmitGrace = time.Minute
+
 // RollHold is how long a deploy of another version stands before this deployer replaces
 // it. During a rollout old and new function revisions run side by side, each with its own
 // payload version; without a hold they would replace each other's executor on every check.
@@ -129,6 +134,10 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 		case err == nil:
 			d.logger().Warn("the executor job ended; submitting it again", "submission_id", dep.SubmissionID,
 				"ray_status", string(job.Status), "ray_message", job.Message)
+		case errors.Is(err, domain.ErrNotFound) && now.Sub(domain.ParseTime(dep.At)) < SubmitGrace:
+			// The deployer that wrote the key is still uploading the package and submitting:
+			// submitting another generation now would run two executors of this version.
+			return StateStarting, nil
 		case errors.Is(err, domain.ErrNotFound):
 			d.logger().Warn("Ray has no record of the executor job (a restarted head?); submitting it again",
 				"submission_id", dep.SubmissionID)

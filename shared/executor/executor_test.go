@@ -148,10 +148,19 @@ type fakeJobs struct {
 	submits []ray.SubmitRequest
 	stops   []string
 	delay   time.Duration
+	// gate, when set, holds the first Submit until it is closed.
+	gate chan struct{}
 }
 
 func (f *fakeJobs) Submit(_ context.Context, r ray.SubmitRequest) (string, error) {
 	time.Sleep(f.delay)
+	f.mu.Lock()
+	gate := f.gate
+	f.gate = nil
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.submits = append(f.submits, r)
@@ -312,6 +321,16 @@ func TestEnsureResubmitsWhenRayLostOrEndedTheJob(t *testing.T) {
 				e.jobs.jobs[first.SubmissionID] = tc.status
 			}
 			e.jobs.mu.Unlock()
+			if tc.status == "" {
+				// Unknown to Ray just after the key was written: its deployer is still
+				// submitting, so nothing is submitted again yet.
+				e.now = e.now.Add(SubmitGrace - time.Second)
+				ensure(t, d, StateStarting)
+				if subs, _ := e.jobs.calls(); len(subs) != 1 {
+					t.Fatalf("got %d submits within the submit grace, want 1", len(subs))
+				}
+				e.now = e.now.Add(2 * time.Second)
+			}
 			ensure(t, d, StateDeployed)
 			next := e.deploy(t)
 			subs, stops := e.jobs.calls()
@@ -413,5 +432,41 @@ func TestConcurrentDeployersSubmitOnce(t *testing.T) {
 	}
 	if dep := e.deploy(t); dep.Generation != 1 || dep.SubmissionID != subs[0].SubmissionID {
 		t.Errorf("deploy key %+v does not name the one submission %s", dep, subs[0].SubmissionID)
+	}
+}
+
+// A deployer that finds the deploy key written by another one still submitting (Ray does
+// not know the job yet) waits for it instead of submitting a second executor of the same
+// version.
+func TestEnsureWaitsForAnotherDeployersSubmit(t *testing.T) {
+	e := newEnv(t)
+	gate := make(chan struct{})
+	e.jobs.gate = gate
+	a, b := e.deployer("v1"), e.deployer("v1")
+	done := make(chan error, 1)
+	go func() {
+		st, err := a.Ensure(context.Background())
+		if err == nil && st != StateDeployed {
+			err = fmt.Errorf("got %q, want deployed", st)
+		}
+		done <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); e.deploy(t).SubmissionID == ""; {
+		if time.Now().After(deadline) {
+			t.Fatal("the first deployer never wrote the deploy key")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	st, err := b.Ensure(context.Background())
+	close(gate)
+	if err != nil || st != StateStarting {
+		t.Errorf("the second deployer: got %q, %v, want starting", st, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	subs, _ := e.jobs.calls()
+	if len(subs) != 1 || e.deploy(t).Generation != 1 {
+		t.Errorf("got %d submits and generation %d, want one submit of generation 1", len(subs), e.deploy(t).Generation)
 	}
 }
