@@ -106,7 +106,7 @@ func TestTheLargestRequestFitsEveryHop(t *testing.T) {
 	}
 }
 
-// On a NATS server with the default max_payload (1 MiB) the largest request's work message
+// On a NATS server with NATS's default max_payload (1 MiB) the largest request's work message
 // does not fit. It is refused before anything is stored, as a request error naming the
 // limit: never a 503 a retry cannot get past, nor a pending record nothing will ever run.
 func TestAWorkMessageOverMaxPayloadLeavesNothingBehind(t *testing.T) {
@@ -114,11 +114,11 @@ func TestAWorkMessageOverMaxPayloadLeavesNothingBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWorld(t)
+	w := newWorldOn(t, natsWithMaxPayload(t, 1<<20))
 	w.svc.Limits = cfg.Limits
 	max := w.bus.Conn().MaxPayload()
 	if max != 1<<20 {
-		t.Fatalf("the test server's max_payload is %d, want NATS's default 1 MiB", max)
+		t.Fatalf("the test server's max_payload is %d, want 1 MiB", max)
 	}
 	r := deliberationRequest(largestRequest())
 	_, err = w.svc.Execute(context.Background(), r, "big", "", quiet)
