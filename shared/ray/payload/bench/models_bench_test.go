@@ -15,20 +15,13 @@
 package bench
 
 import (
-	"archive/zip"
-	"bytes"
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -39,7 +32,7 @@ import (
 )
 
 // resultMarker starts the driver's last stdout line (execution_models.RESULT_MARKER).
-const resultMarker = "BENCH_MODELS_RESULT "
+const resultMarker = "BENCH_MODELS_RESULT"
 
 // row is one line of the driver's summary (execution_models.summarize).
 type row struct {
@@ -135,49 +128,19 @@ func TestExecutionModelsReport(t *testing.T) {
 	defer srv.Close()
 	llmURL := "http://" + ln.Addr().String()
 
-	name, pkg, err := workingDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok, err := client.PackageExists(ctx, name); err != nil {
-		t.Fatal(err)
-	} else if !ok {
-		if err := client.UploadPackage(ctx, name, pkg); err != nil {
-			t.Fatal(err)
-		}
-	}
 	entrypoint := "python -u -m bench --llm-url " + llmURL
 	if extra := strings.TrimSpace(os.Getenv("BENCH_MODELS_ARGS")); extra != "" {
 		entrypoint += " " + extra
 	}
-	id, err := client.Submit(ctx, ray.SubmitRequest{
-		Entrypoint:   entrypoint,
-		SubmissionID: fmt.Sprintf("bench-models-%d", time.Now().UnixNano()),
-		RuntimeEnv:   map[string]any{"working_dir": "gcs://" + name},
-		Metadata:     map[string]string{"purpose": "bench-models (issue 11)"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("submitted %s: %s", id, entrypoint)
 	started := time.Now()
-	job, err := waitJob(ctx, t, client, id)
-	if err != nil {
-		stopCtx, stopCancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer stopCancel()
-		_, _ = client.Stop(stopCtx, id) // its finally block deletes what it deployed
-		t.Fatalf("job %s: %v", id, err)
-	}
-	logs, err := client.Logs(ctx, id)
+	logs, err := Run(ctx, client, Job{Entrypoint: entrypoint, IDPrefix: "bench-models",
+		Metadata: map[string]string{"purpose": "bench-models (issue 11)"}, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if job.Status != ray.StatusSucceeded {
-		t.Fatalf("job %s %s (%s): last log lines:\n%s", id, job.Status, job.Message, tail(logs, 40))
-	}
-	raw, ok := resultLine(logs)
+	raw, ok := ResultLine(logs, resultMarker)
 	if !ok {
-		t.Fatalf("job %s printed no %q line; last log lines:\n%s", id, strings.TrimSpace(resultMarker), tail(logs, 40))
+		t.Fatalf("the driver printed no %q line; last log lines:\n%s", resultMarker, Tail(logs, 40))
 	}
 	var res result
 	if err := json.Unmarshal([]byte(raw), &res); err != nil {
@@ -211,84 +174,6 @@ func testTimeout(t *testing.T) time.Duration {
 		return time.Until(d) - time.Minute
 	}
 	return 2 * time.Hour
-}
-
-// waitJob polls the job until it ends, logging its status changes.
-func waitJob(ctx context.Context, t *testing.T, c *ray.Client, id string) (ray.JobDetails, error) {
-	last := ray.JobStatus("")
-	for {
-		job, err := c.Job(ctx, id)
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			t.Logf("job %s: %v (retrying)", id, err)
-		}
-		if err == nil {
-			if job.Status != last {
-				t.Logf("job %s: %s", id, job.Status)
-				last = job.Status
-			}
-			if job.Status.Terminal() {
-				return job, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ray.JobDetails{}, fmt.Errorf("not finished: %w", ctx.Err())
-		case <-time.After(2 * time.Second):
-		}
-	}
-}
-
-// workingDir zips bench/*.py and ray_executor_payload/*.py (the driver imports the
-// payload's LLM request and parsing code) into a Ray working_dir package named by its
-// content, as shared/ray does for the payload.
-func workingDir() (name string, data []byte, err error) {
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	for _, dir := range []struct{ src, prefix string }{{".", "bench"}, {"../ray_executor_payload", "ray_executor_payload"}} {
-		files, err := filepath.Glob(filepath.Join(dir.src, "*.py"))
-		if err != nil {
-			return "", nil, err
-		}
-		if len(files) == 0 {
-			return "", nil, fmt.Errorf("no Python files in %s", dir.src)
-		}
-		slices.Sort(files)
-		for _, f := range files {
-			content, err := os.ReadFile(f)
-			if err != nil {
-				return "", nil, err
-			}
-			h := &zip.FileHeader{Name: dir.prefix + "/" + filepath.Base(f), Method: zip.Store,
-				Modified: time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)}
-			h.SetMode(0o644)
-			w, err := zw.CreateHeader(h)
-			if err != nil {
-				return "", nil, err
-			}
-			if _, err := w.Write(content); err != nil {
-				return "", nil, err
-			}
-		}
-	}
-	if err := zw.Close(); err != nil {
-		return "", nil, err
-	}
-	sum := sha256.Sum256(buf.Bytes())
-	return "_ray_pkg_" + hex.EncodeToString(sum[:8]) + ".zip", buf.Bytes(), nil
-}
-
-func resultLine(logs string) (string, bool) {
-	for _, line := range slices.Backward(strings.Split(logs, "\n")) {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), resultMarker); ok {
-			return rest, true
-		}
-	}
-	return "", false
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func f(p *float64, format string) string {
