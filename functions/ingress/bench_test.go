@@ -12,12 +12,10 @@ package ingress
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"runtime"
 	"sort"
@@ -33,9 +31,10 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
-	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/serving"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 func envInt(name string, def int) int {
@@ -54,23 +53,12 @@ func (floorServer) GetDeliberationStatus(_ context.Context, req *pb.GetDeliberat
 	return &pb.GetDeliberationStatusResponse{DeliberationId: req.GetDeliberationId(), Status: "running", TaskId: "task-bench", TotalAgents: 3}, nil
 }
 
-// rayStub answers GET /api/jobs/{id} at once with a running deliberation of ours.
-func rayStub(t *testing.T) string {
-	job, _ := json.Marshal(map[string]any{
-		"type": "SUBMISSION", "submission_id": "delib-bench", "status": "RUNNING", "start_time": time.Now().UnixMilli(),
-		"metadata": domain.JobMeta{DeliberationID: "delib-bench", TaskID: "task-bench", NumAgents: 3}.Map(),
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(job)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close() })
-	return "http://" + ln.Addr().String()
+// benchRecord is the deliberation every benchmark request reads: running, three agents.
+func benchRecord() domain.Record {
+	r := domain.Request{Kind: domain.KindDeliberation, TaskID: "task-bench", Agents: make([]domain.Agent, 3),
+		Constraints: domain.Constraints{TimeoutSeconds: 60}}
+	rec, _ := domain.NewRecord("delib-bench", r, "0123456789abcdef0123456789abcdef", "", "", time.Now()).Start(1, "bench", time.Now())
+	return rec
 }
 
 func serveGRPC(t *testing.T, register func(*grpc.Server), opts ...grpc.ServerOption) string {
@@ -85,30 +73,36 @@ func serveGRPC(t *testing.T, register func(*grpc.Server), opts ...grpc.ServerOpt
 	return ln.Addr().String()
 }
 
-// memoryRay is the zero-latency Ray stub: the status function's Ray port answered in memory.
-type memoryRay struct{ job ray.JobDetails }
+// memoryRecords is the zero-latency store: the status function's records port answered in
+// memory.
+type memoryRecords struct{ rec domain.Record }
 
-func (m memoryRay) Job(context.Context, string) (ray.JobDetails, error) { return m.job, nil }
-func (m memoryRay) Logs(context.Context, string) (string, error)        { return "", nil }
+func (m memoryRecords) Get(context.Context, string) (domain.Record, uint64, error) {
+	return m.rec, 1, nil
+}
 
-// chain starts the status function (served as in production) in front of a Ray stub, and
-// the ingress in front of it; it returns the ingress address. overHTTP puts the stub behind
-// a real HTTP server and the real Ray client, so the Ray hop's own cost is counted too.
-func chain(t *testing.T, overHTTP bool) string {
+// chain starts the status function (served as in production) in front of a records store,
+// and the ingress in front of it; it returns the ingress address. overNATS reads the record
+// from a real NATS server (in this process) through the real records store, so the NATS
+// hop's own cost is counted too.
+func chain(t *testing.T, overNATS bool) string {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var jobs status.Jobs = memoryRay{job: ray.JobDetails{SubmissionID: "delib-bench", Status: ray.StatusRunning,
-		StartTime: time.Now(), Metadata: domain.JobMeta{DeliberationID: "delib-bench", TaskID: "task-bench", NumAgents: 3}.Map()}}
-	if overHTTP {
-		rc, err := ray.New(ray.Config{Address: rayStub(t)})
-		if err != nil {
+	var recs status.Records = memoryRecords{rec: benchRecord()}
+	if overNATS {
+		bus := testenv.NATS(t)
+		store := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+		if err := store.Provision(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		jobs = rc
+		if err := store.Create(context.Background(), benchRecord()); err != nil {
+			t.Fatal(err)
+		}
+		recs = store
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	addrc := make(chan string, 1)
-	h := status.NewHandler(status.NewService(jobs, 1024), "bench/status", 0, quiet)
+	h := status.NewHandler(status.NewService(recs, 1024), "bench/status", 0, quiet)
 	go func() {
 		_ = serving.Run(ctx, config.Serving{Host: "127.0.0.1", DrainTimeout: time.Second}, h, quiet,
 			serving.Options{OnListen: func(a string) { addrc <- a }})
@@ -260,7 +254,7 @@ func TestBenchmarkReport(t *testing.T) {
 	rate := envInt("BENCH_RATE", 500)
 	floor := serveGRPC(t, func(gs *grpc.Server) { pb.RegisterRayExecutorServiceServer(gs, floorServer{}) })
 	ingress := chain(t, false)
-	ingressRayHTTP := chain(t, true)
+	ingressNATS := chain(t, true)
 
 	if os.Getenv("BENCH_ONLY") == "chain" { // for profiling the chain alone
 		for i := 0; i < 3; i++ {
@@ -276,7 +270,7 @@ func TestBenchmarkReport(t *testing.T) {
 	for i := 0; i < rounds; i++ {
 		fs = append(fs, closedLoop(t, floor, workers, d))
 		cs = append(cs, closedLoop(t, ingress, workers, d))
-		hs = append(hs, closedLoop(t, ingressRayHTTP, workers, d))
+		hs = append(hs, closedLoop(t, ingressNATS, workers, d))
 		fmt.Printf("round %d: RPS (a) %.0f (b) %.0f (c) %.0f\n", i+1, fs[i].rps(), cs[i].rps(), hs[i].rps())
 	}
 	fMax, cMax, hMax := median(fs), median(cs), median(hs)
@@ -287,7 +281,7 @@ func TestBenchmarkReport(t *testing.T) {
 	}
 	fRate := openLoop(t, floor, rate, d)
 	cRate := openLoop(t, ingress, rate, d)
-	hRate := openLoop(t, ingressRayHTTP, rate, d)
+	hRate := openLoop(t, ingressNATS, rate, d)
 
 	fmt.Printf("\nGetDeliberationStatus, %d s per run, closed loop: median of %d interleaved rounds, GOMAXPROCS=%d\n",
 		int(d.Seconds()), rounds, runtimeProcs())
@@ -297,11 +291,11 @@ func TestBenchmarkReport(t *testing.T) {
 	}
 	closed, open := fmt.Sprintf("closed loop, %d concurrent", workers), fmt.Sprintf("open loop, %d req/s", rate)
 	row("(a) floor: bare gRPC server", closed, fMax)
-	row("(b) chain: ingress -> status -> zero-latency Ray stub", closed, cMax)
-	row("(c) chain with the Ray stub over HTTP and the real Ray client", closed, hMax)
+	row("(b) chain: ingress -> status -> in-memory records", closed, cMax)
+	row("(c) chain with the record read from NATS by the real records store", closed, hMax)
 	row("(a) floor: bare gRPC server", open, fRate)
-	row("(b) chain: ingress -> status -> zero-latency Ray stub", open, cRate)
-	row("(c) chain with the Ray stub over HTTP and the real Ray client", open, hRate)
+	row("(b) chain: ingress -> status -> in-memory records", open, cRate)
+	row("(c) chain with the record read from NATS by the real records store", open, hRate)
 	ratio := medianFloat(ratios)
 	fmt.Printf("\nthroughput, median of the rounds' ratios: (b)/(a) %.1f%% (target >= 35%%); (c)/(a) %.1f%%\n",
 		100*ratio, 100*medianFloat(httpRatios))
