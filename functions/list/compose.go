@@ -33,7 +33,7 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: func(context.Context) error { return bus.Ready() }}
 	f.OnClose(bus.Close)
 	records.Provision(ctx, bus, store, logger)
-	rec := &Reconciler{Store: store, Logger: logger}
+	rec := &Reconciler{Store: store, Events: bus, Logger: logger}
 	if cfg.Executor.Deploy {
 		rec.Deployer = executor.NewDeployer(client, store, cfg.Executor, cfg.Events, cfg.PackageFreshFor, logger)
 	}

@@ -6,12 +6,14 @@ package list
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/executor"
 	"github.com/fleet-ai/ray-executor/shared/records"
 )
@@ -24,6 +26,10 @@ type Store interface {
 	Queue(ctx context.Context) (records.Queue, error)
 	Heartbeat(ctx context.Context) (records.Heartbeat, bool, error)
 	PurgeDeletes(ctx context.Context, age time.Duration) error
+	// For the reconciler's repair of the active index:
+	Get(ctx context.Context, id string) (domain.Record, uint64, error)
+	PutActive(ctx context.Context, e domain.ActiveEntry) error
+	records.Finisher
 }
 
 // Active is one pending or running deliberation.
@@ -179,13 +185,16 @@ func firstErr(errs ...error) error {
 }
 
 // Reconciler keeps the system in shape on a timer or a PingSource tick, whichever function
-// is scaled to zero: it makes sure the executor runs (resubmitting or rolling it), and
-// drops the delete markers ended deliberations leave in the active index.
+// is scaled to zero: it makes sure the executor runs (resubmitting or rolling it), repairs
+// the active index against the records, and drops the delete markers ended deliberations
+// leave in it.
 type Reconciler struct {
 	// Deployer is nil when operators deploy the executor themselves (EXECUTOR_DEPLOY=false).
 	Deployer *executor.Deployer
 	Store    Store
-	Logger   *slog.Logger
+	// Events receives a terminal event a repair finds missing (events.Bus); nil skips it.
+	Events records.Publisher
+	Logger *slog.Logger
 }
 
 // Run does one pass. Each step runs even when another fails; the first error is returned.
@@ -195,10 +204,43 @@ func (r *Reconciler) Run(ctx context.Context) (executor.State, error) {
 	if r.Deployer != nil {
 		st, err = r.Deployer.Ensure(ctx)
 	}
+	if rerr := r.repair(ctx); err == nil {
+		err = rerr
+	}
 	if perr := r.Store.PurgeDeletes(ctx, time.Minute); err == nil {
 		err = perr
 	}
 	return st, err
+}
+
+// repair makes the active index agree with the records, whose cost is the active ones: an
+// entry whose record has ended (its writer stopped between the record and the index, or a
+// late duplicate submit put the entry back) gets the after-terminal steps again (each is
+// idempotent: the terminal event, the count, the removal); an entry whose record is gone
+// is removed; an entry showing another state than its record is rewritten. One bad entry
+// never stops the pass.
+func (r *Reconciler) repair(ctx context.Context) error {
+	entries, _, err := r.Store.Active(ctx)
+	if err != nil {
+		return err
+	}
+	var first error
+	for _, e := range entries {
+		rec, _, err := r.Store.Get(ctx, e.ID)
+		switch {
+		case errors.Is(err, domain.ErrNotFound):
+			err = r.Store.DeleteActive(ctx, e.ID)
+		case err != nil:
+		case rec.Terminal():
+			records.AfterTerminal(ctx, r.Store, r.Events, rec, events.SourceReconciler, r.Logger)
+		case rec.State != e.State:
+			err = r.Store.PutActive(ctx, rec.Active())
+		}
+		if err != nil && first == nil {
+			first = fmt.Errorf("list: repair %s: %w", e.ID, err)
+		}
+	}
+	return first
 }
 
 // Every runs the reconciler every interval until ctx ends, logging failed passes.

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/executor"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
@@ -289,5 +290,84 @@ func TestConfig(t *testing.T) {
 	if _, err := LoadConfig(env(map[string]string{"EXECUTOR_MAX_DELIVERIES": "0"})); err == nil ||
 		!strings.Contains(err.Error(), "EXECUTOR_MAX_DELIVERIES") {
 		t.Errorf("bad executor setting: got %v", err)
+	}
+}
+
+// The reconciler repairs the active index against the records: an entry whose record ended
+// gets the after-terminal steps (terminal event, count, removal), an entry without a record
+// is removed, an entry showing a stale state is rewritten, and the active ones stay.
+func TestReconcilerRepairsTheActiveIndex(t *testing.T) {
+	bus := testenv.NATS(t)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	ctx := ctxT(t)
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mk := func(id string) domain.Record {
+		r := domain.Request{Kind: domain.KindDeliberation, TaskID: "t-" + id, Agents: make([]domain.Agent, 1),
+			Constraints: domain.Constraints{TimeoutSeconds: 60}}
+		rec := domain.NewRecord(id, r, "h", "", "", time.Now())
+		if err := s.Create(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutActive(ctx, rec.Active()); err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	// Ended, but its writer stopped before the after-terminal steps.
+	ended := mk("delib-ended")
+	if _, err := s.Update(ctx, ended.ID, func(r domain.Record) (domain.Record, error) {
+		return r.Fail(domain.ErrorTypeExecutorLost, "lost", time.Now())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Running, the index still saying pending.
+	running := mk("delib-running")
+	if _, err := s.Update(ctx, running.ID, func(r domain.Record) (domain.Record, error) {
+		return r.Start(1, "replica", time.Now())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pending := mk("delib-pending")
+	// An entry with no record (it expired).
+	orphan := domain.ActiveEntry{ID: "delib-orphan", State: domain.StatusPending}
+	if err := s.PutActive(ctx, orphan); err != nil {
+		t.Fatal(err)
+	}
+
+	rec := &Reconciler{Store: s, Events: bus, Logger: quiet}
+	if _, err := rec.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]domain.Status{}
+	entries, _, err := s.Active(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		got[e.ID] = e.State
+	}
+	want := map[string]domain.Status{running.ID: domain.StatusRunning, pending.ID: domain.StatusPending}
+	if len(got) != len(want) || got[running.ID] != domain.StatusRunning || got[pending.ID] != domain.StatusPending {
+		t.Errorf("active index after the repair: got %v, want %v", got, want)
+	}
+	stored, err := bus.Stored(ctx, ended.ID)
+	if err != nil || len(stored) != 1 || stored[0].Kind() != events.Failed {
+		t.Errorf("the ended one's events: got %v %v, want its one failed event", stored, err)
+	}
+	c, err := s.Counters(ctx)
+	if err != nil || c[records.CountFailed] != 1 {
+		t.Errorf("counters %v %v, want the ended one counted failed once", c, err)
+	}
+	// A second pass changes nothing (every step is idempotent).
+	if _, err := rec.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if stored, _ := bus.Stored(ctx, ended.ID); len(stored) != 1 {
+		t.Errorf("after a second pass: %d events, want 1", len(stored))
+	}
+	if c, _ := s.Counters(ctx); c[records.CountFailed] != 1 {
+		t.Errorf("after a second pass: counted %d, want 1", c[records.CountFailed])
 	}
 }
