@@ -187,12 +187,16 @@ func TestRayOutageUnderSteadyLoad(t *testing.T) {
 	}
 
 	// Every accepted deliberation completes, once.
+	final := map[string]*pb.GetDeliberationStatusResponse{}
+	for task, id := range accepted {
+		final[task] = waitGRPC(t, client, id)
+	}
 	calls := llmCallsPerTask(stub, run)
 	byPhase := map[string]int{}
 	for task, id := range accepted {
 		p := phaseOf[task]
 		byPhase[p]++
-		st := waitGRPC(t, client, id)
+		st := final[task]
 		rec := s.record(t, id)
 		if st.GetStatus() != "completed" {
 			t.Errorf("%s (accepted %s): %s (%s: %s), want completed", task, p, st.GetStatus(), st.GetErrorType(), st.GetErrorMessage())
