@@ -70,4 +70,3 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	cfg.Limits.Endpoints = policy
 	return cfg, r.Err()
 }
-
