@@ -174,8 +174,7 @@ func TestExecuteAcceptsIntoNATS(t *testing.T) {
 // or refusal can reach a caller of execute.
 func TestExecuteHasNoRayPort(t *testing.T) {
 	for _, typ := range []reflect.Type{reflect.TypeOf(Service{}), reflect.TypeOf((*Store)(nil)).Elem()} {
-		var check func(reflect.Type, string)
-		check = func(tt reflect.Type, where string) {
+		check := func(tt reflect.Type, where string) {
 			if strings.Contains(tt.PkgPath(), "/shared/ray") {
 				t.Errorf("%s is of Ray's type %s", where, tt)
 			}

@@ -5,7 +5,10 @@ plain async actors (Replica) alive, sized on the work consumer's backlog. Each r
 a Worker: it pulls deliberations from the JetStream work queue and runs each one's agents
 concurrently with asyncio, writing the record by compare-and-set and publishing the events
 and counters. The driver puts the `executor` heartbeat key, and exits (after draining its
-replicas) when `executor.deploy` names another submission (the roll) or on SIGTERM.
+replicas) when `executor.deploy` names another submission (the roll) or on SIGTERM, with
+status 0; and with status 3 (EXIT_NATS_LOST) when it could not reach NATS for
+EXECUTOR_NATS_LOST_EXIT_SECONDS (default 600), so that an executor whose NATS is gone ends
+and the deployer submits a new one once NATS is back. Bad settings exit 2 at start.
 
 Worker is plain asyncio and needs no Ray: the tests run it in process.
 """
@@ -42,6 +45,7 @@ NUM_CPUS_ENV = "EXECUTOR_REPLICA_NUM_CPUS"
 VERSION_ENV = "EXECUTOR_VERSION"
 SUBMISSION_ID_ENV = "EXECUTOR_SUBMISSION_ID"
 SCALE_DOWN_DELAY_ENV = "EXECUTOR_SCALE_DOWN_DELAY_SECONDS"
+NATS_LOST_EXIT_ENV = "EXECUTOR_NATS_LOST_EXIT_SECONDS"
 LOCAL_RAY_ENV = "RAY_EXECUTOR_LOCAL_RAY"
 LOCAL_RAY_TEMP_DIR_ENV = "RAY_EXECUTOR_LOCAL_RAY_TEMP_DIR"
 
@@ -50,6 +54,13 @@ FETCH_TIMEOUT_SECONDS = 1.0
 TICK_SECONDS = 2.0
 HEARTBEAT_SECONDS = 5.0
 PUBLISH_TIMEOUT_SECONDS = 5.0
+NATS_LOST_EXIT_SECONDS = 600.0
+# Once NATS is lost, the replicas' drain is bounded: what they still run could not be
+# recorded anyway, and its work messages come back after AckWait.
+NATS_LOST_DRAIN_SECONDS = 30.0
+
+EXIT_BAD_SETTINGS = 2
+EXIT_NATS_LOST = 3
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 
@@ -70,6 +81,7 @@ class Settings:
     version: str = ""
     submission_id: str = ""
     scale_down_delay: float = 30.0
+    nats_lost_exit_seconds: float = NATS_LOST_EXIT_SECONDS
     in_progress_seconds: float = IN_PROGRESS_SECONDS
     fetch_timeout: float = FETCH_TIMEOUT_SECONDS
     tick_seconds: float = TICK_SECONDS
@@ -122,6 +134,7 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
         version=environ.get(VERSION_ENV, "").strip(),
         submission_id=environ.get(SUBMISSION_ID_ENV, "").strip(),
         scale_down_delay=number(SCALE_DOWN_DELAY_ENV, 30.0, 0, integer=False),
+        nats_lost_exit_seconds=number(NATS_LOST_EXIT_ENV, NATS_LOST_EXIT_SECONDS, 1, integer=False),
     )
     if s.min_replicas > s.max_replicas:
         problems.append(f"{MIN_REPLICAS_ENV} ({s.min_replicas}) must not exceed {MAX_REPLICAS_ENV} ({s.max_replicas})")
@@ -551,7 +564,13 @@ def desired_replicas(backlog: int, concurrency: int, minimum: int, maximum: int)
 
 
 class Supervisor:
-    """Keeps the replicas, scales them on the backlog, heartbeats, and rolls."""
+    """Keeps the replicas, scales them on the backlog, heartbeats, and rolls.
+
+    When it cannot reach NATS for nats_lost_exit_seconds (no round of supervision
+    succeeded, or it could not connect at start), it gives up: it drains the replicas,
+    bounded by NATS_LOST_DRAIN_SECONDS, and run() returns with nats_lost set, so the
+    driver exits non-zero and the deployer resubmits an executor once NATS is back,
+    instead of this one running forever against a server that is gone."""
 
     def __init__(self, settings: Settings, replicas: Any):
         self.settings = settings
@@ -565,6 +584,9 @@ class Supervisor:
         self._last_heartbeat = 0.0
         self.nc: Any = None
         self.store: Optional[records.Store] = None
+        self.nats_lost = False
+        self._nats_ok_at = time.monotonic()  # the last round that reached NATS
+        self._last_error = ""
 
     def _name(self) -> str:
         self._next += 1
@@ -673,27 +695,64 @@ class Supervisor:
         self._last_heartbeat = time.monotonic()
 
     async def run(self) -> str:
-        """Supervises until stop is set (the roll, SIGTERM), then drains every replica."""
-        await self.start()
+        """Supervises until stop is set (the roll, SIGTERM, NATS lost), then drains every
+        replica."""
+        lost_after = self.settings.nats_lost_exit_seconds
+        try:
+            await asyncio.wait_for(self.start(), lost_after)
+        except asyncio.TimeoutError:
+            self._last_error = "could not connect"
+            self._give_up(lost_after)
+        else:
+            self._nats_ok_at = time.monotonic()
         while not self.stop.is_set():
             try:
                 await self.tick()
+                self._nats_ok_at = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - NATS trouble: next round
-                log.warning("supervisor tick: %s", nats_events._describe(exc))
+                self._last_error = nats_events._describe(exc)
+                log.warning("supervisor tick: %s", self._last_error)
+                lost_for = time.monotonic() - self._nats_ok_at
+                if lost_for >= lost_after:
+                    self._give_up(lost_for)
+                    break
             try:
                 await asyncio.wait_for(self.stop.wait(), self.settings.tick_seconds)
             except asyncio.TimeoutError:
                 pass
-        await self.shutdown()
+        await self.shutdown(NATS_LOST_DRAIN_SECONDS if self.nats_lost else None)
         return self.exit_reason
 
-    async def shutdown(self) -> None:
+    def _give_up(self, lost_for: float) -> None:
+        self.nats_lost = True
+        self.exit_reason = f"NATS unreachable for {lost_for:.0f}s"
+        log.error(
+            "NATS at %s unreachable for %.0fs (%s=%g; last error: %s): draining the replicas and exiting "
+            "with status %d; the deployer resubmits the executor once NATS is back",
+            self.settings.nats.display, lost_for, NATS_LOST_EXIT_ENV, self.settings.nats_lost_exit_seconds,
+            self._last_error or "none", EXIT_NATS_LOST,
+        )
+        _event("nats_lost", seconds=round(lost_for), nats=self.settings.nats.display)
+        self.stop.set()
+
+    async def shutdown(self, drain_timeout: Optional[float] = None) -> None:
+        """Drains every replica (waiting at most drain_timeout when given), then closes NATS."""
         while self.live:
             self._scale_down_one()
         if self.draining:
-            await asyncio.gather(*list(self.draining), return_exceptions=True)
+            pending = list(self.draining)
+            _, still = await asyncio.wait(pending, timeout=drain_timeout)
+            if still:
+                log.warning("%d replica(s) still draining after %gs; exiting without them: the deliberations "
+                            "they hold come back after AckWait", len(still), drain_timeout)
+                for t in still:
+                    t.cancel()
+                await asyncio.gather(*still, return_exceptions=True)
         if self.nc is not None:
-            await self.nc.close()
+            try:
+                await asyncio.wait_for(self.nc.close(), PUBLISH_TIMEOUT_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - exiting anyway
+                log.warning("nats close: %s", nats_events._describe(exc))
         _event("executor_stopped", reason=self.exit_reason)
 
 
@@ -704,7 +763,7 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
         settings = settings_from_env(environ)
     except SettingsError as exc:
         print(f"ray_executor_payload.executor: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_BAD_SETTINGS
     import ray
 
     kwargs = ray_init_kwargs(environ)
@@ -714,7 +773,10 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(**kwargs)
 
+    sup: Optional[Supervisor] = None
+
     async def go() -> str:
+        nonlocal sup
         sup = Supervisor(settings, RayReplicas(settings))
         loop = asyncio.get_running_loop()
 
@@ -730,8 +792,9 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
            min_replicas=settings.min_replicas, max_replicas=settings.max_replicas, concurrency=settings.concurrency,
            nats=settings.nats.display)
     reason = asyncio.run(go())
-    _event("executor_exit", reason=reason)
-    return 0
+    code = EXIT_NATS_LOST if sup is not None and sup.nats_lost else 0
+    _event("executor_exit", reason=reason, status=code)
+    return code
 
 
 if __name__ == "__main__":

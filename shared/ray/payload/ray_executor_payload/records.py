@@ -344,7 +344,7 @@ async def provision(js: Any, names: Names, ack_wait: float = ACK_WAIT_SECONDS) -
     if await missing_stream(names.work_stream):
         await create_stream(StreamConfig(
             name=names.work_stream, subjects=[WORK_SUBJECT_PREFIX + "*"], retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_SECONDS, max_age=retention,
+            storage=StorageType.FILE, duplicate_window=min(DUPLICATE_WINDOW_SECONDS, retention), max_age=retention,
         ))
     try:
         await js.consumer_info(names.work_stream, WORK_CONSUMER)
@@ -367,7 +367,7 @@ async def provision(js: Any, names: Names, ack_wait: float = ACK_WAIT_SECONDS) -
     if await missing_stream(names.events_stream):
         await create_stream(StreamConfig(
             name=names.events_stream, subjects=[EVENTS_SUBJECTS], retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE, max_age=retention, duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            storage=StorageType.FILE, max_age=retention, duplicate_window=min(DUPLICATE_WINDOW_SECONDS, retention),
         ))
 
 

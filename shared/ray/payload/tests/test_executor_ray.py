@@ -5,7 +5,9 @@ With RAY_ADDRESS set to a dashboard URL (make test: the local head, token from
 RAY_AUTH_TOKEN_FILE), the driver is submitted to that head as a Ray job, the payload as its
 working_dir. Without it, the driver runs as a subprocess that starts a private local Ray
 (RAY_EXECUTOR_LOCAL_RAY), which never touches another cluster. Either way the test ends with
-the roll: executor.deploy names another submission and the driver drains and exits 0."""
+the roll: executor.deploy names another submission and the driver drains and exits 0. A
+driver whose NATS server goes away ends too, with status 3, once
+EXECUTOR_NATS_LOST_EXIT_SECONDS have passed."""
 
 import asyncio
 import os
@@ -19,6 +21,7 @@ import uuid
 import llm_stub
 from executor_env import Env, delib
 from helpers import agent
+from nats_server import NatsServer
 from ray_executor_payload import records
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -155,6 +158,41 @@ def test_the_driver_runs_replica_actors_on_ray_and_rolls(nats_server, stub):
     finally:
         driver.stop()
     assert len(stub.requests) == 6
+
+
+def test_a_driver_whose_nats_is_gone_exits_non_zero(nats_server, tmp_path):
+    own = NatsServer(nats_server.binary, str(tmp_path)).start()  # stopped below: not the shared one
+    submission = f"ray-executor-test-{uuid.uuid4().hex[:8]}"
+    env = {
+        "RAY_EXECUTOR_NATS_URL": own.url, "EXECUTOR_VERSION": "test", "EXECUTOR_SUBMISSION_ID": submission,
+        "EXECUTOR_MIN_REPLICAS": "1", "EXECUTOR_MAX_REPLICAS": "1", "EXECUTOR_NATS_LOST_EXIT_SECONDS": "3",
+    }
+    driver = None
+    try:
+        asyncio.run(Env.reset(own.url))
+        address = _head_address()
+        driver = _Job(address, env) if address else _Local(env)
+
+        async def up():
+            async with Env(own.url) as e:
+                end = time.monotonic() + 120
+                while await e.store.get_json(records.EXECUTOR_KEY) is None:
+                    assert driver.wait(0) is None, driver.logs()[-4000:]
+                    assert time.monotonic() < end, "no executor heartbeat within 120 s:\n" + driver.logs()[-4000:]
+                    await asyncio.sleep(0.5)
+
+        asyncio.run(up())
+        own.stop()
+        ok = driver.wait(90)
+        logs = driver.logs()
+        assert ok is False, f"got {ok} (None: still running), want the driver to fail:\n" + logs[-4000:]
+        assert "unreachable for" in logs and "exiting with status 3" in logs, logs[-4000:]
+        if isinstance(driver, _Local):
+            assert driver.proc.returncode == 3
+    finally:
+        if driver is not None:
+            driver.stop()
+        own.stop()
 
 
 def test_bad_settings_fail_the_driver_at_start():

@@ -1,15 +1,18 @@
 """The executor's driver logic (Supervisor) with in-process replicas, on the real NATS server:
-heartbeat, scaling on the backlog, and the roll when executor.deploy names another submission."""
+heartbeat, scaling on the backlog, the roll when executor.deploy names another submission,
+and giving up when NATS has been unreachable for EXECUTOR_NATS_LOST_EXIT_SECONDS."""
 
 import asyncio
+import logging
 import time
 
 import llm_stub
 from executor_env import Env, delib, settings_for
 from helpers import agent
+from nats_server import NatsServer, closed_port
 from ray_executor_payload import records
-from ray_executor_payload.executor import LocalReplicas, Supervisor
 from ray_executor_payload.agents import setup_logging
+from ray_executor_payload.executor import LocalReplicas, Supervisor
 
 
 def test_the_supervisor_scales_on_the_backlog_heartbeats_and_rolls(nats_server, stub):
@@ -72,3 +75,68 @@ def test_the_supervisor_scales_on_the_backlog_heartbeats_and_rolls(nats_server, 
             assert await env.counter("completed") == 6
 
     asyncio.run(go())
+
+
+def test_the_supervisor_drains_and_gives_up_when_nats_is_gone(nats_server, stub, tmp_path, caplog):
+    setup_logging()
+    stub.set("m-ok", llm_stub.ok("done"))
+    own = NatsServer(nats_server.binary, str(tmp_path)).start()  # stopped below: not the shared one
+    try:
+        async def go():
+            await Env.reset(own.url)
+            settings = settings_for(own.url, nats_lost_exit_seconds=2.0, version="v1", submission_id="ray-executor-v1-1")
+            replicas = LocalReplicas(settings)
+            sup = Supervisor(settings, replicas)
+            running = asyncio.create_task(sup.run())
+            try:
+                async with Env(own.url) as env:
+                    data = delib(stub.url, [agent("a1", "m-ok")])
+                    await env.submit(data)
+                    rec = await env.wait_state(data["deliberation_id"], records.TERMINAL_STATES, timeout=20)
+                    assert rec["state"] == "completed"
+                    for _ in range(100):
+                        if await env.store.get_json(records.EXECUTOR_KEY):
+                            break
+                        await asyncio.sleep(0.05)
+                    assert await env.store.get_json(records.EXECUTOR_KEY)
+                # A NATS that was there and went away: the supervisor keeps trying (each
+                # round fails) until the setting runs out, then drains and returns.
+                own.stop()
+                stopped = time.monotonic()
+                await asyncio.sleep(1.0)
+                assert not running.done()
+                reason = await asyncio.wait_for(running, 20)
+                waited = time.monotonic() - stopped
+            finally:
+                if not running.done():
+                    sup.stop.set()
+                    await running
+            assert sup.nats_lost and reason.startswith("NATS unreachable for ")
+            assert 2.0 <= waited < 2.0 + 10, waited
+            assert sup.live == [] and not sup.draining
+            assert all(w._stopped.is_set() for w in replicas.created)
+            assert replicas.created[0].handled == 1
+
+        asyncio.run(go())
+    finally:
+        own.stop()
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(line.startswith(f"NATS at {own.url} unreachable for ") and "EXECUTOR_NATS_LOST_EXIT_SECONDS=2" in line
+               and "exiting with status 3" in line for line in lines), lines
+
+
+def test_the_supervisor_gives_up_when_nats_never_answers_at_start(caplog):
+    setup_logging()
+    url = f"nats://127.0.0.1:{closed_port()}"
+
+    async def go():
+        settings = settings_for(url, nats_lost_exit_seconds=1.0)
+        sup = Supervisor(settings, LocalReplicas(settings))
+        start = time.monotonic()
+        reason = await asyncio.wait_for(sup.run(), 15)
+        return sup, reason, time.monotonic() - start
+
+    sup, reason, took = asyncio.run(go())
+    assert sup.nats_lost and reason == "NATS unreachable for 1s" and 1.0 <= took < 5, (reason, took)
+    assert sup.live == [] and sup.replicas.created == []
+    assert any("could not connect" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)

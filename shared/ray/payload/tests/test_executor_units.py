@@ -130,3 +130,36 @@ def llm_stub_free_port():
     from nats_server import closed_port
 
     return closed_port()
+
+
+def test_provision_takes_a_retention_shorter_than_the_duplicate_window(nats_server, tmp_path):
+    # NATS refuses a duplicate window longer than a stream's max age; RETENTION may be 1h
+    # (the Go side's minimum), shorter than the 2h window, so the window follows it there.
+    import nats
+
+    from nats_server import NatsServer
+
+    own = NatsServer(nats_server.binary, str(tmp_path)).start()
+
+    async def go():
+        nc = await nats.connect(own.url, connect_timeout=5)
+        try:
+            js = nc.jetstream(timeout=5)
+            for s in await js.streams_info():
+                await js.delete_stream(s.config.name)
+            names = records.Names(retention_seconds=3600)
+            await records.provision(js, names)
+            for stream in (names.work_stream, names.events_stream):
+                cfg = (await js.stream_info(stream)).config
+                assert (cfg.max_age, cfg.duplicate_window) == (3600, 3600), (stream, cfg)
+            kv = (await js.stream_info(f"KV_{names.bucket}")).config
+            assert (kv.max_age, kv.duplicate_window) == (3600, records.KV_DUPLICATE_WINDOW_SECONDS), kv
+            counters = (await js.stream_info(names.counters_stream)).config
+            assert counters.duplicate_window == records.DUPLICATE_WINDOW_SECONDS
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        own.stop()
