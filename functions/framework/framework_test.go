@@ -1,3 +1,5 @@
+//go:build ray
+
 // Package framework_test runs execute, status and list the Functions Framework's way: the
 // program Google's Go buildpack generates (functions/framework/cmd: the module root's init()
 // registers the function FUNCTION_TARGET names, funcframework serves it), as a real process

@@ -1,3 +1,5 @@
+//go:build ray
+
 package ray
 
 import (
