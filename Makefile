@@ -17,7 +17,7 @@ GRPCURL_VERSION            := v1.9.4
 GRPC_HEALTH_PROBE_VERSION  := v0.4.62
 KO_VERSION                 := v0.19.1
 
-REQUIREMENTS := shared/ray/payload/requirements.txt
+REQUIREMENTS := shared/executor/payload/requirements.txt
 VENV_STAMP   := $(VENV)/.installed
 
 .PHONY: help
@@ -113,7 +113,7 @@ undeploy: ## delete everything knative/ created (the namespace included)
 	kubectl delete -f knative/
 
 FUZZTIME ?= 50000x
-FUZZ_TARGETS := FuzzServer:./shared/rpcevents FuzzNormalize:./shared/domain FuzzJobDetails:./shared/ray FuzzParseResult:./shared/ray
+FUZZ_TARGETS := FuzzServer:./shared/rpcevents FuzzNormalize:./shared/domain FuzzJobDetails:./shared/ray FuzzRecord:./shared/domain
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (50000 inputs each; crashers land in testdata/fuzz as seeds)
@@ -140,9 +140,9 @@ bench: $(VENV_STAMP) tools ## benchmarks: cold starts, capacity, Ray client over
 	if [ $$own = 1 ]; then scripts/ray-head.sh down; fi; exit $$rc
 
 # Execution models on Ray (issue 11): the original's actor per agent against standing async
-# actors and Ray Serve, in one Ray job (shared/ray/payload/bench/README.md). Ray Serve is
+# actors and Ray Serve, in one Ray job (shared/executor/payload/bench/README.md). Ray Serve is
 # installed into .venv for it only. A head that already answers is used and left running.
-SERVE_REQUIREMENTS := shared/ray/payload/bench/requirements-serve.txt
+SERVE_REQUIREMENTS := shared/executor/payload/bench/requirements-serve.txt
 SERVE_STAMP        := $(VENV)/.installed-serve
 $(SERVE_STAMP): $(VENV_STAMP) $(SERVE_REQUIREMENTS)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $(SERVE_REQUIREMENTS)
@@ -153,7 +153,7 @@ bench-models: $(SERVE_STAMP) ## execution models on Ray: original actor-per-agen
 	@own=0; if [ -z "$$RAY_ADDRESS" ]; then \
 		test -f .ray-head-started || own=1; scripts/ray-head.sh up || exit 1; \
 		unset RAY_AUTH_TOKEN; export RAY_AUTH_TOKEN_FILE="$(CURDIR)/.run/ray-auth-token"; fi; \
-	$(GO) test -tags bench -count=1 -timeout 120m -run '^TestExecutionModelsReport$$' -v ./shared/ray/payload/bench/; rc=$$?; \
+	$(GO) test -tags bench -count=1 -timeout 120m -run '^TestExecutionModelsReport$$' -v ./shared/executor/payload/bench/; rc=$$?; \
 	if [ $$own = 1 ]; then scripts/ray-head.sh down; fi; exit $$rc
 
 .PHONY: build

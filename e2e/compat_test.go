@@ -28,9 +28,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 )
 
 // The original's contract, as COMPAT.md states it.
@@ -431,13 +431,13 @@ func startCompatBus(t *testing.T) *compatBus {
 	}
 	ctx := context.Background()
 	begin := time.Now().Add(-2 * time.Second)
-	cons, err := js.OrderedConsumer(ctx, events.DefaultResponsesStream, jetstream.OrderedConsumerConfig{
+	cons, err := js.OrderedConsumer(ctx, natsbus.DefaultResponsesStream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{"agent.response.>"},
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 		OptStartTime:   &begin,
 	})
 	if err != nil {
-		t.Fatalf("consumer on stream %s: %v", events.DefaultResponsesStream, err)
+		t.Fatalf("consumer on stream %s: %v", natsbus.DefaultResponsesStream, err)
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		msg := compatMsg{subject: m.Subject(), msgID: m.Headers().Get(jetstream.MsgIDHeader), data: m.Data()}
@@ -603,7 +603,7 @@ func checkCompatResponses(t *testing.T, c compatCaller, r compatRequest, id stri
 	t.Helper()
 	if len(msgs) != len(r.agents) {
 		t.Errorf("%s: got %d agent.response messages on stream %s, want one per agent: %d (a collector waits for num_agents)",
-			r.taskID, len(msgs), events.DefaultResponsesStream, len(r.agents))
+			r.taskID, len(msgs), natsbus.DefaultResponsesStream, len(r.agents))
 	}
 	wantTaskID := r.taskID
 	if v := r.metadata["task_id"]; v != "" {

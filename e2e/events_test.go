@@ -24,13 +24,14 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
-func readBus(t *testing.T, url string) *events.Bus {
+func readBus(t *testing.T, url string) *natsbus.Bus {
 	t.Helper()
-	b, err := events.Connect(events.Config{URL: url}, "e2e-reader", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := natsbus.Connect(natsbus.Config{URL: url}, "e2e-reader", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,12 +40,12 @@ func readBus(t *testing.T, url string) *events.Bus {
 }
 
 // stored waits until the deliberation's events satisfy done, and returns them.
-func stored(t *testing.T, b *events.Bus, id string, done func([]events.Stored) bool) []events.Stored {
+func stored(t *testing.T, b *natsbus.Bus, id string, done func([]natsbus.Stored) bool) []natsbus.Stored {
 	t.Helper()
-	var got []events.Stored
+	var got []natsbus.Stored
 	var err error
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-		var evs []events.Stored
+		var evs []natsbus.Stored
 		evs, err = b.Stored(context.Background(), id)
 		if err == nil {
 			got = evs
@@ -57,7 +58,7 @@ func stored(t *testing.T, b *events.Bus, id string, done func([]events.Stored) b
 	return nil
 }
 
-func kinds(evs []events.Stored) string {
+func kinds(evs []natsbus.Stored) string {
 	var ks []string
 	for _, e := range evs {
 		ks = append(ks, string(e.Kind()))
@@ -66,7 +67,7 @@ func kinds(evs []events.Stored) string {
 }
 
 // terminals counts the terminal events.
-func terminals(evs []events.Stored) int {
+func terminals(evs []natsbus.Stored) int {
 	n := 0
 	for _, e := range evs {
 		if e.Kind().Terminal() {
@@ -77,7 +78,7 @@ func terminals(evs []events.Stored) int {
 }
 
 // countKinds counts the events of each kind.
-func countKinds(evs []events.Stored) map[events.Kind]int {
+func countKinds(evs []natsbus.Stored) map[events.Kind]int {
 	out := map[events.Kind]int{}
 	for _, e := range evs {
 		out[e.Kind()]++
@@ -85,7 +86,7 @@ func countKinds(evs []events.Stored) map[events.Kind]int {
 	return out
 }
 
-func hasTerminal(evs []events.Stored) bool {
+func hasTerminal(evs []natsbus.Stored) bool {
 	for _, e := range evs {
 		if e.Kind().Terminal() {
 			return true
@@ -104,7 +105,7 @@ func compat(t *testing.T, url, id string) []map[string]any {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
-	cons, err := js.OrderedConsumer(ctx, events.DefaultResponsesStream, jetstream.OrderedConsumerConfig{})
+	cons, err := js.OrderedConsumer(ctx, natsbus.DefaultResponsesStream, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +254,7 @@ func TestNATSDownRefusesFastAndTheRetryCompletes(t *testing.T) {
 	}
 }
 
-func sortedKinds(evs []events.Stored) string {
+func sortedKinds(evs []natsbus.Stored) string {
 	ks := strings.Split(kinds(evs), ",")
 	for i := range ks {
 		for j := i + 1; j < len(ks); j++ {

@@ -26,12 +26,13 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/executor/payload/bench"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
-	"github.com/fleet-ai/ray-executor/shared/ray/payload/bench"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 )
 
 // TestExecutorReport (make bench) measures what issue 11 asks of the standing executor,
-// against the original's execution model (shared/ray/payload/bench/baseline.py, run as a
+// against the original's execution model (shared/executor/payload/bench/baseline.py, run as a
 // Ray job driver on the same head in the same run, adjacent to each executor figure):
 //
 //   - one-agent deliberations, one at a time, through the ingress: ExecuteDeliberation until
@@ -417,7 +418,7 @@ func executorFootprint(t *testing.T, natsURL string, window time.Duration) execF
 func execProcs(natsURL string) map[int]execProc {
 	out := map[int]execProc{}
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	want := []byte("\x00" + events.PayloadURLEnv + "=" + natsURL + "\x00")
+	want := []byte("\x00" + natsbus.PayloadURLEnv + "=" + natsURL + "\x00")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(filepath.Base(d))
 		if err != nil {

@@ -25,10 +25,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/executor"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
@@ -118,7 +118,7 @@ func executorJobs(ctx context.Context, rc *ray.Client, url string) ([]ray.JobDet
 		var env struct {
 			EnvVars map[string]string `json:"env_vars"`
 		}
-		if json.Unmarshal(j.RuntimeEnv, &env) == nil && env.EnvVars[events.PayloadURLEnv] == url {
+		if json.Unmarshal(j.RuntimeEnv, &env) == nil && env.EnvVars[natsbus.PayloadURLEnv] == url {
 			out = append(out, j)
 		}
 	}
@@ -136,7 +136,7 @@ func stopExecutors(url string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ids := map[string]bool{}
-	if b, err := events.Connect(events.Config{URL: url}, "e2e-cleanup", slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
+	if b, err := natsbus.Connect(natsbus.Config{URL: url}, "e2e-cleanup", slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
 		dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
 		if d, _, err := records.New(b.Conn(), b.JetStream(), records.Config{}).Deploy(dctx); err == nil && d.SubmissionID != "" {
 			ids[d.SubmissionID] = true
@@ -279,7 +279,7 @@ type system struct {
 	client                *rpcevents.Client
 	ray                   *ray.Client
 	natsURL               string
-	bus                   *events.Bus
+	bus                   *natsbus.Bus
 	store                 *records.Store
 }
 
@@ -352,9 +352,9 @@ func rayClient(t testing.TB) *ray.Client {
 // storeAt connects to the NATS server at url and returns its events bus and records store
 // (the default names the functions use). With provision it creates the streams, the bucket
 // and the work queue first, as the functions do when they start.
-func storeAt(t testing.TB, url string, provision bool) (*events.Bus, *records.Store) {
+func storeAt(t testing.TB, url string, provision bool) (*natsbus.Bus, *records.Store) {
 	t.Helper()
-	b, err := events.Connect(events.Config{URL: url}, "e2e-store", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := natsbus.Connect(natsbus.Config{URL: url}, "e2e-store", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

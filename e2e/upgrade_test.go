@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-ai/ray-executor/shared/executor/payload"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
+
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/executor"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
@@ -55,8 +57,8 @@ func TestPayloadUpgradeWhileWorkIsInFlight(t *testing.T) {
 	// The new version: same code, another version name, so the executor it runs reports it.
 	const newVersion = "0000upgrade01"
 	client := rayClient(t)
-	name, zip := ray.PayloadPackage()
-	ev := events.Config{URL: srv.URL(), EventsStream: events.DefaultEventsStream}
+	name, zip := payload.Package()
+	ev := natsbus.Config{URL: srv.URL(), EventsStream: natsbus.DefaultEventsStream}
 	settings := executor.Settings{MinReplicas: 1, MaxReplicas: 2, ReplicaConcurrency: 64, MaxDeliveries: 3, NATSURL: srv.URL()}
 	dep := &executor.Deployer{Store: s.store, Jobs: client, WorkingDirs: ray.NewPackager(client, name, zip, time.Minute),
 		Version: newVersion, Env: settings.Env(ev, s.store.Config()), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
@@ -136,7 +138,7 @@ func TestPayloadUpgradeWhileWorkIsInFlight(t *testing.T) {
 	}
 }
 
-func terminalCount(stored []events.Stored) int {
+func terminalCount(stored []natsbus.Stored) int {
 	n := 0
 	for _, e := range stored {
 		if e.Kind().Terminal() {

@@ -36,7 +36,7 @@ ray_pkgs=$(grep -rl --include='*_test.go' '^//go:build ray$' functions shared | 
 go test -count=1 -timeout 20m -tags ray $ray_pkgs
 
 echo "== pytest (payload)"
-.venv/bin/python -m pytest -q shared/ray/payload/tests
+.venv/bin/python -m pytest -q shared/executor/payload/tests
 
 # 3. The end-to-end tests: the function binaries as processes, the embedded NATS server, and
 #    the standing executor, which execute deploys on the local Ray head and the tests stop

@@ -4,8 +4,8 @@ import (
 	"context"
 	"io"
 
-	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/executor"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/serving"
@@ -26,7 +26,7 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	if err != nil {
 		return nil, err
 	}
-	bus, err := events.Connect(cfg.Events, "ray-executor-execute", logger)
+	bus, err := natsbus.Connect(cfg.Events, "ray-executor-execute", logger)
 	if err != nil {
 		return nil, err
 	}

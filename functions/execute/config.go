@@ -5,8 +5,8 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/executor"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
@@ -30,7 +30,7 @@ type Config struct {
 	// MAX_INFLIGHT, who may call the function and how much it takes on at once.
 	Access rpcevents.Access
 	// Events: NATS_* (specs/nats.md). ENABLE_NATS=false is refused: NATS is the store.
-	Events events.Config
+	Events natsbus.Config
 	// Records: NATS_RECORDS_BUCKET, NATS_WORK_STREAM, NATS_COUNTERS_STREAM, RETENTION
 	// (specs/records.md).
 	Records records.Config
@@ -57,7 +57,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		MaxBodyBytes:    int64(r.Int("MAX_BODY_BYTES", rpcevents.DefaultMaxBodyBytes)),
 		Source:          r.String("CE_SOURCE", "ray-executor/execute"),
 		Access:          rpcevents.ReadAccess(r),
-		Events:          events.ReadConfig(r),
+		Events:          natsbus.ReadConfig(r),
 		Records:         records.ReadConfig(r),
 	}
 	cfg.Executor = executor.ReadSettings(r, cfg.Events.URL)

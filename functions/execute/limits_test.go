@@ -17,9 +17,9 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/executor"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
-	"github.com/fleet-ai/ray-executor/shared/ray"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
@@ -87,7 +87,7 @@ func TestTheLargestRequestFitsEveryHop(t *testing.T) {
 			if len(msgs) != 1 || msgs[0].Subject != records.WorkSubjectPrefix+resp.GetDeliberationId() {
 				t.Fatalf("got %d work messages, want the request's", len(msgs))
 			}
-			var pr ray.PayloadRequest
+			var pr executor.PayloadRequest
 			if err := json.Unmarshal(msgs[0].Data, &pr); err != nil || pr.TaskDescription != req.GetTaskDescription() || len(pr.Agents) != len(req.GetAgents()) {
 				t.Fatalf("the work message does not carry the request whole: %v", err)
 			}
@@ -147,7 +147,7 @@ func TestAWorkMessageOverMaxPayloadLeavesNothingBehind(t *testing.T) {
 
 // natsWithMaxPayload starts an embedded NATS server with JetStream whose max_payload is
 // maxPayload, and returns a bus on it with the event streams provisioned.
-func natsWithMaxPayload(t *testing.T, maxPayload int32) *events.Bus {
+func natsWithMaxPayload(t *testing.T, maxPayload int32) *natsbus.Bus {
 	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
 		StoreDir: t.TempDir(), NoSigs: true, MaxPayload: maxPayload})
@@ -159,7 +159,7 @@ func natsWithMaxPayload(t *testing.T, maxPayload int32) *events.Bus {
 	if !srv.ReadyForConnections(10 * time.Second) {
 		t.Fatal("NATS did not start")
 	}
-	bus, err := events.Connect(events.Config{URL: srv.ClientURL()}, "test", quiet)
+	bus, err := natsbus.Connect(natsbus.Config{URL: srv.ClientURL()}, "test", quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

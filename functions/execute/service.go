@@ -32,7 +32,7 @@ type Store interface {
 	records.Finisher
 }
 
-// Publisher stores lifecycle events (events.Bus).
+// Publisher stores lifecycle events (natsbus.Bus).
 type Publisher interface {
 	Publish(ctx context.Context, ev events.Event) error
 }

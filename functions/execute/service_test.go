@@ -22,6 +22,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/executor"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
@@ -49,7 +50,7 @@ func ctxT(t *testing.T) context.Context {
 type world struct {
 	svc   *Service
 	store *records.Store
-	bus   *events.Bus
+	bus   *natsbus.Bus
 	pokes atomic.Int32
 }
 
@@ -58,7 +59,7 @@ func newWorld(t *testing.T) *world {
 	return newWorldOn(t, testenv.NATS(t))
 }
 
-func newWorldOn(t *testing.T, bus *events.Bus) *world {
+func newWorldOn(t *testing.T, bus *natsbus.Bus) *world {
 	t.Helper()
 	store := records.New(bus.Conn(), bus.JetStream(), records.Config{})
 	if err := store.Provision(ctxT(t)); err != nil {
@@ -90,7 +91,7 @@ func (w *world) workMessages(t *testing.T) []jetstream.RawStreamMsg {
 	return out
 }
 
-func (w *world) events(t *testing.T, id string) []events.Stored {
+func (w *world) events(t *testing.T, id string) []natsbus.Stored {
 	t.Helper()
 	st, err := w.bus.Stored(ctxT(t), id)
 	if err != nil {
@@ -361,7 +362,7 @@ func TestExecuteWithNATSDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bus, err := events.Connect(events.Config{URL: srv.URL()}, "test", quiet)
+	bus, err := natsbus.Connect(natsbus.Config{URL: srv.URL()}, "test", quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

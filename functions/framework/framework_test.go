@@ -36,8 +36,6 @@ import (
 )
 
 const (
-	module       = "github.com/fleet-ai/ray-executor"
-	frameworkMod = "github.com/GoogleCloudPlatform/functions-framework-go"
 	// internalToken is the functions' internal credential in these tests.
 	internalToken = "framework-test-internal-token"
 )

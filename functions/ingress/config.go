@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
-	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 )
 
 // DefaultPort is the original service's gRPC port.
@@ -47,7 +47,7 @@ type Config struct {
 	// Source (CE_SOURCE) is the source of request events.
 	Source string
 	// Events: NATS_* (specs/nats.md), for WatchDeliberation; ENABLE_NATS=false is refused.
-	Events events.Config
+	Events natsbus.Config
 }
 
 // LoadConfig reads and checks the configuration.
@@ -67,7 +67,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		MaxConcurrentStreams: r.Int("MAX_CONCURRENT_STREAMS", 1000),
 		Reflection:           r.Bool("ENABLE_REFLECTION", true),
 		Source:               r.String("CE_SOURCE", "ray-executor/ingress"),
-		Events:               events.ReadConfig(r),
+		Events:               natsbus.ReadConfig(r),
 		Auth:                 readAuth(r),
 		Limits: Limits{
 			MaxInflight: r.Int("CALLER_MAX_INFLIGHT", 64),

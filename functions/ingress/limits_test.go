@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
@@ -246,7 +246,7 @@ func TestInflightLimitOverGRPC(t *testing.T) {
 // blockingWatcher holds a watch open until its context ends.
 type blockingWatcher struct{ started chan struct{} }
 
-func (w *blockingWatcher) Watch(ctx context.Context, _ string, _ func(events.Stored) bool) error {
+func (w *blockingWatcher) Watch(ctx context.Context, _ string, _ func(natsbus.Stored) bool) error {
 	close(w.started)
 	<-ctx.Done()
 	return ctx.Err()

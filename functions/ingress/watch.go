@@ -8,14 +8,14 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/events"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
-// Watcher reads a deliberation's lifecycle events from the stream (events.Bus).
+// Watcher reads a deliberation's lifecycle events from the stream (natsbus.Bus).
 type Watcher interface {
-	Watch(ctx context.Context, id string, fn func(events.Stored) bool) error
+	Watch(ctx context.Context, id string, fn func(natsbus.Stored) bool) error
 }
 
 // WatchDeliberation streams one deliberation's lifecycle events from the first, live, and
@@ -45,7 +45,7 @@ func (s *Server) WatchDeliberation(req *pb.WatchDeliberationRequest, stream pb.R
 		return status.Errorf(codes.NotFound, "deliberation %s does not exist", id)
 	}
 	var sendErr error
-	err = s.Events.Watch(ctx, id, func(ev events.Stored) bool {
+	err = s.Events.Watch(ctx, id, func(ev natsbus.Stored) bool {
 		if sendErr = stream.Send(&pb.WatchDeliberationResponse{Event: lifecycleEvent(ev)}); sendErr != nil {
 			return true
 		}
@@ -57,7 +57,7 @@ func (s *Server) WatchDeliberation(req *pb.WatchDeliberationRequest, stream pb.R
 	return GRPCError(err)
 }
 
-func lifecycleEvent(ev events.Stored) *pb.LifecycleEvent {
+func lifecycleEvent(ev natsbus.Stored) *pb.LifecycleEvent {
 	out := &pb.LifecycleEvent{
 		Id:             ev.ID,
 		Type:           ev.Type,

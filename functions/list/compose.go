@@ -4,8 +4,8 @@ import (
 	"context"
 	"io"
 
-	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/executor"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/serving"
@@ -25,7 +25,7 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	if err != nil {
 		return nil, err
 	}
-	bus, err := events.Connect(cfg.Events, "ray-executor-list", logger)
+	bus, err := natsbus.Connect(cfg.Events, "ray-executor-list", logger)
 	if err != nil {
 		return nil, err
 	}

@@ -4,8 +4,8 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
-	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/executor"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
@@ -23,7 +23,7 @@ type Config struct {
 	// MAX_INFLIGHT, who may call the function and how much it takes on at once.
 	Access rpcevents.Access
 	// Events: ENABLE_NATS, NATS_* (specs/nats.md). The reconciler needs them.
-	Events events.Config
+	Events natsbus.Config
 	// Records: NATS_RECORDS_BUCKET, NATS_WORK_STREAM, NATS_COUNTERS_STREAM, RETENTION.
 	Records records.Config
 	// Executor: EXECUTOR_*, PAYLOAD_NATS_URL; the reconciler deploys the executor too.
@@ -44,7 +44,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		MaxBodyBytes:      int64(r.Int("MAX_BODY_BYTES", 64<<10)),
 		Source:            r.String("CE_SOURCE", "ray-executor/list"),
 		Access:            rpcevents.ReadAccess(r),
-		Events:            events.ReadConfig(r),
+		Events:            natsbus.ReadConfig(r),
 		Records:           records.ReadConfig(r),
 		PackageFreshFor:   r.Duration("PAYLOAD_PACKAGE_RECHECK", ray.DefaultFreshFor),
 		ReconcileInterval: r.Duration("RECONCILE_INTERVAL", 0),

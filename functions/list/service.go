@@ -192,7 +192,7 @@ type Reconciler struct {
 	// Deployer is nil when operators deploy the executor themselves (EXECUTOR_DEPLOY=false).
 	Deployer *executor.Deployer
 	Store    Store
-	// Events receives a terminal event a repair finds missing (events.Bus); nil skips it.
+	// Events receives a terminal event a repair finds missing (natsbus.Bus); nil skips it.
 	Events records.Publisher
 	Logger *slog.Logger
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"io"
 
-	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
@@ -19,7 +19,7 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 		return nil, err
 	}
 	logger := serving.NewLogger(stdout, cfg.Serving, "status")
-	bus, err := events.Connect(cfg.Events, "ray-executor-status", logger)
+	bus, err := natsbus.Connect(cfg.Events, "ray-executor-status", logger)
 	if err != nil {
 		return nil, err
 	}

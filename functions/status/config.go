@@ -2,7 +2,7 @@ package status
 
 import (
 	"github.com/fleet-ai/ray-executor/shared/config"
-	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
@@ -21,7 +21,7 @@ type Config struct {
 	Access rpcevents.Access
 	// Events: ENABLE_NATS, NATS_* (specs/nats.md). With them, a deliberation Ray has lost
 	// is reported as such (and answered from its stored events) instead of not_found.
-	Events events.Config
+	Events natsbus.Config
 	// Records: NATS_RECORDS_BUCKET, NATS_WORK_STREAM, NATS_COUNTERS_STREAM, RETENTION.
 	Records records.Config
 }
@@ -35,7 +35,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		MaxBodyBytes: int64(r.Int("MAX_BODY_BYTES", 64<<10)),
 		Source:       r.String("CE_SOURCE", "ray-executor/status"),
 		Access:       rpcevents.ReadAccess(r),
-		Events:       events.ReadConfig(r),
+		Events:       natsbus.ReadConfig(r),
 		Records:      records.ReadConfig(r),
 	}
 	if cfg.CacheSize <= 0 {

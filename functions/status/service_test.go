@@ -13,9 +13,8 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
-	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
@@ -190,9 +189,9 @@ func TestFinishedReportsAreCachedAndActiveOnesAreNot(t *testing.T) {
 }
 
 func TestResponseIsCompatible(t *testing.T) {
-	out, ok, err := ray.ParseResult(ray.ResultMarker + twoAgents)
-	if !ok || err != nil {
-		t.Fatal(ok, err)
+	var out domain.Outcome
+	if err := json.Unmarshal([]byte(twoAgents), &out); err != nil {
+		t.Fatal(err)
 	}
 	resp := Response(Report{DeliberationID: "d1", Status: domain.StatusCompleted, Outcome: &out})
 	r := resp.GetResult()
@@ -246,7 +245,7 @@ func TestStatusErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	down, err := events.Connect(events.Config{URL: srv.URL()}, "test", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	down, err := natsbus.Connect(natsbus.Config{URL: srv.URL()}, "test", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,9 +74,9 @@ type Limits struct {
 //
 // The description is the one large field. The original's backlog-review processor sends a
 // whole ceremony's reviews in one task-extraction prompt: about 70 KB, more for big
-// stories; 256 KiB leaves room for 3.5 times that. It reaches the payload as a file in a
-// package of its own (ray.DeliberationJob), which has no practical size limit, and it is
-// never put in a NATS message (events carry ids, outcomes and metadata, not prompts).
+// stories; 256 KiB leaves room for 3.5 times that. It reaches the executor in the
+// deliberation's work message (specs/records.md), which NATS's max_payload (8 MiB) bounds
+// with room to spare; events carry ids, outcomes and metadata, never prompts.
 //
 // The limited fields together (256 KiB + 16 KiB of metadata + 32 prompt templates of
 // 16 KiB: 784 KiB of text, about 0.8 MiB as protobuf with the metadata's per-entry
@@ -272,7 +272,7 @@ func Normalize(r *Request, limits Limits) error {
 }
 
 // PromptPlaceholders are the placeholders the payload fills in an agent's prompt_template
-// (shared/ray/payload/ray_executor_payload/prompts.py, PLACEHOLDERS; a test keeps the two in
+// (shared/executor/payload/ray_executor_payload/prompts.py, PLACEHOLDERS; a test keeps the two in
 // step). Anything else in braces stays literal.
 var PromptPlaceholders = []string{"role", "agent_id", "task_id", "task_description", "story_id", "plan_id"}
 

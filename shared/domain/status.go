@@ -20,13 +20,3 @@ func (s Status) Terminal() bool {
 
 // Active reports whether the deliberation is waiting for or using the cluster.
 func (s Status) Active() bool { return s == StatusPending || s == StatusRunning }
-
-// A deliberation this system accepted whose Ray job record is gone (a head restarted
-// without GCS fault tolerance, or job history deleted) ends failed with this error type and
-// message, in status replies and in its terminal event.
-const (
-	ErrorTypeLost = "lost_by_cluster"
-	LostMessage   = "lost by the cluster: Ray has no record of this accepted deliberation " +
-		"(its head restarted without GCS fault tolerance, or its job history was deleted); " +
-		"submit it again with a new idempotency key"
-)

@@ -1,6 +1,6 @@
-// Package events publishes deliberation lifecycle events as CloudEvents on NATS JetStream,
-// provisions the streams they live on, and reads them back (for the reconciler and for
-// WatchDeliberation). specs/nats.md is the catalogue.
+// Package events is the catalogue of deliberation lifecycle events (specs/nats.md): their
+// kinds, subjects, message ids and data, built as CloudEvents. It knows nothing of NATS;
+// shared/natsbus carries them.
 package events
 
 import (

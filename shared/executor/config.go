@@ -5,8 +5,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fleet-ai/ray-executor/shared/executor/payload"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
+
 	"github.com/fleet-ai/ray-executor/shared/config"
-	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
 )
@@ -63,11 +65,11 @@ func ReadSettings(r *config.Reader, natsURL string) Settings {
 
 // Env is the executor job's environment: where NATS is and what it is called, and the
 // EXECUTOR_* settings. Operator settings only, never caller text.
-func (s Settings) Env(ev events.Config, rc records.Config) map[string]string {
+func (s Settings) Env(ev natsbus.Config, rc records.Config) map[string]string {
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 	return map[string]string{
-		events.PayloadURLEnv:           s.NATSURL,
-		events.PayloadEventsStreamEnv:  ev.EventsStream,
+		natsbus.PayloadURLEnv:          s.NATSURL,
+		natsbus.PayloadEventsStreamEnv: ev.EventsStream,
 		"NATS_RECORDS_BUCKET":          rc.Bucket,
 		"NATS_WORK_STREAM":             rc.WorkStream,
 		"NATS_COUNTERS_STREAM":         rc.CountersStream,
@@ -82,8 +84,8 @@ func (s Settings) Env(ev events.Config, rc records.Config) map[string]string {
 
 // NewDeployer is the deployer every function that keeps the executor running builds: the
 // embedded payload's version, uploaded through client, with the environment of s.
-func NewDeployer(client *ray.Client, store *records.Store, s Settings, ev events.Config, freshFor time.Duration, logger *slog.Logger) *Deployer {
-	name, zip := ray.PayloadPackage()
+func NewDeployer(client *ray.Client, store *records.Store, s Settings, ev natsbus.Config, freshFor time.Duration, logger *slog.Logger) *Deployer {
+	name, zip := payload.Package()
 	return &Deployer{
 		Store: store, Jobs: client, WorkingDirs: ray.NewPackager(client, name, zip, freshFor),
 		Version: Version(), Env: s.Env(ev, store.Config()), EntrypointNumCPUs: s.DriverNumCPUs, Logger: logger,

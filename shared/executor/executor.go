@@ -12,21 +12,18 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/fleet-ai/ray-executor/shared/executor/payload"
+
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/ray"
 )
 
 // Entrypoint is the executor job's command: fixed text, no caller input.
 const Entrypoint = "python -u -m ray_executor_payload.executor"
 
-// RequestHash identifies a normalized request's content, to tell a retried request from a
-// different request that reuses an idempotency key.
-func RequestHash(r domain.Request) string { return ray.RequestHash(r) }
-
 // WorkMessage is the body of a deliberation's work message: the payload request JSON
 // (version 1) the executor parses with parse_request.
 func WorkMessage(id string, r domain.Request, traceparent string) ([]byte, error) {
-	pr := ray.PayloadRequest{
+	pr := PayloadRequest{
 		Version: 1, DeliberationID: id, Kind: r.Kind, TaskID: r.TaskID, TaskDescription: r.TaskDescription,
 		Role: r.Role, StoryID: r.Constraints.StoryID, PlanID: r.Constraints.PlanID,
 		TimeoutSeconds: r.Constraints.TimeoutSeconds, MaxRetries: r.Constraints.MaxRetries,
@@ -48,7 +45,7 @@ func WorkMessage(id string, r domain.Request, traceparent string) ([]byte, error
 // Version is the executor version of the embedded payload: a digest of its package, so a
 // change to any payload file rolls the executor and nothing else does.
 func Version() string {
-	_, data := ray.PayloadPackage()
+	_, data := payload.Package()
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:8])
 }

@@ -19,7 +19,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
-	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
@@ -69,7 +69,7 @@ func TestWorkMessage(t *testing.T) {
 	if a, _ := agents[0].(map[string]any); a["id"] != "a1" || a["prompt_template"] != "{task_description}" {
 		t.Errorf("got agent %v", a)
 	}
-	var back ray.PayloadRequest
+	var back PayloadRequest
 	if err := json.Unmarshal(body, &back); err != nil {
 		t.Fatal(err)
 	}
@@ -128,8 +128,8 @@ func TestReadSettings(t *testing.T) {
 		t.Errorf("max < min: got %v", r.Err())
 	}
 	s = ReadSettings(env(map[string]string{"PAYLOAD_NATS_URL": "nats://cluster:4222", "EXECUTOR_REPLICA_NUM_CPUS": "0.5"}), "nats://n")
-	e := s.Env(events.Config{EventsStream: "EV"}, records.Config{Bucket: "B", WorkStream: "W", CountersStream: "C", Retention: 2 * time.Hour})
-	want := map[string]string{events.PayloadURLEnv: "nats://cluster:4222", events.PayloadEventsStreamEnv: "EV",
+	e := s.Env(natsbus.Config{EventsStream: "EV"}, records.Config{Bucket: "B", WorkStream: "W", CountersStream: "C", Retention: 2 * time.Hour})
+	want := map[string]string{natsbus.PayloadURLEnv: "nats://cluster:4222", natsbus.PayloadEventsStreamEnv: "EV",
 		"NATS_RECORDS_BUCKET": "B", "NATS_WORK_STREAM": "W", "NATS_COUNTERS_STREAM": "C", "RETENTION_SECONDS": "7200",
 		"EXECUTOR_MIN_REPLICAS": "1", "EXECUTOR_MAX_REPLICAS": "4", "EXECUTOR_REPLICA_CONCURRENCY": "64",
 		"EXECUTOR_MAX_DELIVERIES": "3", "EXECUTOR_REPLICA_NUM_CPUS": "0.5"}
@@ -280,8 +280,8 @@ func TestEnsureFirstDeploy(t *testing.T) {
 	if _, ok := d.Env["EXECUTOR_VERSION"]; ok {
 		t.Error("submit wrote into the deployer's own Env")
 	}
-	if _, ours := domain.ParseJobMeta(s.Metadata); ours {
-		t.Error("the executor job must not read as a deliberation job")
+	if _, ok := s.Metadata["deliberation_id"]; ok || len(s.Metadata) != 2 {
+		t.Errorf("got job metadata %v, want only the marker and the version", s.Metadata)
 	}
 	// Submitted, no heartbeat yet: starting, and Ray is asked but nothing is submitted again.
 	e.now = e.now.Add(time.Minute)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
@@ -34,30 +33,6 @@ func FuzzJobDetails(f *testing.F) {
 		}
 		if err == nil {
 			_ = j.Status.Terminal()
-			_, _ = domain.ParseJobMeta(j.Metadata)
 		}
-	})
-}
-
-// FuzzParseResult feeds arbitrary job logs to the result-line parser: it finds a line or
-// not, or reports bad JSON, and never panics; a found outcome summarizes safely.
-func FuzzParseResult(f *testing.F) {
-	f.Add("noise\n" + ResultMarker + `{"status":"completed","agents":[{"agent_id":"a","status":"completed","score":0.5}]}` + "\n")
-	f.Add(ResultMarker + `{"agents":[{"status":"completed","score":1e309}]}`)
-	f.Add(ResultMarker)
-	f.Add("\n" + ResultMarker + "{\n")
-	f.Add(ResultMarker + `{"agents":null}` + "\r\n" + ResultMarker + `{}`)
-	f.Fuzz(func(t *testing.T, logs string) {
-		out, ok, err := ParseResult(logs)
-		if ok && err != nil {
-			t.Fatalf("ok with error %v", err)
-		}
-		if ok {
-			if s, found := out.Summarize(); found && !strings.Contains(logs, ResultMarker) {
-				t.Fatalf("a result %v without a marker", s)
-			}
-		}
-		_ = Conclude(JobDetails{Status: StatusSucceeded}, logs)
-		_ = Conclude(JobDetails{Status: StatusFailed}, logs)
 	})
 }

@@ -73,8 +73,7 @@ type JobDetails struct {
 	EndTime   time.Time
 	Metadata  map[string]string
 	// RuntimeEnv is the runtime_env the job was submitted with, as Ray reports it, left
-	// undecoded: status reads job details on every poll and needs none of it. (It names
-	// the request's package, never the request itself: DeliberationJob.)
+	// undecoded: the deployer reads job details and needs none of it.
 	RuntimeEnv json.RawMessage
 	// DriverExitCode is nil until the driver has exited (and for stopped jobs).
 	DriverExitCode *int

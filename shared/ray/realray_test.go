@@ -3,13 +3,15 @@
 package ray
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -258,7 +260,7 @@ func TestRealRay(t *testing.T) {
 		if err != nil || exists {
 			t.Fatalf("PackageExists of a new name: got (%v, %v), want (false, nil)", exists, err)
 		}
-		_, data := PayloadPackage()
+		data := testZip(t, "pkg", "# "+suffix+"\n")
 		if err := c.UploadPackage(ctx, name, data); err != nil {
 			t.Fatalf("UploadPackage: got %v, want nil", err)
 		}
@@ -268,40 +270,11 @@ func TestRealRay(t *testing.T) {
 		}
 	})
 
-	// A request far over what an environment variable can carry (128 KiB a string) reaches
-	// the job intact through its own py_modules package.
-	t.Run("request package", func(t *testing.T) {
+	t.Run("working_dir package", func(t *testing.T) {
 		t.Parallel()
-		body, _ := json.Marshal(map[string]string{"id": suffix, "task_description": strings.Repeat("$HOME ${PATH} ünï \" ", 20000)})
-		pkg, module := RequestPackage(body)
-		for i := 0; i < 2; i++ { // the second finds it: nothing is uploaded twice
-			if err := c.EnsurePackage(ctx, pkg); err != nil {
-				t.Fatalf("EnsurePackage #%d: got %v, want nil", i+1, err)
-			}
-		}
-		id := "request-pkg-" + suffix
-		submit(t, c, SubmitRequest{
-			Entrypoint: `python -c "import hashlib, importlib.util, os; ` +
-				`d = importlib.util.find_spec(os.environ['RAY_EXECUTOR_REQUEST_MODULE']).submodule_search_locations[0]; ` +
-				`b = open(os.path.join(d, 'request.json'), 'rb').read(); print('request', len(b), hashlib.sha256(b).hexdigest())"`,
-			SubmissionID: id,
-			RuntimeEnv:   map[string]any{"py_modules": []string{pkg.URI()}, "env_vars": map[string]string{RequestModuleEnv: module}},
-		})
-		j := waitTerminal(t, c, id)
-		logs, _ := c.Logs(ctx, id)
-		sum := sha256.Sum256(body)
-		want := fmt.Sprintf("request %d %s", len(body), hex.EncodeToString(sum[:]))
-		if j.Status != StatusSucceeded || !strings.Contains(logs, want) {
-			t.Fatalf("a %d-byte request: got status %s (%s), want SUCCEEDED with %q in the logs; logs:\n%s", len(body), j.Status, j.Message, want, logs)
-		}
-		if len(j.RuntimeEnv) > 1024 || strings.Contains(string(j.RuntimeEnv), "task_description") {
-			t.Errorf("got runtime_env %s in the job table, want only the package's URI", j.RuntimeEnv)
-		}
-	})
-
-	t.Run("payload working_dir", func(t *testing.T) {
-		t.Parallel()
-		name, data := PayloadPackage()
+		data := testZip(t, "rayclienttest", "print('payload-ok', "+strconv.Quote(suffix)+")\n")
+		sum := sha256.Sum256(data)
+		name := "_ray_pkg_" + hex.EncodeToString(sum[:8]) + ".zip"
 		p := NewPackager(c, name, data, 0)
 		wd, err := p.WorkingDir(ctx)
 		if err != nil {
@@ -315,7 +288,7 @@ func TestRealRay(t *testing.T) {
 		}
 		id := "payload-" + suffix
 		submit(t, c, SubmitRequest{
-			Entrypoint:   `python -c "import ray_executor_payload; print('payload-ok')"`,
+			Entrypoint:   `python -c "import rayclienttest"`,
 			SubmissionID: id,
 			RuntimeEnv:   map[string]any{"working_dir": wd},
 		})
@@ -331,4 +304,23 @@ func TestRealRay(t *testing.T) {
 			t.Errorf("got runtime_env %s (%v), want working_dir %q", j.RuntimeEnv, err, wd)
 		}
 	})
+}
+
+// testZip is a working_dir package holding one Python package, module, whose __init__.py
+// is src.
+func testZip(t *testing.T, module, src string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, err := zw.Create(module + "/__init__.py")
+	if err == nil {
+		_, err = w.Write([]byte(src))
+	}
+	if err == nil {
+		err = zw.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }

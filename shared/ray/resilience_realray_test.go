@@ -144,7 +144,7 @@ func TestRealRayResilience(t *testing.T) {
 		ctx := context.Background()
 		name := "_ray_pkg_brk" + strings.ReplaceAll(suffix, "-", "") + ".zip"
 		path := "/api/packages/gcs/" + name
-		_, data := PayloadPackage()
+		data := testZip(t, "brk", "# "+suffix+"\n")
 		pk := NewPackager(c, name, data, time.Hour) // only the breaker can make it check again
 		expect := func(step string, gets, puts int) {
 			t.Helper()

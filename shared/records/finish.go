@@ -7,6 +7,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 )
 
 // Finisher is what the steps after a terminal transition write (Store).
@@ -15,7 +16,7 @@ type Finisher interface {
 	DeleteActive(ctx context.Context, id string) error
 }
 
-// Publisher stores lifecycle events (events.Bus).
+// Publisher stores lifecycle events (natsbus.Bus).
 type Publisher interface {
 	Publish(ctx context.Context, ev events.Event) error
 }
@@ -62,7 +63,7 @@ func AfterTerminal(ctx context.Context, s Finisher, pub Publisher, r domain.Reco
 
 // Provision creates the event streams and the records resources, retrying in the
 // background until NATS takes them (a NATS that is down at start does not stop a function).
-func Provision(ctx context.Context, bus *events.Bus, store *Store, logger *slog.Logger) {
+func Provision(ctx context.Context, bus *natsbus.Bus, store *Store, logger *slog.Logger) {
 	if !bus.Config().Provision {
 		return
 	}

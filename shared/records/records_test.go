@@ -19,6 +19,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
@@ -33,7 +34,7 @@ func ctxT(t *testing.T) context.Context {
 }
 
 // newStore is a provisioned store on a fresh embedded NATS server.
-func newStore(t *testing.T) (*records.Store, *events.Bus) {
+func newStore(t *testing.T) (*records.Store, *natsbus.Bus) {
 	t.Helper()
 	bus := testenv.NATS(t)
 	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
@@ -43,7 +44,7 @@ func newStore(t *testing.T) (*records.Store, *events.Bus) {
 	return s, bus
 }
 
-func bucket(t *testing.T, bus *events.Bus) jetstream.KeyValue {
+func bucket(t *testing.T, bus *natsbus.Bus) jetstream.KeyValue {
 	t.Helper()
 	kv, err := bus.JetStream().KeyValue(ctxT(t), records.DefaultBucket)
 	if err != nil {
@@ -329,7 +330,7 @@ func TestActiveIndex(t *testing.T) {
 	}
 }
 
-func streamMsgs(t *testing.T, bus *events.Bus, name string) uint64 {
+func streamMsgs(t *testing.T, bus *natsbus.Bus, name string) uint64 {
 	t.Helper()
 	st, err := bus.JetStream().Stream(ctxT(t), name)
 	if err != nil {
@@ -592,7 +593,7 @@ func TestNATSDownIsUnavailableAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bus, err := events.Connect(events.Config{URL: srv.URL()}, "test", quiet)
+	bus, err := natsbus.Connect(natsbus.Config{URL: srv.URL()}, "test", quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/records"
 )
@@ -25,7 +26,7 @@ func TestRetentionExpiresFinishedRecordsAndEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Stop)
-	bus, err := events.Connect(events.Config{URL: srv.URL(), Provision: true, Retention: retention}, "retention test",
+	bus, err := natsbus.Connect(natsbus.Config{URL: srv.URL(), Provision: true, Retention: retention}, "retention test",
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -8,21 +8,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 )
 
 // NATS starts an embedded NATS JetStream server for one test (a free port, storage in
 // t.TempDir()) and returns a bus connected to it with the streams provisioned; the
 // server's URL is bus.Config().URL. Both are closed when the test ends.
-func NATS(t testing.TB) *events.Bus {
+func NATS(t testing.TB) *natsbus.Bus {
 	t.Helper()
 	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Stop)
-	b, err := events.Connect(events.Config{URL: srv.URL(), Provision: true}, "test "+t.Name(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := natsbus.Connect(natsbus.Config{URL: srv.URL(), Provision: true}, "test "+t.Name(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,4 +55,3 @@ func TestRunServesUntilCancelled(t *testing.T) {
 		t.Errorf("logs lack the Knative revision: %s", out.String())
 	}
 }
-

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/functions/ingress"
-	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/serving"
 )
@@ -48,7 +48,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		Logger:         logger,
 		Started:        time.Now(),
 	}
-	bus, err := events.Connect(cfg.Events, "ray-executor-ingress", logger)
+	bus, err := natsbus.Connect(cfg.Events, "ray-executor-ingress", logger)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,8 @@
-package events
+package natsbus
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 )
 
@@ -40,7 +42,7 @@ func local(t *testing.T) (*natslocal.Server, *Bus) {
 
 var meta = domain.JobMeta{DeliberationID: "delib-t1", TaskID: "t1", NumAgents: 2}
 
-func publishAll(t *testing.T, b *Bus, evs ...func() (Event, error)) {
+func publishAll(t *testing.T, b *Bus, evs ...func() (events.Event, error)) {
 	t.Helper()
 	for _, build := range evs {
 		ev, err := build()
@@ -55,26 +57,20 @@ func publishAll(t *testing.T, b *Bus, evs ...func() (Event, error)) {
 
 func TestPublishIsDeduplicatedAndReadBack(t *testing.T) {
 	_, b := local(t)
-	sub := func() (Event, error) { return SubmittedEvent(SourceExecute, meta) }
-	done := func() (Event, error) {
-		return TerminalEvent(SourcePayload, meta, domain.StatusCompleted, &domain.Outcome{CompletedAgents: 2}, "", "")
+	sub := func() (events.Event, error) { return events.SubmittedEvent(events.SourceExecute, meta) }
+	done := func() (events.Event, error) {
+		return events.TerminalEvent(events.SourcePayload, meta, domain.StatusCompleted, &domain.Outcome{CompletedAgents: 2}, "", "")
 	}
-	cancelled := func() (Event, error) {
-		return TerminalEvent(SourceExecute, meta, domain.StatusCancelled, nil, "by request", "cancelled")
+	cancelled := func() (events.Event, error) {
+		return events.TerminalEvent(events.SourceExecute, meta, domain.StatusCancelled, nil, "by request", "cancelled")
 	}
 	publishAll(t, b, sub, sub, done, cancelled, done)
 	got, err := b.Stored(context.Background(), meta.DeliberationID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[0].Kind() != Submitted || got[1].Kind() != Completed {
+	if len(got) != 2 || got[0].Kind() != events.Submitted || got[1].Kind() != events.Completed {
 		t.Fatalf("got %d events %v, want submitted then completed: retries and a second terminal kind de-duplicated", len(got), got)
-	}
-	if has, err := b.HasTerminal(context.Background(), meta.DeliberationID); !has || err != nil {
-		t.Errorf("got HasTerminal %v %v, want true", has, err)
-	}
-	if has, _ := b.HasTerminal(context.Background(), "delib-other"); has {
-		t.Errorf("got a terminal event for a deliberation with none")
 	}
 	if evs, err := b.Stored(context.Background(), "delib-other"); err != nil || len(evs) != 0 {
 		t.Errorf("got %v %v for a deliberation with no events, want none", evs, err)
@@ -83,8 +79,8 @@ func TestPublishIsDeduplicatedAndReadBack(t *testing.T) {
 
 func TestWatchReplaysThenFollowsToTheEnd(t *testing.T) {
 	_, b := local(t)
-	publishAll(t, b, func() (Event, error) { return SubmittedEvent(SourceExecute, meta) })
-	got := make(chan Kind, 10)
+	publishAll(t, b, func() (events.Event, error) { return events.SubmittedEvent(events.SourceExecute, meta) })
+	got := make(chan events.Kind, 10)
 	errc := make(chan error, 1)
 	go func() {
 		errc <- b.Watch(context.Background(), meta.DeliberationID, func(s Stored) bool {
@@ -92,19 +88,19 @@ func TestWatchReplaysThenFollowsToTheEnd(t *testing.T) {
 			return s.Kind().Terminal()
 		})
 	}()
-	if k := <-got; k != Submitted {
+	if k := <-got; k != events.Submitted {
 		t.Fatalf("got %s first, want the stored submitted", k)
 	}
 	time.Sleep(1500 * time.Millisecond) // past one empty fetch
 	publishAll(t, b,
-		func() (Event, error) { return StartedEvent(SourcePayload, meta) },
-		func() (Event, error) {
-			return AgentEvent(SourcePayload, meta, 0, domain.AgentResult{AgentID: "a", Status: "completed"})
+		func() (events.Event, error) { return events.StartedEvent(events.SourcePayload, meta) },
+		func() (events.Event, error) {
+			return events.AgentEvent(events.SourcePayload, meta, 0, domain.AgentResult{AgentID: "a", Status: "completed"})
 		},
-		func() (Event, error) {
-			return TerminalEvent(SourcePayload, meta, domain.StatusCompleted, nil, "", "")
+		func() (events.Event, error) {
+			return events.TerminalEvent(events.SourcePayload, meta, domain.StatusCompleted, nil, "", "")
 		})
-	for _, want := range []Kind{Started, AgentCompleted, Completed} {
+	for _, want := range []events.Kind{events.Started, events.AgentCompleted, events.Completed} {
 		select {
 		case k := <-got:
 			if k != want {
@@ -130,8 +126,8 @@ func TestDownNATSFailsFastAndRecovers(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	ev, _ := SubmittedEvent(SourceExecute, meta)
-	if err := b.Publish(context.Background(), ev); !errorsIsUnavailable(err) || time.Since(start) > time.Second {
+	ev, _ := events.SubmittedEvent(events.SourceExecute, meta)
+	if err := b.Publish(context.Background(), ev); !errors.Is(err, domain.ErrUnavailable) || time.Since(start) > time.Second {
 		t.Fatalf("got %v after %v with NATS down, want ErrUnavailable at once", err, time.Since(start))
 	}
 	again, err := natslocal.Start(addr, store)

@@ -24,7 +24,7 @@ order rotating: each standing row bursts --burst-repeats times (about a second e
 around the baseline's one burst (minutes), and the round's figure is their median; then
 it stops them.
 
-Run as a Ray job from shared/ray/payload (the working_dir must hold bench/ and
+Run as a Ray job from shared/executor/payload (the working_dir must hold bench/ and
 ray_executor_payload/):
 
     python -u -m bench --llm-url http://127.0.0.1:18000

@@ -6,7 +6,7 @@
 // working_dir package, an LLM stand-in over HTTP.
 //
 //	make bench-models
-//	  = go test -tags bench -count=1 -timeout 120m -run TestExecutionModelsReport -v ./shared/ray/payload/bench/
+//	  = go test -tags bench -count=1 -timeout 120m -run TestExecutionModelsReport -v ./shared/executor/payload/bench/
 //
 // Knobs: RAY_ADDRESS and RAY_AUTH_TOKEN(_FILE) as for the functions; BENCH_MODELS_ARGS
 // (extra arguments for the driver, e.g. "--rounds 1 --deliberations 50"); BENCH_LLM_HOST

@@ -1,4 +1,4 @@
-package ray
+package payload
 
 import (
 	"archive/zip"
@@ -10,12 +10,14 @@ import (
 	"strings"
 	"testing"
 	"testing/fstest"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
 )
 
 func TestPayloadPackage(t *testing.T) {
 	t.Parallel()
-	name, data := PayloadPackage()
-	name2, data2 := PayloadPackage()
+	name, data := Package()
+	name2, data2 := Package()
 	if name != name2 || !bytes.Equal(data, data2) {
 		t.Fatalf("got different packages from two calls (%s, %s), want the same", name, name2)
 	}
@@ -27,7 +29,7 @@ func TestPayloadPackage(t *testing.T) {
 	}
 
 	// Rebuilding from the embedded files gives the same bytes.
-	again, err := buildZip(payloadFS, payloadDir, "ray_executor_payload")
+	again, err := buildZip(sources, Module, Module)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,10 +41,10 @@ func TestPayloadPackage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("got unreadable zip: %v", err)
 	}
-	embedded, _ := fs.Glob(payloadFS, payloadDir+"/*.py")
+	embedded, _ := fs.Glob(sources, Module+"/*.py")
 	var got, want []string
 	for _, p := range embedded {
-		want = append(want, "ray_executor_payload/"+p[len(payloadDir)+1:])
+		want = append(want, "ray_executor_payload/"+p[len(Module)+1:])
 	}
 	sort.Strings(want)
 	for _, f := range zr.File {
@@ -59,7 +61,7 @@ func TestPayloadPackage(t *testing.T) {
 		}
 		content, _ := io.ReadAll(rc)
 		rc.Close()
-		orig, _ := fs.ReadFile(payloadFS, payloadDir+"/"+strings.TrimPrefix(f.Name, "ray_executor_payload/"))
+		orig, _ := fs.ReadFile(sources, Module+"/"+strings.TrimPrefix(f.Name, "ray_executor_payload/"))
 		if !bytes.Equal(content, orig) {
 			t.Errorf("%s: got content differing from the embedded file", f.Name)
 		}
@@ -118,5 +120,26 @@ func TestBuildZipDeterministic(t *testing.T) {
 	}
 	if _, err := buildZip(fstest.MapFS{"p/sub/x": {Data: []byte("x")}}, "p", "pkg"); err == nil {
 		t.Errorf("got nil error for a directory without files, want an error")
+	}
+}
+
+// Normalize bounds a template's rendered size with the placeholders the payload fills in:
+// both sides must name the same ones.
+func TestPromptPlaceholdersMatchThePayload(t *testing.T) {
+	t.Parallel()
+	src, err := Source("prompts.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^PLACEHOLDERS = \(([^)]*)\)`).FindSubmatch(src)
+	if m == nil {
+		t.Fatal("prompts.py has no PLACEHOLDERS = (...) line")
+	}
+	var py []string
+	for _, q := range regexp.MustCompile(`"([a-z_]+)"`).FindAllSubmatch(m[1], -1) {
+		py = append(py, string(q[1]))
+	}
+	if strings.Join(py, ",") != strings.Join(domain.PromptPlaceholders, ",") {
+		t.Errorf("got payload placeholders %v, domain.PromptPlaceholders %v: want the same", py, domain.PromptPlaceholders)
 	}
 }

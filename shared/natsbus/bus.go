@@ -1,4 +1,8 @@
-package events
+// Package natsbus is the connection to NATS JetStream every binary shares: its settings
+// (NATS_*, ENABLE_NATS, RETENTION), the lifecycle and agent-response streams it provisions,
+// publishing the events of shared/events with their message ids (de-duplicated by the
+// stream), and reading a deliberation's events back for WatchDeliberation.
+package natsbus
 
 import (
 	"context"
@@ -14,6 +18,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
 )
 
 // Stream names and subjects (specs/nats.md).
@@ -184,7 +189,7 @@ func (b *Bus) Provision(ctx context.Context) error {
 	}
 	for _, sc := range []jetstream.StreamConfig{
 		{
-			Name: b.cfg.EventsStream, Subjects: []string{SubjectPrefix + ".>"},
+			Name: b.cfg.EventsStream, Subjects: []string{events.SubjectPrefix + ".>"},
 			Description: "ray-executor deliberation lifecycle events (CloudEvents)",
 			Retention:   jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
 			MaxAge: b.retention(), Duplicates: min(DuplicateWindow, b.retention()),
@@ -205,12 +210,12 @@ func (b *Bus) Provision(ctx context.Context) error {
 
 // Publish stores ev on its subject with its id as Nats-Msg-Id. Errors wrap ErrUnavailable
 // when NATS is down or did not acknowledge in time.
-func (b *Bus) Publish(ctx context.Context, ev Event) error {
+func (b *Bus) Publish(ctx context.Context, ev events.Event) error {
 	body, err := json.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("events: encode %s: %w", ev.ID, err)
 	}
-	return b.PublishRaw(ctx, SubjectPrefix+"."+ev.Subject+"."+string(ev.Kind()), ev.ID, "application/cloudevents+json", body)
+	return b.PublishRaw(ctx, events.SubjectPrefix+"."+ev.Subject+"."+string(ev.Kind()), ev.ID, "application/cloudevents+json", body)
 }
 
 // PublishRaw stores body on subject with msgID as Nats-Msg-Id.
@@ -231,30 +236,8 @@ func (b *Bus) PublishRaw(ctx context.Context, subject, msgID, contentType string
 
 // Stored is a lifecycle event as the stream holds it.
 type Stored struct {
-	Event
+	events.Event
 	Sequence uint64
-}
-
-// HasTerminal reports whether a terminal event of deliberation id is stored.
-func (b *Bus) HasTerminal(ctx context.Context, id string) (bool, error) {
-	if err := b.ready(); err != nil {
-		return false, err
-	}
-	s, err := b.js.Stream(ctx, b.cfg.EventsStream)
-	if err != nil {
-		return false, fmt.Errorf("events: stream %s: %v: %w", b.cfg.EventsStream, err, domain.ErrUnavailable)
-	}
-	for _, k := range []Kind{Completed, Failed, Cancelled} {
-		_, err := s.GetLastMsgForSubject(ctx, Subject(id, k))
-		switch {
-		case err == nil:
-			return true, nil
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-		default:
-			return false, fmt.Errorf("events: look up %s: %v: %w", Subject(id, k), err, domain.ErrUnavailable)
-		}
-	}
-	return false, nil
 }
 
 // Watch calls fn with every stored event of deliberation id from the first, then with new
@@ -264,7 +247,7 @@ func (b *Bus) Watch(ctx context.Context, id string, fn func(Stored) bool) error 
 		return err
 	}
 	cons, err := b.js.OrderedConsumer(ctx, b.cfg.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{SubjectFilter(id)},
+		FilterSubjects: []string{events.SubjectFilter(id)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
@@ -298,32 +281,13 @@ func (b *Bus) Stored(ctx context.Context, id string) ([]Stored, error) {
 		return nil, err
 	}
 	cons, err := b.js.OrderedConsumer(ctx, b.cfg.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{SubjectFilter(id)},
+		FilterSubjects: []string{events.SubjectFilter(id)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("events: read %s: %v: %w", id, err, domain.ErrUnavailable)
 	}
 	return drain(ctx, cons, id, 0)
-}
-
-// SubmittedSince returns the submitted events stored at or after since, oldest first, at
-// most limit of them (the reconciler's look for accepted deliberations Ray may have lost).
-func (b *Bus) SubmittedSince(ctx context.Context, since time.Time, limit int) ([]Stored, error) {
-	if err := b.ready(); err != nil {
-		return nil, err
-	}
-	filter := SubjectPrefix + ".*." + string(Submitted)
-	start := since.UTC()
-	cons, err := b.js.OrderedConsumer(ctx, b.cfg.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter},
-		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
-		OptStartTime:   &start,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("events: read %s: %v: %w", filter, err, domain.ErrUnavailable)
-	}
-	return drain(ctx, cons, filter, limit)
 }
 
 // drain reads what an ordered consumer has pending when it starts, up to limit events

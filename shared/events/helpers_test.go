@@ -1,9 +1,0 @@
-package events
-
-import (
-	"errors"
-
-	"github.com/fleet-ai/ray-executor/shared/domain"
-)
-
-func errorsIsUnavailable(err error) bool { return errors.Is(err, domain.ErrUnavailable) }
