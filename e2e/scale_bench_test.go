@@ -23,7 +23,6 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
-	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
@@ -42,18 +41,17 @@ func TestRecordsScaleReport(t *testing.T) {
 	seconds := scaleEnvInt(t, "SCALE_SECONDS", 10)
 
 	dir := t.TempDir()
-	for _, fn := range []string{"status", "list"} {
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, fn), "../functions/"+fn+"/cmd").CombinedOutput()
+	for fn, pkg := range map[string]string{"status": "../functions/status/cmd", "list": "../functions/list/cmd",
+		"nats-local": "../shared/natslocal/cmd/nats-local"} {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, fn), pkg).CombinedOutput()
 		if err != nil {
 			t.Fatalf("build %s: %v\n%s", fn, err, out)
 		}
 	}
-	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(dir, "nats"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Stop()
-	nc, err := nats.Connect(srv.URL())
+	// NATS runs as a process of its own, as in production, so that neither this test's load
+	// generator nor its garbage collector shares a runtime with the server being measured.
+	natsURL := scaleNATS(t, dir)
+	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,11 +67,11 @@ func TestRecordsScaleReport(t *testing.T) {
 	}
 
 	activeIDs := scaleFill(t, store, active, false)
-	empty := scaleMeasure(t, dir, srv.URL(), activeIDs, rate, seconds)
+	empty := scaleMeasure(t, dir, natsURL, activeIDs, rate, seconds)
 	start := time.Now()
 	finishedIDs := scaleFill(t, store, finished, true)
 	fillTook := time.Since(start)
-	full := scaleMeasure(t, dir, srv.URL(), append(finishedIDs, activeIDs...), rate, seconds)
+	full := scaleMeasure(t, dir, natsURL, append(finishedIDs, activeIDs...), rate, seconds)
 
 	if full.activeJobs != active || empty.activeJobs != active {
 		t.Errorf("GetActiveJobs listed %d (empty store) and %d (full store) deliberations, want %d both times",
@@ -289,4 +287,29 @@ func scalePct(d []time.Duration, p int) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
 	return s[min(len(s)-1, len(s)*p/100)].Round(10 * time.Microsecond)
+}
+
+// scaleNATS starts the project's NATS server (bin/nats-local's source, JetStream on a file
+// store in dir) as a child process and returns its URL.
+func scaleNATS(t *testing.T, dir string) string {
+	t.Helper()
+	port := scaleFreePort(t)
+	cmd := exec.Command(filepath.Join(dir, "nats-local"), "-addr", fmt.Sprintf("127.0.0.1:%d", port), "-store", filepath.Join(dir, "nats"))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	for i := 0; ; i++ {
+		nc, err := nats.Connect(url)
+		if err == nil {
+			nc.Close()
+			return url
+		}
+		if i > 200 {
+			t.Fatalf("nats-local did not answer on %s: %v", url, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
