@@ -26,10 +26,10 @@ type Store interface {
 	Queue(ctx context.Context) (records.Queue, error)
 	Heartbeat(ctx context.Context) (records.Heartbeat, bool, error)
 	PurgeDeletes(ctx context.Context, age time.Duration) error
-	// For the reconciler's repair of the active index:
+	// For the reconciler's repair of the active index and its deadline enforcement:
 	Get(ctx context.Context, id string) (domain.Record, uint64, error)
 	PutActive(ctx context.Context, e domain.ActiveEntry) error
-	records.Finisher
+	records.Expirer
 }
 
 // Active is one pending or running deliberation.
@@ -195,6 +195,8 @@ type Reconciler struct {
 	// Events receives a terminal event a repair finds missing (natsbus.Bus); nil skips it.
 	Events records.Publisher
 	Logger *slog.Logger
+	// Now is time.Now when nil (tests set it).
+	Now func() time.Time
 }
 
 // Run does one pass. Each step runs even when another fails; the first error is returned.
@@ -217,12 +219,18 @@ func (r *Reconciler) Run(ctx context.Context) (executor.State, error) {
 // entry whose record has ended (its writer stopped between the record and the index, or a
 // late duplicate submit put the entry back) gets the after-terminal steps again (each is
 // idempotent: the terminal event, the count, the removal); an entry whose record is gone
-// is removed; an entry showing another state than its record is rewritten. One bad entry
-// never stops the pass.
+// is removed; an entry showing another state than its record is rewritten; a record whose
+// deadline has passed is ended (records.EndExpired: failed, deadline_exceeded, its work
+// withdrawn), which is how deadlines hold with the executor, Ray and every other function
+// gone. One bad entry never stops the pass.
 func (r *Reconciler) repair(ctx context.Context) error {
 	entries, _, err := r.Store.Active(ctx)
 	if err != nil {
 		return err
+	}
+	now := time.Now
+	if r.Now != nil {
+		now = r.Now
 	}
 	var first error
 	for _, e := range entries {
@@ -231,6 +239,8 @@ func (r *Reconciler) repair(ctx context.Context) error {
 		case errors.Is(err, domain.ErrNotFound):
 			err = r.Store.DeleteActive(ctx, e.ID)
 		case err != nil:
+		case rec.Expired(now()):
+			_, _, err = records.EndExpired(ctx, r.Store, r.Events, rec, now(), events.SourceReconciler, r.Logger)
 		case rec.Terminal():
 			records.AfterTerminal(ctx, r.Store, r.Events, rec, events.SourceReconciler, r.Logger)
 		case rec.State != e.State:

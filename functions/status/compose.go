@@ -27,7 +27,7 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	f.OnClose(bus.Close)
 	store := records.New(bus.Conn(), bus.JetStream(), cfg.Records)
 	records.Provision(ctx, bus, store, logger)
-	svc := NewService(store, cfg.CacheSize)
+	svc := NewService(store, cfg.CacheSize).WithExpiry(&Expiry{Store: store, Events: bus, Logger: logger})
 	h := NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)
 	f.Handler = h

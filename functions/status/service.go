@@ -7,10 +7,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/records"
 )
 
 // Records is the part of the records store status reads (records.Store). Errors wrap
@@ -36,6 +39,23 @@ type Report struct {
 type Service struct {
 	records  Records
 	finished *cache
+	expiry   *Expiry
+}
+
+// Expiry lets a status read end a deliberation whose deadline has passed (issue 16: the
+// gateway keeps the deadline whatever happened to the cluster), through the record's
+// compare-and-set, so a status replica, the reconciler and the executor never both end it.
+type Expiry struct {
+	Store  records.Expirer
+	Events records.Publisher // the terminal event's bus; nil skips it (the reconciler repeats it)
+	Logger *slog.Logger
+	Now    func() time.Time // time.Now when nil
+}
+
+// WithExpiry makes reads of expired deliberations end them (see Expiry).
+func (s *Service) WithExpiry(e *Expiry) *Service {
+	s.expiry = e
+	return s
 }
 
 // NewService returns a service that remembers up to cacheSize finished deliberations
@@ -66,6 +86,19 @@ func (s *Service) Status(ctx context.Context, id string) (Report, error) {
 	}
 	if err != nil {
 		return Report{}, fmt.Errorf("status: %s: %w", id, err)
+	}
+	if s.expiry != nil {
+		now := time.Now
+		if s.expiry.Now != nil {
+			now = s.expiry.Now
+		}
+		if ended, _, err := records.EndExpired(ctx, s.expiry.Store, s.expiry.Events, rec, now(), events.SourceStatus,
+			s.expiry.Logger); err == nil {
+			rec = ended
+		} else {
+			// Report what the record says; the next read or the reconciler ends it.
+			s.expiry.Logger.Warn("could not end an expired deliberation", "deliberation_id", id, "error", err.Error())
+		}
 	}
 	rep := FromRecord(rec)
 	if rec.Terminal() {

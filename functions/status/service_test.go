@@ -276,3 +276,35 @@ func TestConfig(t *testing.T) {
 		}
 	}
 }
+
+// A status read past a deliberation's deadline ends it (failed, deadline_exceeded) when
+// nothing else has: the caller polling sees the end at the deadline, with no executor and
+// no reconciler. One terminal event is stored however many reads race; a read before the
+// deadline changes nothing.
+func TestStatusEndsAnExpiredDeliberation(t *testing.T) {
+	bus := testenv.NATS(t)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	if err := s.Provision(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	id := stored(t, s, "expiring", nil) // accepted at t0 with timeout_seconds 60
+	deadline := t0.Add(60*time.Second + domain.DeadlineGrace)
+	now := deadline.Add(-time.Second)
+	svc := NewService(s, 8).WithExpiry(&Expiry{Store: s, Events: bus, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: func() time.Time { return now }})
+	if rep, err := svc.Status(ctxT(t), id); err != nil || rep.Status != domain.StatusPending {
+		t.Fatalf("before the deadline: got %s %v, want pending", rep.Status, err)
+	}
+	now = deadline.Add(time.Millisecond)
+	for range 3 {
+		rep, err := svc.Status(ctxT(t), id)
+		if err != nil || rep.Status != domain.StatusFailed || rep.ErrorType != domain.ErrorTypeDeadlineExceeded ||
+			!strings.Contains(rep.ErrorMessage, "never started") {
+			t.Fatalf("after the deadline: got %+v %v, want failed deadline_exceeded, never started", rep, err)
+		}
+	}
+	evs, err := bus.Stored(ctxT(t), id)
+	if err != nil || len(evs) != 1 || evs[0].Kind() != "failed" {
+		t.Errorf("got events %v %v, want one failed", evs, err)
+	}
+}

@@ -199,6 +199,36 @@ func (r Record) Cancelled(now time.Time) (Record, error) {
 	return r, nil
 }
 
+// Expired reports whether the record has not ended and its deadline (acceptance + timeout
+// + DeadlineGrace) has passed at now. A record without a deadline never expires.
+func (r Record) Expired(now time.Time) bool {
+	if r.Terminal() {
+		return false
+	}
+	d := ParseTime(r.Deadline)
+	return !d.IsZero() && now.After(d)
+}
+
+// Expire ends a deliberation whose deadline passed: failed, error type deadline_exceeded,
+// with a message telling a deliberation that never started (no executor ran it, or none
+// had room) from one that started and did not finish. Whoever notices first (status, the
+// reconciler, the executor) may write it; the compare-and-set lets only one of them.
+func (r Record) Expire(now time.Time) (Record, error) {
+	if err := r.refuseTerminal("expire"); err != nil {
+		return r, err
+	}
+	if !r.Expired(now) {
+		return r, fmt.Errorf("expire %s: its deadline %s has not passed", r.ID, r.Deadline)
+	}
+	msg := fmt.Sprintf("deadline exceeded: never started: no executor took it within timeout_seconds=%d plus %s "+
+		"(the executor was down, the Ray cluster unreachable, or every replica full)", r.TimeoutSeconds, DeadlineGrace)
+	if r.State == StatusRunning || r.StartedAt != "" {
+		msg = fmt.Sprintf("deadline exceeded: started (attempt %d) but did not finish within timeout_seconds=%d plus %s "+
+			"(its executor or Ray node may have been lost)", r.Attempts, r.TimeoutSeconds, DeadlineGrace)
+	}
+	return r.Fail(ErrorTypeDeadlineExceeded, msg, now)
+}
+
 // Check reports what is wrong with a record read from the store, so that one bad record is
 // refused alone instead of stopping a reader.
 func (r Record) Check(key string) error {

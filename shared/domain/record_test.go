@@ -273,3 +273,38 @@ func TestParseTime(t *testing.T) {
 		t.Errorf("an end before the start gives %v, want 0", r.Duration())
 	}
 }
+
+func TestExpire(t *testing.T) {
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	r := NewRecord("d1", Request{Kind: KindDeliberation, Agents: make([]Agent, 1), Constraints: Constraints{TimeoutSeconds: 10}}, "h", "", "", now)
+	deadline := now.Add(10*time.Second + DeadlineGrace)
+	if got := ParseTime(r.Deadline); !got.Equal(deadline) {
+		t.Fatalf("deadline %s, want acceptance + timeout + grace = %s", got, deadline)
+	}
+	if r.Expired(deadline) || !r.Expired(deadline.Add(time.Nanosecond)) {
+		t.Errorf("Expired at the deadline %v and just after %v, want false then true", r.Expired(deadline), r.Expired(deadline.Add(time.Nanosecond)))
+	}
+	if _, err := r.Expire(deadline); err == nil {
+		t.Error("Expire before the deadline: got nil, want an error")
+	}
+	late := deadline.Add(time.Second)
+	pending, err := r.Expire(late)
+	if err != nil || pending.State != StatusFailed || pending.ErrorType != ErrorTypeDeadlineExceeded ||
+		!strings.Contains(pending.Error, "never started") || pending.EndedAt != FormatTime(late) {
+		t.Errorf("pending: got %+v %v, want failed deadline_exceeded, never started, ended at %s", pending, err, late)
+	}
+	run, _ := r.Start(3, "replica", now.Add(time.Second))
+	started, err := run.Expire(late)
+	if err != nil || !strings.Contains(started.Error, "started (attempt 3)") {
+		t.Errorf("running: got %q %v, want it to say started (attempt 3)", started.Error, err)
+	}
+	if pending.Expired(late.Add(time.Hour)) {
+		t.Error("an ended record reads as expired")
+	}
+	if _, err := pending.Expire(late); !errors.Is(err, ErrTerminal) {
+		t.Errorf("Expire of an ended record: got %v, want ErrTerminal", err)
+	}
+	if (Record{State: StatusPending}).Expired(late) {
+		t.Error("a record without a deadline reads as expired")
+	}
+}
