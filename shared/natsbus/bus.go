@@ -326,9 +326,8 @@ func decodeStored(msg jetstream.Msg) (Stored, bool) {
 	return st, true
 }
 
-// PayloadURLEnv carries the NATS address to the payload in the Ray job's environment, and
-// PayloadEventsStreamEnv the lifecycle stream's name (the payload looks a terminal event up
-// on it before it starts any agent).
+// PayloadURLEnv carries the NATS address to the executor in the Ray job's environment, and
+// PayloadEventsStreamEnv the lifecycle stream's name it publishes to.
 const (
 	PayloadURLEnv          = "RAY_EXECUTOR_NATS_URL"
 	PayloadEventsStreamEnv = "RAY_EXECUTOR_NATS_EVENTS_STREAM"
