@@ -193,6 +193,13 @@ func TestHealth(t *testing.T) {
 	}
 	_ = s.Enqueue(ctx, "d1", []byte("{}"))
 	_ = s.Enqueue(ctx, "d2", []byte("{}"))
+	// The consumer's pending count follows the stream asynchronously: wait until it shows
+	// both (it failed in CI when read at once).
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if q, err := s.Queue(ctx); (err == nil && q.Waiting == 2) || time.Now().After(deadline) {
+			break
+		}
+	}
 	now = time.Now().Add(90 * time.Second)
 	c = component(t, svc.Health(ctx), "executor")
 	if c.Status != Degraded || !strings.HasPrefix(c.Message, "no executor runs and work waits (2 waiting, the oldest for 1m3") {
