@@ -31,10 +31,10 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 		return nil, err
 	}
 	store := records.New(bus.Conn(), bus.JetStream(), cfg.Records)
-	// Ready when NATS is: accepting is a NATS write, and Ray is not on the request path.
-	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: func(context.Context) error { return bus.Ready() }}
+	// Ready when NATS is and the records resources exist: accepting and reading are NATS
+	// operations, and Ray is not on the request path.
+	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: records.Provision(ctx, bus, store, logger)}
 	f.OnClose(bus.Close)
-	records.Provision(ctx, bus, store, logger)
 	dep := executor.NewDeployer(client, store, cfg.Executor, cfg.Events, cfg.PackageFreshFor, logger)
 	poke := make(chan struct{}, 1)
 	if cfg.Executor.Deploy {

@@ -30,9 +30,10 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 		return nil, err
 	}
 	store := records.New(bus.Conn(), bus.JetStream(), cfg.Records)
-	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: func(context.Context) error { return bus.Ready() }}
+	// Ready when NATS is and the records resources exist: accepting and reading are NATS
+	// operations, and Ray is not on the request path.
+	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: records.Provision(ctx, bus, store, logger)}
 	f.OnClose(bus.Close)
-	records.Provision(ctx, bus, store, logger)
 	rec := &Reconciler{Store: store, Events: bus, Logger: logger}
 	if cfg.Executor.Deploy {
 		rec.Deployer = executor.NewDeployer(client, store, cfg.Executor, cfg.Events, cfg.PackageFreshFor, logger)

@@ -23,10 +23,11 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	if err != nil {
 		return nil, err
 	}
-	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: func(context.Context) error { return bus.Ready() }}
-	f.OnClose(bus.Close)
 	store := records.New(bus.Conn(), bus.JetStream(), cfg.Records)
-	records.Provision(ctx, bus, store, logger)
+	// Ready when NATS is and the records resources exist: accepting and reading are NATS
+	// operations, and Ray is not on the request path.
+	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: records.Provision(ctx, bus, store, logger)}
+	f.OnClose(bus.Close)
 	svc := NewService(store, cfg.CacheSize).WithExpiry(&Expiry{Store: store, Events: bus, Logger: logger})
 	h := NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)

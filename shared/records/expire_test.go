@@ -2,6 +2,8 @@ package records_test
 
 import (
 	"context"
+	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +13,8 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/natsbus"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/records"
 )
 
@@ -119,5 +123,43 @@ func TestEndExpiredCancelsARunningOne(t *testing.T) {
 	}
 	if r, _, _ := s.Get(context.Background(), "d2"); r.State != domain.StatusFailed {
 		t.Errorf("stored record is %s, want failed", r.State)
+	}
+}
+
+// A function is ready only once the records resources exist: a request before that could
+// only be refused for a missing bucket (it failed CI's first submit through funcframework).
+func TestProvisionIsTheFunctionsReadiness(t *testing.T) {
+	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	bus, err := natsbus.Connect(natsbus.Config{URL: srv.URL(), Provision: true}, "test", quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bus.Close)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	ready := records.Provision(context.Background(), bus, s, quiet)
+	var rerr error
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if rerr = ready(context.Background()); rerr == nil {
+			break
+		}
+		if !errors.Is(rerr, domain.ErrUnavailable) {
+			t.Fatalf("not ready yet: got %v, want ErrUnavailable", rerr)
+		}
+	}
+	if rerr != nil {
+		t.Fatalf("never ready: %v", rerr)
+	}
+	if _, _, err := s.Get(context.Background(), "delib-unknown"); !errors.Is(err, domain.ErrNotFound) {
+		t.Errorf("once ready, reading an unknown id: got %v, want ErrNotFound (the bucket exists)", err)
+	}
+	srv.Stop()
+	for deadline := time.Now().Add(10 * time.Second); bus.Connected() && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	}
+	if err := ready(context.Background()); err == nil {
+		t.Error("ready with NATS gone, want an error")
 	}
 }

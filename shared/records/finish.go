@@ -2,7 +2,9 @@ package records
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
@@ -63,9 +65,23 @@ func AfterTerminal(ctx context.Context, s Finisher, pub Publisher, r domain.Reco
 
 // Provision creates the event streams and the records resources, retrying in the
 // background until NATS takes them (a NATS that is down at start does not stop a function).
-func Provision(ctx context.Context, bus *natsbus.Bus, store *Store, logger *slog.Logger) {
+// It returns the function's readiness: NATS connected, and the resources provisioned once
+// (or provisioning off), so that a new replica gets no traffic it could only refuse for a
+// missing bucket. Once provisioned it never turns unready for them again.
+func Provision(ctx context.Context, bus *natsbus.Bus, store *Store, logger *slog.Logger) (ready func(context.Context) error) {
+	var done atomic.Bool
+	ready = func(context.Context) error {
+		if err := bus.Ready(); err != nil {
+			return err
+		}
+		if !done.Load() {
+			return fmt.Errorf("records: the NATS streams and the records bucket are not provisioned yet: %w", domain.ErrUnavailable)
+		}
+		return nil
+	}
 	if !bus.Config().Provision {
-		return
+		done.Store(true)
+		return ready
 	}
 	go func() {
 		for delay := 200 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
@@ -76,6 +92,7 @@ func Provision(ctx context.Context, bus *natsbus.Bus, store *Store, logger *slog
 			}
 			cancel()
 			if err == nil {
+				done.Store(true)
 				logger.Info("NATS streams and the records bucket provisioned")
 				return
 			}
@@ -87,4 +104,5 @@ func Provision(ctx context.Context, bus *natsbus.Bus, store *Store, logger *slog
 			}
 		}
 	}()
+	return ready
 }
