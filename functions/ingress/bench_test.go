@@ -102,7 +102,7 @@ func chain(t *testing.T, overNATS bool) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	addrc := make(chan string, 1)
-	h := status.NewHandler(status.NewService(recs, 1024), "bench/status", 0, quiet)
+	h := status.NewHandler(status.NewService(recs, 1024, 0), "bench/status", 0, quiet)
 	go func() {
 		_ = serving.Run(ctx, config.Serving{Host: "127.0.0.1", DrainTimeout: time.Second}, h, quiet,
 			serving.Options{OnListen: func(a string) { addrc <- a }})

@@ -24,11 +24,21 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 		return nil, err
 	}
 	store := records.New(bus.Conn(), bus.JetStream(), cfg.Records)
+	var readers []*records.Store
+	for range cfg.ReadConnections - 1 {
+		nc, js, err := bus.Dial()
+		if err != nil {
+			bus.Close()
+			return nil, err
+		}
+		readers = append(readers, records.New(nc, js, cfg.Records))
+	}
+	store.SpreadReads(readers...)
 	// Ready when NATS is and the records resources exist: accepting and reading are NATS
 	// operations, and Ray is not on the request path.
 	f := &serving.Function{Serving: cfg.Serving, Logger: logger, Ready: records.Provision(ctx, bus, store, logger)}
 	f.OnClose(bus.Close)
-	svc := NewService(store, cfg.CacheSize).WithExpiry(&Expiry{Store: store, Events: bus, Logger: logger})
+	svc := NewService(store, cfg.CacheSize, cfg.CacheBytes).WithExpiry(&Expiry{Store: store, Events: bus, Logger: logger})
 	h := NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)
 	f.Handler = h

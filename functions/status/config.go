@@ -10,8 +10,9 @@ import (
 // Config is everything the status function reads from its environment.
 type Config struct {
 	Serving config.Serving
-	// CacheSize (RESULT_CACHE_SIZE) is how many finished deliberations are kept in memory.
-	CacheSize int
+	// CacheSize (RESULT_CACHE_SIZE) is how many finished deliberations are kept in memory,
+	// in at most CacheBytes (RESULT_CACHE_BYTES) of it.
+	CacheSize, CacheBytes int
 	// MaxBodyBytes (MAX_BODY_BYTES) bounds a request event.
 	MaxBodyBytes int64
 	// Source (CE_SOURCE) names this function in reply events.
@@ -19,9 +20,11 @@ type Config struct {
 	// Access: INTERNAL_TOKEN(_FILE), INTERNAL_AUTH_OPEN_TYPES, INTERNAL_AUTH_REQUIRED and
 	// MAX_INFLIGHT, who may call the function and how much it takes on at once.
 	Access rpcevents.Access
-	// Events: ENABLE_NATS, NATS_* (specs/nats.md). With them, a deliberation Ray has lost
-	// is reported as such (and answered from its stored events) instead of not_found.
+	// Events: ENABLE_NATS, NATS_* (specs/nats.md): the records store and the events bus.
 	Events natsbus.Config
+	// ReadConnections (NATS_READ_CONNECTIONS, 1 to 16) is how many NATS connections status
+	// reads records over (records.Store.SpreadReads).
+	ReadConnections int
 	// Records: NATS_RECORDS_BUCKET, NATS_WORK_STREAM, NATS_COUNTERS_STREAM, RETENTION.
 	Records records.Config
 }
@@ -32,14 +35,23 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	cfg := Config{
 		Serving:      config.ReadServing(r, 8082),
 		CacheSize:    r.Int("RESULT_CACHE_SIZE", 1024),
+		CacheBytes:   r.Int("RESULT_CACHE_BYTES", 1<<20),
 		MaxBodyBytes: int64(r.Int("MAX_BODY_BYTES", 64<<10)),
 		Source:       r.String("CE_SOURCE", "ray-executor/status"),
 		Access:       rpcevents.ReadAccess(r),
 		Events:       natsbus.ReadConfig(r),
 		Records:      records.ReadConfig(r),
+
+		ReadConnections: r.Int("NATS_READ_CONNECTIONS", 4),
 	}
 	if cfg.CacheSize <= 0 {
 		r.Fail("RESULT_CACHE_SIZE must be positive")
+	}
+	if cfg.CacheBytes <= 0 {
+		r.Fail("RESULT_CACHE_BYTES must be positive")
+	}
+	if cfg.ReadConnections < 1 || cfg.ReadConnections > 16 {
+		r.Fail("NATS_READ_CONNECTIONS must be between 1 and 16")
 	}
 	return cfg, r.Err()
 }

@@ -58,10 +58,11 @@ func (s *Service) WithExpiry(e *Expiry) *Service {
 	return s
 }
 
-// NewService returns a service that remembers up to cacheSize finished deliberations
-// (finished records never change, so their reports never go stale).
-func NewService(records Records, cacheSize int) *Service {
-	return &Service{records: records, finished: newCache(cacheSize)}
+// NewService returns a service that remembers up to cacheSize finished deliberations,
+// holding at most cacheBytes of them (finished records never change, so their reports
+// never go stale). Zero takes the defaults, 1024 and 1 MiB.
+func NewService(records Records, cacheSize, cacheBytes int) *Service {
+	return &Service{records: records, finished: newCache(cacheSize, cacheBytes)}
 }
 
 // Status reports deliberation id. An id with no record (never accepted, or its record
@@ -121,38 +122,66 @@ func FromRecord(rec domain.Record) Report {
 }
 
 // cache is a small bounded map with first-in-first-out eviction: finished deliberations
-// are read a few times just after they end, then rarely.
+// are read a few times just after they end, then rarely. It is bounded by count and by
+// bytes: a report carries its agents' proposals, whose size callers' prompts decide.
 type cache struct {
-	mu    sync.Mutex
-	max   int
-	items map[string]Report
-	order []string
+	mu              sync.Mutex
+	maxItems, bytes int
+	maxBytes        int
+	items           map[string]cached
+	order           []string
 }
 
-func newCache(max int) *cache {
-	if max <= 0 {
-		max = 1024
+type cached struct {
+	rep  Report
+	size int
+}
+
+func newCache(maxItems, maxBytes int) *cache {
+	if maxItems <= 0 {
+		maxItems = 1024
 	}
-	return &cache{max: max, items: make(map[string]Report, max)}
+	if maxBytes <= 0 {
+		maxBytes = 1 << 20
+	}
+	return &cache{maxItems: maxItems, maxBytes: maxBytes, items: make(map[string]cached)}
 }
 
 func (c *cache) get(id string) (Report, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r, ok := c.items[id]
-	return r, ok
+	return r.rep, ok
 }
 
 func (c *cache) put(id string, r Report) {
+	size := reportSize(r)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.items[id]; ok {
+	if _, ok := c.items[id]; ok || size > c.maxBytes {
 		return
 	}
-	if len(c.order) >= c.max {
+	for len(c.order) > 0 && (len(c.order) >= c.maxItems || c.bytes+size > c.maxBytes) {
+		c.bytes -= c.items[c.order[0]].size
 		delete(c.items, c.order[0])
 		c.order = c.order[1:]
 	}
-	c.items[id] = r
+	c.items[id] = cached{rep: r, size: size}
+	c.bytes += size
 	c.order = append(c.order, id)
+}
+
+// reportSize estimates the memory a cached report holds: its text plus a fixed share for
+// the struct, the map entry and each agent's fixed fields.
+func reportSize(r Report) int {
+	m := r.Meta
+	n := 512 + 2*len(r.DeliberationID) + len(r.ErrorMessage) + len(r.ErrorType) + len(m.TaskID) + len(m.Role) +
+		len(m.StoryID) + len(m.PlanID) + len(m.TaskType) + len(m.RequestHash) + len(m.Traceparent) + len(m.Kind)
+	if o := r.Outcome; o != nil {
+		n += 256 + len(o.Error) + len(o.TaskID)
+		for _, a := range o.Agents {
+			n += 256 + len(a.AgentID) + len(a.Role) + len(a.Model) + len(a.Proposal) + len(a.Reasoning) + len(a.Error) + len(a.ErrorType)
+		}
+	}
+	return n
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -102,7 +103,7 @@ func TestStatusReadsTheRecord(t *testing.T) {
 			return r, err
 		}, domain.StatusCancelled, "", "cancelled by request", 0, true},
 	}
-	svc := NewService(s, 8)
+	svc := NewService(s, 8, 0)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			id := stored(t, s, tc.name, tc.change)
@@ -148,7 +149,7 @@ func (c *countingRecords) Get(ctx context.Context, id string) (domain.Record, ui
 func TestFinishedReportsAreCachedAndActiveOnesAreNot(t *testing.T) {
 	s := newStore(t)
 	c := &countingRecords{Store: s}
-	svc := NewService(c, 2)
+	svc := NewService(c, 2, 0)
 	id := stored(t, s, "k", func(r domain.Record) (domain.Record, error) { return r.Start(1, "x", t0) })
 	for range 3 {
 		if rep, err := svc.Status(ctxT(t), id); err != nil || rep.Status != domain.StatusRunning {
@@ -210,7 +211,7 @@ func TestResponseIsCompatible(t *testing.T) {
 // Ids this system could not have minted (the original's, with ':'; any characters) are
 // not_found without a read of NATS; only an empty or oversize id is a malformed request.
 func TestForeignIDIsNotFoundWithoutReadingNATS(t *testing.T) {
-	svc := NewService(nil, 8) // no store: a read would panic the test
+	svc := NewService(nil, 8, 0) // no store: a read would panic the test
 	for _, id := range []string{"a/b", "a.b", "../x", "deliberation-ceremony-c1:story-s1:role-QA-1733000000",
 		"delib-*", "delib >", "délib", strings.Repeat("x", domain.MaxLookupIDBytes)} {
 		rep, err := svc.Status(context.Background(), id)
@@ -237,7 +238,7 @@ func TestStatusErrors(t *testing.T) {
 	if _, err := kv.Put(ctxT(t), "d."+id, []byte(`{"v":1,"id":"x","state":"exploded"}`)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewService(s, 8).Status(ctxT(t), id); !errors.Is(err, domain.ErrUnavailable) {
+	if _, err := NewService(s, 8, 0).Status(ctxT(t), id); !errors.Is(err, domain.ErrUnavailable) {
 		t.Errorf("a record that does not read: got %v, want ErrUnavailable", err)
 	}
 
@@ -254,7 +255,7 @@ func TestStatusErrors(t *testing.T) {
 	for deadline := time.Now().Add(10 * time.Second); down.Connected() && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
-	svc := NewService(records.New(down.Conn(), down.JetStream(), records.Config{}), 8)
+	svc := NewService(records.New(down.Conn(), down.JetStream(), records.Config{}), 8, 0)
 	if _, err := svc.Status(ctxT(t), id); !errors.Is(err, domain.ErrUnavailable) {
 		t.Errorf("NATS down: got %v, want ErrUnavailable", err)
 	}
@@ -290,7 +291,7 @@ func TestStatusEndsAnExpiredDeliberation(t *testing.T) {
 	id := stored(t, s, "expiring", nil) // accepted at t0 with timeout_seconds 60
 	deadline := t0.Add(60*time.Second + domain.DeadlineGrace)
 	now := deadline.Add(-time.Second)
-	svc := NewService(s, 8).WithExpiry(&Expiry{Store: s, Events: bus, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	svc := NewService(s, 8, 0).WithExpiry(&Expiry{Store: s, Events: bus, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Now: func() time.Time { return now }})
 	if rep, err := svc.Status(ctxT(t), id); err != nil || rep.Status != domain.StatusPending {
 		t.Fatalf("before the deadline: got %s %v, want pending", rep.Status, err)
@@ -306,5 +307,40 @@ func TestStatusEndsAnExpiredDeliberation(t *testing.T) {
 	evs, err := bus.Stored(ctxT(t), id)
 	if err != nil || len(evs) != 1 || evs[0].Kind() != "failed" {
 		t.Errorf("got events %v %v, want one failed", evs, err)
+	}
+}
+
+func TestCacheIsBoundedByBytes(t *testing.T) {
+	big := func(id string, n int) Report {
+		return Report{DeliberationID: id, Status: domain.StatusCompleted,
+			Outcome: &domain.Outcome{Agents: []domain.AgentResult{{AgentID: "a", Proposal: strings.Repeat("p", n)}}}}
+	}
+	c := newCache(100, 10_000)
+	for i := range 10 {
+		c.put(strconv.Itoa(i), big(strconv.Itoa(i), 2_000))
+	}
+	if c.bytes > 10_000 {
+		t.Fatalf("cache holds %d bytes, bound 10000", c.bytes)
+	}
+	if _, ok := c.get("9"); !ok {
+		t.Error("the newest report was evicted")
+	}
+	if _, ok := c.get("0"); ok {
+		t.Error("the oldest report survived past the byte bound")
+	}
+	sum := 0
+	for _, it := range c.items {
+		sum += it.size
+	}
+	if sum != c.bytes || len(c.items) != len(c.order) {
+		t.Errorf("accounting: items sum to %d bytes, cache says %d; %d items, %d in order", sum, c.bytes, len(c.items), len(c.order))
+	}
+	// A report larger than the whole bound is not cached and evicts nothing.
+	c.put("huge", big("huge", 20_000))
+	if _, ok := c.get("huge"); ok {
+		t.Error("a report over the byte bound was cached")
+	}
+	if _, ok := c.get("9"); !ok {
+		t.Error("caching nothing evicted a report")
 	}
 }

@@ -83,7 +83,9 @@ func ReadConfig(r *config.Reader) Config {
 // background; calls made meanwhile fail fast with ErrUnavailable instead of waiting.
 type Bus struct {
 	cfg    Config
+	name   string
 	nc     *nats.Conn
+	extra  []*nats.Conn // Dial's, closed with the bus
 	js     jetstream.JetStream
 	logger *slog.Logger
 }
@@ -100,6 +102,20 @@ func Connect(cfg Config, name string, logger *slog.Logger) (*Bus, error) {
 	if cfg.PublishTimeout <= 0 {
 		cfg.PublishTimeout = 2 * time.Second
 	}
+	nc, err := dial(cfg, name, logger)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	return &Bus{cfg: cfg, name: name, nc: nc, js: js, logger: logger}, nil
+}
+
+// dial opens one connection with the bus's options.
+func dial(cfg Config, name string, logger *slog.Logger) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.RetryOnFailedConnect(true),
@@ -131,12 +147,7 @@ func Connect(cfg Config, name string, logger *slog.Logger) (*Bus, error) {
 	if err != nil {
 		return nil, fmt.Errorf("events: connect %s: %w", redact(cfg.URL), err)
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("events: %w", err)
-	}
-	return &Bus{cfg: cfg, nc: nc, js: js, logger: logger}, nil
+	return nc, nil
 }
 
 // redact drops credentials from a NATS URL before it is logged.
@@ -149,8 +160,29 @@ func redact(raw string) string {
 	return u.String()
 }
 
-// Close drains nothing and closes the connection.
-func (b *Bus) Close() { b.nc.Close() }
+// Close drains nothing and closes the connection and those Dial opened.
+func (b *Bus) Close() {
+	for _, nc := range b.extra {
+		nc.Close()
+	}
+	b.nc.Close()
+}
+
+// Dial opens another connection with the bus's settings, closed when the bus is. Not safe
+// for concurrent use with itself: binaries call it while they are composed.
+func (b *Bus) Dial() (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := dial(b.cfg, b.name, b.logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("events: %w", err)
+	}
+	b.extra = append(b.extra, nc)
+	return nc, js, nil
+}
 
 // Connected reports whether NATS answers right now.
 func (b *Bus) Connected() bool { return b.nc.IsConnected() }

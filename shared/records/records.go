@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -92,6 +93,9 @@ type Store struct {
 
 	mu     sync.Mutex
 	bucket jetstream.KeyValue // cached after the first lookup: one round trip less per call
+
+	readers []*Store // SpreadReads's: Get takes turns over s and these
+	turn    atomic.Uint32
 }
 
 // New returns a store on a connected JetStream context.
@@ -101,6 +105,28 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config) *Store {
 
 // Config is the store's configuration.
 func (s *Store) Config() Config { return s.cfg }
+
+// SpreadReads makes Get take turns over s's connection and those of others (stores of the
+// same configuration on connections of their own) and returns s. A NATS server answers one
+// client connection's requests in order, so over a single connection a read whose record
+// lies in a block the server must first load from disk (4 MiB for a KV bucket) holds up
+// every read queued behind it: the status function reads over several
+// (NATS_READ_CONNECTIONS). A reader that is disconnected is passed over for s.
+func (s *Store) SpreadReads(others ...*Store) *Store {
+	s.readers = others
+	return s
+}
+
+func (s *Store) reader() *Store {
+	if len(s.readers) == 0 {
+		return s
+	}
+	n := int(s.turn.Add(1) % uint32(len(s.readers)+1))
+	if n == 0 || !s.readers[n-1].nc.IsConnected() {
+		return s
+	}
+	return s.readers[n-1]
+}
 
 func unavailable(what string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -219,12 +245,13 @@ func (s *Store) Create(ctx context.Context, r domain.Record) error {
 // Get reads a record and its revision. ErrNotFound when there is none (never created, or
 // expired after the retention).
 func (s *Store) Get(ctx context.Context, id string) (domain.Record, uint64, error) {
-	if err := s.ready(); err != nil {
+	rd := s.reader()
+	if err := rd.ready(); err != nil {
 		return domain.Record{}, 0, err
 	}
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
-	kv, err := s.kv(ctx)
+	kv, err := rd.kv(ctx)
 	if errors.Is(err, errNoBucket) {
 		return domain.Record{}, 0, fmt.Errorf("records: %s: no records bucket yet: %w", id, domain.ErrNotFound)
 	}

@@ -156,6 +156,42 @@ func TestCreateGet(t *testing.T) {
 	}
 }
 
+func TestGetSpreadsReadsOverConnections(t *testing.T) {
+	s, bus := newStore(t)
+	ctx := ctxT(t)
+	if err := s.Create(ctx, record("d1")); err != nil {
+		t.Fatal(err)
+	}
+	var readers []*records.Store
+	var conns []*nats.Conn
+	for range 2 {
+		nc, js, err := bus.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, nc)
+		readers = append(readers, records.New(nc, js, records.Config{}))
+	}
+	s.SpreadReads(readers...)
+	for range 9 {
+		if got, _, err := s.Get(ctx, "d1"); err != nil || got.ID != "d1" {
+			t.Fatalf("got %+v, %v", got, err)
+		}
+	}
+	for i, nc := range conns {
+		if n := nc.Stats().InMsgs; n < 3 {
+			t.Errorf("reader %d received %d replies for 9 reads over 3 connections, want at least 3", i, n)
+		}
+	}
+	// A reader whose connection is gone is passed over: every read still answers.
+	conns[0].Close()
+	for range 6 {
+		if _, _, err := s.Get(ctx, "d1"); err != nil {
+			t.Fatalf("with a reader closed: %v", err)
+		}
+	}
+}
+
 func TestGetRefusesABadRecordAlone(t *testing.T) {
 	s, bus := newStore(t)
 	ctx := ctxT(t)
