@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,6 +92,12 @@ func TestDeadlinesHoldWithNoExecutor(t *testing.T) {
 	}
 	if q, err := s.store.Queue(context.Background()); err != nil || q.Waiting != 1 {
 		t.Errorf("work queue: got %+v %v, want only the long one waiting (the expired ones withdrawn)", q, err)
+	}
+
+	// Visible: while work waits with no executor, GetStatus says so.
+	if c := s.component(t, "executor"); c.GetStatus() != "degraded" || !strings.Contains(c.GetMessage(), "no executor runs") {
+		t.Errorf("GetStatus's executor component with work waiting and no executor: got %s %q, want degraded saying no executor runs",
+			c.GetStatus(), c.GetMessage())
 	}
 
 	// An executor comes (deployed here, as an operator's would be): the long one runs, the

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -28,22 +27,6 @@ func reconcile(t *testing.T, listURL string) {
 	if err := c.Call(context.Background(), listURL, rpcevents.TypePing, &pb.GetActiveJobsRequest{}, rpcevents.CallOptions{}, &pb.GetActiveJobsResponse{}); err != nil {
 		t.Fatalf("reconcile: %v", err)
 	}
-}
-
-// component returns GetStatus's component name from the list function.
-func (s *system) component(t *testing.T, name string) *pb.ComponentHealth {
-	t.Helper()
-	var resp pb.GetStatusResponse
-	if err := s.client.Call(context.Background(), s.list.url, rpcevents.TypeGetStatus, &pb.GetStatusRequest{}, rpcevents.CallOptions{}, &resp); err != nil {
-		t.Fatalf("GetStatus: %v", err)
-	}
-	for _, c := range resp.GetComponents() {
-		if c.GetName() == name {
-			return c
-		}
-	}
-	t.Fatalf("GetStatus has no %s component: %v", name, resp.GetComponents())
-	return nil
 }
 
 // exactlyOnce checks that deliberation id ended status with exactly one terminal event.
@@ -109,7 +92,11 @@ func TestStoppedExecutorJobIsResubmitted(t *testing.T) {
 		queued = append(queued, r.GetDeliberationId())
 	}
 
-	// Degraded while work waits and no heartbeat is fresh; then a new generation runs.
+	// A new generation runs: found by execute's check or the reconciler's tick, either when
+	// the stopped job's heartbeat goes stale or, sooner, when the deployer checks the
+	// heartbeat's job against Ray (executor.VerifyEvery). GetStatus meanwhile is logged:
+	// how long it reads degraded depends on which came first (TestDeadlinesHoldWithNoExecutor
+	// asserts the degraded report, with no executor at all).
 	sawDegraded := ""
 	var next records.Deploy
 	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
@@ -130,9 +117,6 @@ func TestStoppedExecutorJobIsResubmitted(t *testing.T) {
 		next.SubmissionID, next.Generation, time.Since(stopped).Round(time.Second), sawDegraded)
 	if next.Generation != first.Generation+1 {
 		t.Errorf("got generation %d after %d, want the next one", next.Generation, first.Generation)
-	}
-	if !strings.Contains(sawDegraded, "no executor runs") {
-		t.Errorf("GetStatus's executor component never said that no executor runs while work waited (saw %q)", sawDegraded)
 	}
 
 	for _, id := range queued {

@@ -554,3 +554,19 @@ func (s *system) submitHanging(t *testing.T, timeoutSeconds int32) string {
 	}
 	return resp.GetDeliberationId()
 }
+
+// component returns GetStatus's component name from the list function.
+func (s *system) component(t *testing.T, name string) *pb.ComponentHealth {
+	t.Helper()
+	var resp pb.GetStatusResponse
+	if err := s.client.Call(context.Background(), s.list.url, rpcevents.TypeGetStatus, &pb.GetStatusRequest{}, rpcevents.CallOptions{}, &resp); err != nil {
+		t.Fatalf("GetStatus: %v", err)
+	}
+	for _, c := range resp.GetComponents() {
+		if c.GetName() == name {
+			return c
+		}
+	}
+	t.Fatalf("GetStatus has no %s component: %v", name, resp.GetComponents())
+	return nil
+}

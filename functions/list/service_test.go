@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -251,16 +252,23 @@ func TestHealthWhenNATSFails(t *testing.T) {
 	}
 }
 
-// fakeJobs is a Ray Jobs port that must not be called: the executor is live.
-type fakeJobs struct{ t *testing.T }
+// fakeJobs is a Ray Jobs port with a live executor: Ray knows its job (s1) as RUNNING,
+// and nothing may be submitted or stopped. It counts the look-ups.
+type fakeJobs struct {
+	t       *testing.T
+	lookups *atomic.Int32
+}
 
 func (f fakeJobs) Submit(context.Context, ray.SubmitRequest) (string, error) {
 	f.t.Error("submitted with a live executor")
 	return "", errors.New("no")
 }
-func (f fakeJobs) Job(context.Context, string) (ray.JobDetails, error) {
-	f.t.Error("asked Ray with a live executor")
-	return ray.JobDetails{}, errors.New("no")
+func (f fakeJobs) Job(_ context.Context, id string) (ray.JobDetails, error) {
+	f.lookups.Add(1)
+	if id != "s1" {
+		f.t.Errorf("asked Ray about %s, want only the heartbeat's job s1", id)
+	}
+	return ray.JobDetails{SubmissionID: id, Status: ray.StatusRunning}, nil
 }
 func (f fakeJobs) Stop(context.Context, string) (bool, error) {
 	f.t.Error("stopped a job with a live executor")
@@ -271,11 +279,17 @@ func TestReconcilerPass(t *testing.T) {
 	s, kv := newStore(t)
 	ctx := ctxT(t)
 	putHeartbeat(t, kv, time.Now())
+	lookups := &atomic.Int32{}
 	rec := &Reconciler{Store: s, Logger: quiet,
-		Deployer: &executor.Deployer{Store: s, Jobs: fakeJobs{t}, Version: "v1", Logger: quiet}}
-	st, err := rec.Run(ctx)
-	if err != nil || st != executor.StateLive {
-		t.Errorf("got %q, %v, want live", st, err)
+		Deployer: &executor.Deployer{Store: s, Jobs: fakeJobs{t, lookups}, Version: "v1", Logger: quiet}}
+	for range 3 {
+		st, err := rec.Run(ctx)
+		if err != nil || st != executor.StateLive {
+			t.Errorf("got %q, %v, want live", st, err)
+		}
+	}
+	if n := lookups.Load(); n != 1 {
+		t.Errorf("asked Ray %d times in 3 passes, want once (a live heartbeat is verified every %s)", n, executor.VerifyEvery)
 	}
 	// A failing step does not hide the result of the other: the purge's error is returned.
 	rec.Store = failingPurge{s}
@@ -376,5 +390,69 @@ func TestReconcilerRepairsTheActiveIndex(t *testing.T) {
 	}
 	if c, _ := s.Counters(ctx); c[records.CountFailed] != 1 {
 		t.Errorf("after a second pass: counted %d, want 1", c[records.CountFailed])
+	}
+}
+
+// The reconciler keeps deadlines with nothing else running (no executor, no status read):
+// a pending and a running deliberation past their deadlines end failed deadline_exceeded,
+// each with one terminal event, its work withdrawn from the queue and its index entry
+// gone, while one within its deadline stays. A second pass changes nothing.
+func TestReconcilerEndsExpiredDeliberations(t *testing.T) {
+	bus := testenv.NATS(t)
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{})
+	ctx := ctxT(t)
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	accepted := time.Now()
+	mk := func(id string, timeout int32) domain.Record {
+		r := domain.Request{Kind: domain.KindDeliberation, TaskID: "t-" + id, Agents: make([]domain.Agent, 1),
+			Constraints: domain.Constraints{TimeoutSeconds: timeout}}
+		rec := domain.NewRecord(id, r, "h", "", "", accepted)
+		if err := s.Create(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutActive(ctx, rec.Active()); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Enqueue(ctx, id, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	queued, running, fresh := mk("delib-queued", 10), mk("delib-running", 10), mk("delib-fresh", 600)
+	if _, err := s.Update(ctx, running.ID, func(r domain.Record) (domain.Record, error) {
+		return r.Start(1, "replica", accepted.Add(time.Second))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	now := accepted.Add(10*time.Second + domain.DeadlineGrace + time.Second)
+	rec := &Reconciler{Store: s, Events: bus, Logger: quiet, Now: func() time.Time { return now }}
+	for pass := range 2 {
+		if _, err := rec.Run(ctx); err != nil {
+			t.Fatalf("pass %d: %v", pass+1, err)
+		}
+	}
+	for id, want := range map[string]string{queued.ID: "never started", running.ID: "started (attempt 1)"} {
+		r, _, err := s.Get(ctx, id)
+		if err != nil || r.State != domain.StatusFailed || r.ErrorType != domain.ErrorTypeDeadlineExceeded || !strings.Contains(r.Error, want) {
+			t.Errorf("%s: got %s %s %q (%v), want failed deadline_exceeded saying %q", id, r.State, r.ErrorType, r.Error, err, want)
+		}
+		if evs, err := bus.Stored(ctx, id); err != nil || len(evs) != 1 || evs[0].Kind() != events.Failed {
+			t.Errorf("%s: got events %v %v, want one failed", id, evs, err)
+		}
+	}
+	if r, _, _ := s.Get(ctx, fresh.ID); r.State != domain.StatusPending {
+		t.Errorf("the one within its deadline: got %s, want pending", r.State)
+	}
+	entries, _, err := s.Active(ctx)
+	if err != nil || len(entries) != 1 || entries[0].ID != fresh.ID {
+		t.Errorf("active index: got %v %v, want only %s", entries, err, fresh.ID)
+	}
+	if q, err := s.Queue(ctx); err != nil || q.Waiting != 1 {
+		t.Errorf("work queue: got %+v %v, want only the fresh one waiting", q, err)
+	}
+	if c, _ := s.Counters(ctx); c[records.CountFailed] != 2 {
+		t.Errorf("counted %d failed, want 2", c[records.CountFailed])
 	}
 }

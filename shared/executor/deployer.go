@@ -37,6 +37,12 @@ type Store interface {
 // before it counts as stuck and is replaced (a cold node may install its runtime env).
 const StartupGrace = 3 * time.Minute
 
+// VerifyEvery is how often a live executor's heartbeat is checked against Ray: a process
+// can outlive its node or its head (a killed raylet, a head restarted while its workers
+// ran on) and go on beating for a job the cluster no longer has. Between checks a fresh
+// heartbeat costs one KV read; when Ray cannot answer the heartbeat is trusted.
+const VerifyEvery = 30 * time.Second
+
 // SubmitGrace is how long a deploy key may name a job Ray does not know yet: the deployer
 // that wrote it submits after writing it (uploading the payload package first). Past it, the
 // job is taken as lost (a restarted head, a deployer that died before submitting).
@@ -79,7 +85,8 @@ type Deployer struct {
 	Logger            *slog.Logger
 	Now               func() time.Time
 
-	mu sync.Mutex // one Ensure at a time per process
+	mu       sync.Mutex // one Ensure at a time per process
+	verified time.Time  // when the live heartbeat's job was last found running in Ray
 }
 
 func (d *Deployer) now() time.Time {
@@ -110,7 +117,9 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 		return "", err
 	}
 	if ok && hb.Fresh(now) && hb.Version == d.Version {
-		return StateLive, nil
+		if now.Sub(d.verified) < VerifyEvery || d.runsInRay(ctx, hb) {
+			return StateLive, nil
+		}
 	}
 	dep, rev, err := d.Store.Deploy(ctx)
 	if err != nil {
@@ -162,6 +171,26 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 		return "", err
 	}
 	return StateDeployed, nil
+}
+
+// runsInRay reports whether the heartbeat's job is one Ray runs, or Ray cannot tell (then
+// the heartbeat is trusted). false means an orphan: Ray does not know the job, or knows it
+// as ended, yet something beats for it; a new deployment replaces it (the orphan sees the
+// deploy key name another submission, drains and exits).
+func (d *Deployer) runsInRay(ctx context.Context, hb records.Heartbeat) bool {
+	job, err := d.Jobs.Job(ctx, hb.SubmissionID)
+	switch {
+	case err == nil && !job.Status.Terminal():
+		d.verified = d.now()
+		return true
+	case err == nil || errors.Is(err, domain.ErrNotFound):
+		d.logger().Warn("an executor beats for a job this Ray cluster does not run (a process that outlived its node "+
+			"or head); deploying a new one, which makes the orphan exit", "submission_id", hb.SubmissionID,
+			"ray_status", string(job.Status))
+		return false
+	default:
+		return true // Ray cannot answer: the heartbeat is the best evidence there is
+	}
 }
 
 func (d *Deployer) submit(ctx context.Context, dep records.Deploy) error {

@@ -291,9 +291,10 @@ func TestEnsureFirstDeploy(t *testing.T) {
 	}
 }
 
-func TestEnsureLiveHeartbeatNeverAsksRay(t *testing.T) {
+// A fresh heartbeat is trusted when Ray cannot answer the check of its job.
+func TestEnsureLiveHeartbeatTrustedWhenRayCannotAnswer(t *testing.T) {
 	e := newEnv(t)
-	e.jobs.jobErr = errors.New("Ray must not be asked")
+	e.jobs.jobErr = fmt.Errorf("ray: down: %w", domain.ErrUnavailable)
 	e.heartbeat(t, "v1", "whatever", e.now.Add(-5*time.Second))
 	ensure(t, e.deployer("v1"), StateLive)
 	if subs, stops := e.jobs.calls(); len(subs)+len(stops) != 0 {
@@ -468,5 +469,36 @@ func TestEnsureWaitsForAnotherDeployersSubmit(t *testing.T) {
 	subs, _ := e.jobs.calls()
 	if len(subs) != 1 || e.deploy(t).Generation != 1 {
 		t.Errorf("got %d submits and generation %d, want one submit of generation 1", len(subs), e.deploy(t).Generation)
+	}
+}
+
+// A process that outlived its node or head goes on beating for a job the cluster no longer
+// has: found at the first check (then every VerifyEvery), it is replaced by a new
+// generation, whose deploy key makes the orphan exit. A running job's heartbeat is checked
+// once per VerifyEvery, not on every Ensure.
+func TestEnsureReplacesAnOrphanExecutor(t *testing.T) {
+	e := newEnv(t)
+	d := e.deployer("v1")
+	e.jobs.jobs = map[string]ray.JobStatus{"ray-executor-live": ray.StatusRunning}
+	e.heartbeat(t, "v1", "ray-executor-live", e.now)
+	for range 3 {
+		ensure(t, d, StateLive)
+	}
+	e.jobs.mu.Lock()
+	e.jobs.jobs = nil // the head restarted: it knows no job
+	e.jobs.mu.Unlock()
+	e.now = e.now.Add(VerifyEvery / 2)
+	e.heartbeat(t, "v1", "ray-executor-live", e.now)
+	ensure(t, d, StateLive) // checked less than VerifyEvery ago
+	if subs, _ := e.jobs.calls(); len(subs) != 0 {
+		t.Fatalf("submitted %d within VerifyEvery of a check", len(subs))
+	}
+	e.now = e.now.Add(VerifyEvery)
+	e.heartbeat(t, "v1", "ray-executor-live", e.now) // the orphan still beats
+	ensure(t, d, StateDeployed)
+	subs, _ := e.jobs.calls()
+	dep := e.deploy(t)
+	if len(subs) != 1 || subs[0].SubmissionID != dep.SubmissionID || dep.SubmissionID == "ray-executor-live" {
+		t.Errorf("got submits %v and deploy key %+v, want one new generation named in the key", subs, dep)
 	}
 }
