@@ -47,8 +47,7 @@ func (s *system) exactlyOnce(t *testing.T, id string, status domain.Status) doma
 // The executor's Ray job stopped behind the system's back (`ray job stop`): the deployers
 // (execute's, the list reconciler's) submit a new generation, the deliberation it was running
 // is redelivered and completes, the ones queued meanwhile complete, each exactly once (one
-// terminal event; the queued ones call the LLM once per agent). While no executor runs and
-// work waits, GetStatus's executor component says so.
+// terminal event; the queued ones call the LLM once per agent).
 func TestStoppedExecutorJobIsResubmitted(t *testing.T) {
 	s := shared(t)
 	stub, llmURL := llm(t)

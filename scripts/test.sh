@@ -47,8 +47,9 @@ go test -count=1 -timeout 30m -tags e2e ./e2e/
 # 4. Last, alone, because they stop and restart the Ray head, kill executor processes, or
 #    take all of it: the Ray head stopped for 30 s under steady load, a load run
 #    (LOAD_DELIBERATIONS, 60 here to keep CI short; `make bench` runs the full 200), the
-#    executor job stopped and a replica killed mid-deliberation, and queued work cancelled.
+#    executor job stopped and a replica killed mid-deliberation, queued work cancelled, and
+#    deadlines kept while the raylet is killed and the head stopped under deliberations.
 #    -v prints their figures.
-echo "== go test -tags 'e2e exclusive' (Ray outage, load run, executor loss, queued cancel)"
+echo "== go test -tags 'e2e exclusive' (Ray outage, load run, executor loss, queued cancel, cluster loss)"
 LOAD_DELIBERATIONS="${LOAD_DELIBERATIONS:-60}" go test -count=1 -timeout 40m -tags 'e2e exclusive' -v \
-  -run '^(TestRayOutageUnderSteadyLoad|TestLoadTwoHundredDeliberations|TestQueuedCancelNeverRunsTheDeliberation|TestStoppedExecutorJobIsResubmitted|TestReplicaKilledMidDeliberationRunsOnce)$' ./e2e/
+  -run '^(TestRayOutageUnderSteadyLoad|TestLoadTwoHundredDeliberations|TestQueuedCancelNeverRunsTheDeliberation|TestStoppedExecutorJobIsResubmitted|TestReplicaKilledMidDeliberationRunsOnce|TestDeadlinesHoldThroughClusterLoss)$' ./e2e/

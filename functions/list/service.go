@@ -137,7 +137,8 @@ const (
 )
 
 // Health reports Ray and the executor: running replicas, work waiting and how old the
-// oldest waiting work is. The executor is degraded when work waits and no executor runs.
+// oldest waiting work is. The executor is degraded when work waits and no executor runs,
+// or its driver beats with no replica answering.
 func (s *Service) Health(ctx context.Context) []Component {
 	var out []Component
 	if s.RayReady != nil {
@@ -161,6 +162,12 @@ func (s *Service) Health(ctx context.Context) []Component {
 		}
 		live := ok && hb.Fresh(now)
 		switch {
+		case live && hb.Replicas == 0 && q.Waiting > 0:
+			// A driver beats but none of its replicas answers it: starting, or the driver
+			// outlived its Ray cluster (a stopped head, a lost node).
+			c.Status = Degraded
+			c.Message = fmt.Sprintf("the executor (version %s) has no replica answering and work waits (%s): "+
+				"its replicas are starting, or Ray lost them", hb.Version, waiting)
 		case live:
 			c.Status = Healthy
 			c.Message = fmt.Sprintf("version %s: %d replicas, %d running, %s", hb.Version, hb.Replicas, hb.InFlight, waiting)

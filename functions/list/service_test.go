@@ -160,7 +160,13 @@ func TestStats(t *testing.T) {
 
 func putHeartbeat(t *testing.T, kv jetstream.KeyValue, at time.Time) {
 	t.Helper()
-	b, _ := json.Marshal(records.Heartbeat{Version: "v1", SubmissionID: "s1", Replicas: 2, InFlight: 3, MaxReplicas: 4,
+	putHeartbeatOf(t, kv, at, 2)
+}
+
+// putHeartbeatOf writes a heartbeat whose driver counted replicas answering.
+func putHeartbeatOf(t *testing.T, kv jetstream.KeyValue, at time.Time, replicas int) {
+	t.Helper()
+	b, _ := json.Marshal(records.Heartbeat{Version: "v1", SubmissionID: "s1", Replicas: replicas, InFlight: 3, MaxReplicas: 4,
 		UpdatedAt: domain.FormatTime(at)})
 	if _, err := kv.Put(ctxT(t), records.KeyExecutor, b); err != nil {
 		t.Fatal(err)
@@ -209,6 +215,12 @@ func TestHealth(t *testing.T) {
 	c = component(t, svc.Health(ctx), "executor")
 	if c.Status != Healthy || !strings.HasPrefix(c.Message, "version v1: 2 replicas, 3 running, 2 waiting, the oldest for ") {
 		t.Errorf("live executor: got %+v", c)
+	}
+	// A driver that outlived its Ray cluster beats with no replica answering.
+	putHeartbeatOf(t, kv, now.Add(-5*time.Second), 0)
+	c = component(t, svc.Health(ctx), "executor")
+	if c.Status != Degraded || !strings.HasPrefix(c.Message, "the executor (version v1) has no replica answering and work waits (2 waiting") {
+		t.Errorf("live driver, no replica: got %+v", c)
 	}
 	putHeartbeat(t, kv, now.Add(-time.Minute))
 	if c = component(t, svc.Health(ctx), "executor"); c.Status != Degraded {

@@ -679,17 +679,21 @@ class Supervisor:
         return bool(self.settings.version and version and version != self.settings.version)
 
     async def heartbeat(self) -> None:
+        """Writes the heartbeat. replicas counts only the replicas that answered: a driver
+        that outlived its Ray cluster (a head stopped under it, a lost node) goes on beating
+        for up to a minute, and must not be reported as an executor that runs work."""
         assert self.store is not None
-        in_flight = 0
+        in_flight = answering = 0
         for r in self.live:
             try:
                 st = await asyncio.wait_for(self.replicas.stats(r.handle), 1.0)
                 in_flight += int(st.get("in_flight", 0))
-            except Exception:  # noqa: BLE001 - a restarting replica
+                answering += 1
+            except Exception:  # noqa: BLE001 - a starting, restarting or lost replica
                 pass
         await self.store.put_json(records.EXECUTOR_KEY, {
             "version": self.settings.version, "submission_id": self.settings.submission_id,
-            "replicas": len(self.live), "in_flight": in_flight, "max_replicas": self.settings.max_replicas,
+            "replicas": answering, "in_flight": in_flight, "max_replicas": self.settings.max_replicas,
             "updated_at": records.format_time(time.time()),
         })
         self._last_heartbeat = time.monotonic()

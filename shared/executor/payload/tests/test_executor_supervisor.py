@@ -5,6 +5,7 @@ and giving up when NATS has been unreachable for EXECUTOR_NATS_LOST_EXIT_SECONDS
 import asyncio
 import logging
 import time
+from typing import Any, Dict
 
 import llm_stub
 from executor_env import Env, delib, settings_for
@@ -12,7 +13,7 @@ from helpers import agent
 from nats_server import NatsServer, closed_port
 from ray_executor_payload import records
 from ray_executor_payload.agents import setup_logging
-from ray_executor_payload.executor import LocalReplicas, Supervisor
+from ray_executor_payload.executor import LocalReplicas, Supervisor, _Replica
 
 
 def test_the_supervisor_scales_on_the_backlog_heartbeats_and_rolls(nats_server, stub):
@@ -73,6 +74,33 @@ def test_the_supervisor_scales_on_the_backlog_heartbeats_and_rolls(nats_server, 
             assert all(w.nc.is_closed for w in replicas.created)
             assert sum(w.handled for w in replicas.created) == 6
             assert await env.counter("completed") == 6
+
+    asyncio.run(go())
+
+
+def test_the_heartbeat_counts_only_the_replicas_that_answer(nats_server):
+    """A driver that outlived its Ray cluster still beats; its lost replicas do not count, so
+    GetStatus can tell it from an executor that runs work."""
+
+    class HalfLost:
+        async def stats(self, handle: str) -> Dict[str, Any]:
+            if handle == "alive":
+                return {"in_flight": 2}
+            raise RuntimeError("the actor's node died")
+
+    async def go():
+        await Env.reset(nats_server.url)
+        sup = Supervisor(settings_for(nats_server.url, version="v1", submission_id="s-1"), HalfLost())
+        async with Env(nats_server.url) as env:
+            sup.store = env.store
+            sup.live = [_Replica("r-1", "alive"), _Replica("r-2", "lost")]
+            await sup.heartbeat()
+            hb = await env.store.get_json(records.EXECUTOR_KEY)
+            assert hb is not None and hb[0]["replicas"] == 1 and hb[0]["in_flight"] == 2
+            sup.live = [_Replica("r-2", "lost")]
+            await sup.heartbeat()
+            hb = await env.store.get_json(records.EXECUTOR_KEY)
+            assert hb is not None and hb[0]["replicas"] == 0 and hb[0]["submission_id"] == "s-1"
 
     asyncio.run(go())
 
