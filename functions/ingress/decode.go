@@ -2,8 +2,10 @@ package ingress
 
 import (
 	"context"
+	"errors"
 	"sync"
 
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
@@ -31,10 +33,23 @@ func newTolerantCodec() tolerantCodec {
 }
 
 func (c tolerantCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	err := c.CodecV2.Unmarshal(data, v)
 	m, ok := v.(protov2.Message)
-	if err == nil || !ok {
-		return err
+	if !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
+	// The shape first, read off the frames the message came in: a message of millions of
+	// tiny repeated entries is refused before it is copied into one buffer or decoded into
+	// millions of structs (rpcevents.CheckWireShape).
+	r := data.Reader()
+	err := rpcevents.CheckWireShape(r, data.Len(), m.ProtoReflect().Descriptor())
+	r.Close()
+	if err == nil {
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		err = protov2.Unmarshal(buf.ReadOnlyData(), m)
+		buf.Free()
+	}
+	if err == nil {
+		return nil
 	}
 	protov2.Reset(m)
 	undecodable.Store(m, err)
@@ -43,7 +58,11 @@ func (c tolerantCodec) Unmarshal(data mem.BufferSlice, v any) error {
 
 // decodeError answers a request that failed to decode, forgetting it.
 func decodeError(req any) error {
-	if err, ok := undecodable.LoadAndDelete(req); ok {
+	if v, ok := undecodable.LoadAndDelete(req); ok {
+		err := v.(error)
+		if se := (*rpcevents.ShapeError)(nil); errors.As(err, &se) {
+			return status.Error(codes.InvalidArgument, se.Error())
+		}
 		return status.Errorf(codes.InvalidArgument, "the request is not a valid protobuf message: %v", err)
 	}
 	return nil

@@ -47,6 +47,10 @@ func ServerOptions(cfg Config) []grpc.ServerOption {
 		grpc.MaxHeaderListSize(maxHeaderListBytes),
 		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
 		grpc.ForceServerCodecV2(newTolerantCodec()),
+		// Credentials are checked from the headers before the message is read (Guard.Tap), so
+		// only a caller let in learns that its message did not decode (decodeUnary, first so
+		// that it always forgets the failure it answers), then the caller's limits.
+		grpc.InTapHandle(guard.Tap),
 		grpc.ChainUnaryInterceptor(decodeUnary, guard.Unary),
 		grpc.ChainStreamInterceptor(decodeStream, guard.Stream),
 	}

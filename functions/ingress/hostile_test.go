@@ -3,6 +3,7 @@ package ingress
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -10,8 +11,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
 // rawCodec sends pre-encoded bytes as they are, so a test can send what no protobuf library
@@ -89,5 +92,52 @@ func TestHostileMessagesAreInvalidArgument(t *testing.T) {
 	if _, err := pb.NewRayExecutorServiceClient(conn).GetDeliberationStatus(context.Background(),
 		&pb.GetDeliberationStatusRequest{DeliberationId: "delib-abc"}); err != nil {
 		t.Fatalf("after hostile input: %v", err)
+	}
+}
+
+// With credentials required, the credential is checked from the headers before the message
+// is read: a caller without one gets UNAUTHENTICATED whatever it sends (never a decoding
+// error that tells it about the schema), and a caller with one that sends millions of empty
+// repeated entries is refused before they are decoded.
+func TestCredentialsBeforeTheMessage(t *testing.T) {
+	var reached atomic.Int32
+	calls := &fakeCaller{CallFn: func(context.Context, string, string, proto.Message, rpcevents.CallOptions, proto.Message) error {
+		reached.Add(1)
+		return nil
+	}}
+	addr := guarded(t, Config{MaxMessageBytes: 4 << 20, Auth: AuthConfig{Tokens: mustTokens(t, testTokens)}}, &Server{Caller: calls})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	badUTF8 := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte{'t', 0xff})
+	var flood []byte // 1.5 million empty agents (field 5): 3 MiB on the wire
+	for range 1_500_000 {
+		flood = append(flood, 0x2a, 0x00)
+	}
+	execute := pb.RayExecutorService_ExecuteDeliberation_FullMethodName
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		body []byte
+		want codes.Code
+		msg  string
+	}{
+		{"no token, undecodable", context.Background(), badUTF8, codes.Unauthenticated, "bearer token is required"},
+		{"wrong token, undecodable", withToken("wrong-token-0123456789abcdef"), badUTF8, codes.Unauthenticated, "not valid"},
+		{"no token, flood", context.Background(), flood, codes.Unauthenticated, "bearer token is required"},
+		{"reader, flood", withToken(readerToken), flood, codes.PermissionDenied, "read access only"},
+		{"writer, flood", withToken(writerToken), flood, codes.InvalidArgument, "fields in all"},
+		{"writer, undecodable", withToken(writerToken), badUTF8, codes.InvalidArgument, "not a valid protobuf message"},
+	} {
+		var out []byte
+		err := conn.Invoke(tc.ctx, execute, tc.body, &out, grpc.ForceCodec(rawCodec{}))
+		if status.Code(err) != tc.want || !strings.Contains(status.Convert(err).Message(), tc.msg) {
+			t.Errorf("%s: got %v, want %s saying %q", tc.name, err, tc.want, tc.msg)
+		}
+	}
+	if n := reached.Load(); n != 0 {
+		t.Errorf("%d calls reached a function", n)
 	}
 }

@@ -87,11 +87,17 @@ func unmarshalData(contentType string, data []byte, into proto.Message) error {
 		if len(data) == 0 {
 			data = []byte("{}")
 		}
+		if err := CheckJSONShape(data, into.ProtoReflect().Descriptor()); err != nil {
+			return err
+		}
 		if err := unmarshalOptions.Unmarshal(data, into); err != nil {
 			return fmt.Errorf("data is not a valid %s in protobuf JSON: %v: %w",
 				into.ProtoReflect().Descriptor().FullName(), err, domain.ErrInvalid)
 		}
 	case mt == ContentTypeProtobuf:
+		if err := CheckWireShape(BytesSource(data), len(data), into.ProtoReflect().Descriptor()); err != nil {
+			return err
+		}
 		if err := proto.Unmarshal(data, into); err != nil {
 			return fmt.Errorf("data is not a valid binary %s: %v: %w",
 				into.ProtoReflect().Descriptor().FullName(), err, domain.ErrInvalid)
