@@ -127,6 +127,12 @@ def test_the_supervisor_drains_and_gives_up_when_nats_is_gone(nats_server, stub,
                             break
                         await asyncio.sleep(0.05)
                     assert await env.store.get_json(records.EXECUTOR_KEY)
+                    # The record is written before the work message is acked: wait for the
+                    # ack (handled counts acked work), or stopping NATS below would race it.
+                    for _ in range(100):
+                        if replicas.created and replicas.created[0].handled == 1:
+                            break
+                        await asyncio.sleep(0.05)
                 # A NATS that was there and went away: the supervisor keeps trying (each
                 # round fails) until the setting runs out, then drains and returns.
                 own.stop()
