@@ -84,9 +84,10 @@ func TestAuthIngressTokens(t *testing.T) {
 		writer = "orchestrator-5f0c1e2d3b4a69788796a5b4c3d2e1f0"
 		reader = "dashboard-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 		batch  = "batch-job-99aa88bb77cc66dd55ee44ff33001122"
+		ops    = "operator-77aa88bb99cc00dd11ee22ff33445566"
 	)
 	tokens := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(tokens, []byte("# e2e callers\norchestrator "+writer+"\ndashboard "+reader+" read\nbatch "+batch+" write\n"), 0o600); err != nil {
+	if err := os.WriteFile(tokens, []byte("# e2e callers\norchestrator "+writer+"\ndashboard "+reader+" read\nbatch "+batch+" write\nops "+ops+" admin\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	addr, ingress := startGuardedIngress(t, "AUTH_TOKENS_FILE="+tokens, "CALLER_SUBMIT_RATE=0.01", "CALLER_SUBMIT_BURST=1")
@@ -126,16 +127,18 @@ func TestAuthIngressTokens(t *testing.T) {
 		}
 	}
 
-	// The right tokens: a real deliberation submitted by the writer, followed by the reader.
+	// The right tokens: a real deliberation submitted by the writer, followed by it. It is
+	// the writer's: the others see it as an unknown id, the admin sees it.
 	resp, err := client.ExecuteDeliberation(bearer(writer), req)
 	if err != nil {
 		t.Fatalf("write token, ExecuteDeliberation: %v", err)
 	}
+	id := resp.GetDeliberationId()
 	var st *pb.GetDeliberationStatusResponse
 	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(250 * time.Millisecond) {
-		st, err = client.GetDeliberationStatus(bearer(reader), &pb.GetDeliberationStatusRequest{DeliberationId: resp.GetDeliberationId()})
+		st, err = client.GetDeliberationStatus(bearer(writer), &pb.GetDeliberationStatusRequest{DeliberationId: id})
 		if err != nil {
-			t.Fatalf("read token, GetDeliberationStatus: %v", err)
+			t.Fatalf("write token, GetDeliberationStatus: %v", err)
 		}
 		if st.GetStatus() == "completed" || st.GetStatus() == "failed" || time.Now().After(deadline) {
 			break
@@ -146,6 +149,26 @@ func TestAuthIngressTokens(t *testing.T) {
 	}
 	if _, err := client.GetActiveJobs(bearer(reader), &pb.GetActiveJobsRequest{}); err != nil {
 		t.Errorf("read token, GetActiveJobs: %v", err)
+	}
+	for _, who := range []string{reader, batch} {
+		if got, err := client.GetDeliberationStatus(bearer(who), &pb.GetDeliberationStatusRequest{DeliberationId: id}); err != nil || got.GetStatus() != "not_found" {
+			t.Errorf("another caller's status of the writer's: got %v %v, want not_found", got.GetStatus(), err)
+		}
+	}
+	if got, err := client.GetDeliberationStatus(bearer(ops), &pb.GetDeliberationStatusRequest{DeliberationId: id}); err != nil || got.GetStatus() != "completed" {
+		t.Errorf("the admin's status of the writer's: got %v %v, want completed", got.GetStatus(), err)
+	}
+	unknownID := "delib-k" + strings.Repeat("0", 32)
+	_, foreign := client.CancelDeliberation(bearer(batch), &pb.CancelDeliberationRequest{DeliberationId: id})
+	_, unknown := client.CancelDeliberation(bearer(batch), &pb.CancelDeliberationRequest{DeliberationId: unknownID})
+	if status.Code(foreign) != codes.NotFound || strings.ReplaceAll(status.Convert(foreign).Message(), id, "ID") !=
+		strings.ReplaceAll(status.Convert(unknown).Message(), unknownID, "ID") {
+		t.Errorf("another caller cancelling the writer's: got %v, an unknown id %v: want the same NotFound", foreign, unknown)
+	}
+	if w, err := client.WatchDeliberation(bearer(batch), &pb.WatchDeliberationRequest{DeliberationId: id}); err == nil {
+		if _, err := w.Recv(); status.Code(err) != codes.NotFound {
+			t.Errorf("another caller watching the writer's: got %v, want NotFound", err)
+		}
 	}
 
 	// Submission rate per caller (1 at once, then 1 per 100 s): the writer has used its one,
@@ -182,10 +205,10 @@ func TestAuthIngressTokens(t *testing.T) {
 	}
 
 	log := ingress.out.String()
-	if !strings.Contains(log, `"msg":"access control on"`) || !strings.Contains(log, `"token_callers":3`) {
-		t.Errorf("the ingress did not log that access control is on, with 3 callers:\n%s", log)
+	if !strings.Contains(log, `"msg":"access control on"`) || !strings.Contains(log, `"token_callers":4`) {
+		t.Errorf("the ingress did not log that access control is on, with 4 callers:\n%s", log)
 	}
-	for _, tok := range []string{writer, reader, batch, "00000000000000000000"} {
+	for _, tok := range []string{writer, reader, batch, ops, "00000000000000000000"} {
 		if strings.Contains(log, tok) {
 			t.Errorf("the ingress log shows a token")
 		}

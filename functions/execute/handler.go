@@ -31,7 +31,7 @@ func NewHandler(svc *Service, source string, maxBodyBytes int64, logger *slog.Lo
 	srv.Handle(rpcevents.TypeCancelDeliberation, rpcevents.Route(
 		func() *pb.CancelDeliberationRequest { return &pb.CancelDeliberationRequest{} },
 		func(ctx context.Context, r *rpcevents.Request, req *pb.CancelDeliberationRequest) (proto.Message, error) {
-			c, err := svc.Cancel(ctx, req.GetDeliberationId(), r.Logger())
+			c, err := svc.Cancel(ctx, req.GetDeliberationId(), r.Caller(), r.Logger())
 			if err != nil {
 				return nil, err
 			}
@@ -45,7 +45,7 @@ func NewHandler(svc *Service, source string, maxBodyBytes int64, logger *slog.Lo
 }
 
 func (s *Service) respond(ctx context.Context, r *rpcevents.Request, req domain.Request) (proto.Message, error) {
-	sub, err := s.Execute(ctx, req, r.IdempotencyKey(), r.Traceparent(), r.Logger())
+	sub, err := s.Execute(ctx, req, r.IdempotencyKey(), r.Traceparent(), r.Caller(), r.Logger())
 	if err != nil {
 		return nil, err
 	}

@@ -121,7 +121,7 @@ func TestAWorkMessageOverMaxPayloadLeavesNothingBehind(t *testing.T) {
 		t.Fatalf("the test server's max_payload is %d, want 1 MiB", max)
 	}
 	r := deliberationRequest(largestRequest())
-	_, err = w.svc.Execute(context.Background(), r, "big", "", quiet)
+	_, err = w.svc.Execute(context.Background(), r, "big", "", domain.Caller{}, quiet)
 	if !errors.Is(err, domain.ErrInvalid) || !strings.Contains(err.Error(), "max_payload") ||
 		!strings.Contains(err.Error(), fmt.Sprint(max)) {
 		t.Fatalf("got %v, want ErrInvalid naming max_payload and %d", err, max)
@@ -140,7 +140,7 @@ func TestAWorkMessageOverMaxPayloadLeavesNothingBehind(t *testing.T) {
 	for i := range r.Agents {
 		r.Agents[i].PromptTemplate = "{task_description}"
 	}
-	if _, err := w.svc.Execute(context.Background(), r, "small", "", quiet); err != nil {
+	if _, err := w.svc.Execute(context.Background(), r, "small", "", domain.Caller{}, quiet); err != nil {
 		t.Errorf("a smaller request: %v", err)
 	}
 }

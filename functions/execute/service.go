@@ -58,6 +58,9 @@ func (s *Service) now() time.Time {
 	return time.Now()
 }
 
+// errForeign marks a deliberation the caller does not own (Cancel answers it as unknown).
+var errForeign = errors.New("another caller's deliberation")
+
 // Submission is the outcome of Execute.
 type Submission struct {
 	DeliberationID string
@@ -71,13 +74,17 @@ type Submission struct {
 // ErrConflict. Errors: ErrInvalid (with every offending field named), ErrConflict,
 // ErrUnavailable/ErrDeadline when NATS cannot take it now (safe to retry with the same key:
 // a retry completes whatever step was missing).
-func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparent string, logger *slog.Logger) (Submission, error) {
+//
+// The deliberation is caller's (its record's owner): only caller and admins see it. Keys
+// are the caller's own (domain.Caller.IdempotencyNamespace): another caller's same key
+// names another deliberation.
+func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparent string, caller domain.Caller, logger *slog.Logger) (Submission, error) {
 	if err := domain.Normalize(&r, s.Limits); err != nil {
 		return Submission{}, err
 	}
 	id := domain.NewDeliberationID()
 	if key != "" {
-		id = domain.DeliberationIDForKey(key)
+		id = domain.DeliberationIDForKey(caller.IdempotencyNamespace(key))
 	}
 	hash := executor.RequestHash(r)
 	body, err := executor.WorkMessage(id, r, traceparent)
@@ -90,7 +97,7 @@ func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparen
 		return Submission{}, fmt.Errorf("execute: the request is %d bytes as the executor's work message, more than the %d bytes "+
 			"the NATS server takes (its max_payload): shorten task_description or the prompt templates: %w", len(body), max, domain.ErrInvalid)
 	}
-	rec := domain.NewRecord(id, r, hash, "", traceparent, s.now())
+	rec := domain.NewRecord(id, r, hash, caller.Name, traceparent, s.now())
 	err = s.Store.Create(ctx, rec)
 	duplicate := errors.Is(err, domain.ErrAlreadyExists)
 	switch {
@@ -152,7 +159,7 @@ type Cancellation struct {
 // ErrInvalid for an empty or oversize id, ErrNotFound for an unknown one (any id this
 // system could not have minted is unknown, unread), ErrUnavailable/ErrDeadline when NATS
 // cannot answer.
-func (s *Service) Cancel(ctx context.Context, id string, logger *slog.Logger) (Cancellation, error) {
+func (s *Service) Cancel(ctx context.Context, id string, caller domain.Caller, logger *slog.Logger) (Cancellation, error) {
 	ours, err := domain.LookupDeliberationID(id)
 	if err != nil {
 		return Cancellation{}, err
@@ -162,10 +169,17 @@ func (s *Service) Cancel(ctx context.Context, id string, logger *slog.Logger) (C
 	}
 	var ended bool
 	rec, err := s.Store.Update(ctx, id, func(r domain.Record) (domain.Record, error) {
+		if !caller.Sees(r.Owner) {
+			return r, errForeign
+		}
 		next, e, err := r.Cancel("cancelled by request", s.now())
 		ended = e
 		return next, err
 	})
+	if errors.Is(err, errForeign) {
+		// Answered exactly as an id with no record is (records.Store.Get's words).
+		err = fmt.Errorf("records: %s: %w", id, domain.ErrNotFound)
+	}
 	switch {
 	case errors.Is(err, domain.ErrTerminal):
 		return Cancellation{Status: rec.State, Message: "deliberation had already finished: " + string(rec.State)}, nil

@@ -124,7 +124,7 @@ func (w *world) active(t *testing.T) map[string]domain.ActiveEntry {
 
 func TestExecuteAcceptsIntoNATS(t *testing.T) {
 	w := newWorld(t)
-	sub, err := w.svc.Execute(ctxT(t), validRequest(), "k1", "00-abc-def-01", quiet)
+	sub, err := w.svc.Execute(ctxT(t), validRequest(), "k1", "00-abc-def-01", domain.Caller{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,8 +164,8 @@ func TestExecuteAcceptsIntoNATS(t *testing.T) {
 		t.Errorf("got %d pokes of the deployer, want 1", w.pokes.Load())
 	}
 	// No key: a fresh id every time.
-	a, _ := w.svc.Execute(ctxT(t), validRequest(), "", "", quiet)
-	b, _ := w.svc.Execute(ctxT(t), validRequest(), "", "", quiet)
+	a, _ := w.svc.Execute(ctxT(t), validRequest(), "", "", domain.Caller{}, quiet)
+	b, _ := w.svc.Execute(ctxT(t), validRequest(), "", "", domain.Caller{}, quiet)
 	if a.DeliberationID == b.DeliberationID || a.Duplicate || b.Duplicate || a.DeliberationID == "" {
 		t.Errorf("without a key: got %+v and %+v, want two new deliberations", a, b)
 	}
@@ -204,17 +204,17 @@ func httpCode(err error) int {
 func TestExecuteIdempotency(t *testing.T) {
 	w := newWorld(t)
 	ctx := ctxT(t)
-	first, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+	first, err := w.svc.Execute(ctx, validRequest(), "k", "", domain.Caller{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+	again, err := w.svc.Execute(ctx, validRequest(), "k", "", domain.Caller{}, quiet)
 	if err != nil || !again.Duplicate || again.DeliberationID != first.DeliberationID {
 		t.Fatalf("same key, same request: got %+v, %v, want the same deliberation as a duplicate", again, err)
 	}
 	other := validRequest()
 	other.TaskDescription = "something else"
-	_, err = w.svc.Execute(ctx, other, "k", "", quiet)
+	_, err = w.svc.Execute(ctx, other, "k", "", domain.Caller{}, quiet)
 	if !errors.Is(err, domain.ErrConflict) || httpCode(err) != http.StatusConflict {
 		t.Fatalf("same key, other request: got %v, want ErrConflict (409)", err)
 	}
@@ -223,7 +223,7 @@ func TestExecuteIdempotency(t *testing.T) {
 	if err := domain.Normalize(&spelled, domain.Limits{}); err != nil {
 		t.Fatal(err)
 	}
-	if sub, err := w.svc.Execute(ctx, spelled, "k", "", quiet); err != nil || !sub.Duplicate {
+	if sub, err := w.svc.Execute(ctx, spelled, "k", "", domain.Caller{}, quiet); err != nil || !sub.Duplicate {
 		t.Errorf("the same request with its defaults spelled out: got %+v, %v", sub, err)
 	}
 	// A duplicate of a running or ended deliberation queues nothing again.
@@ -232,7 +232,7 @@ func TestExecuteIdempotency(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if sub, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet); err != nil || !sub.Duplicate {
+	if sub, err := w.svc.Execute(ctx, validRequest(), "k", "", domain.Caller{}, quiet); err != nil || !sub.Duplicate {
 		t.Errorf("duplicate of a running one: got %+v, %v", sub, err)
 	}
 	if a := w.active(t)[first.DeliberationID]; a.State != domain.StatusPending {
@@ -260,7 +260,7 @@ func TestConcurrentExecuteWithOneKey(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			subs[i], errs[i] = w.svc.Execute(ctxT(t), validRequest(), "one-key", "", quiet)
+			subs[i], errs[i] = w.svc.Execute(ctxT(t), validRequest(), "one-key", "", domain.Caller{}, quiet)
 		}()
 	}
 	wg.Wait()
@@ -329,7 +329,7 @@ func TestRetryCompletesAnInterruptedSubmit(t *testing.T) {
 	fs.n.Store(1)
 	w.svc.Store = fs
 	ctx := ctxT(t)
-	_, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+	_, err := w.svc.Execute(ctx, validRequest(), "k", "", domain.Caller{}, quiet)
 	if !errors.Is(err, domain.ErrUnavailable) || httpCode(err) != http.StatusServiceUnavailable {
 		t.Fatalf("got %v, want ErrUnavailable (503)", err)
 	}
@@ -338,7 +338,7 @@ func TestRetryCompletesAnInterruptedSubmit(t *testing.T) {
 		t.Fatalf("got %d work messages, want none yet", n)
 	}
 	for range 2 {
-		sub, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+		sub, err := w.svc.Execute(ctx, validRequest(), "k", "", domain.Caller{}, quiet)
 		if err != nil || !sub.Duplicate || sub.DeliberationID != id {
 			t.Fatalf("retry: got %+v, %v", sub, err)
 		}
@@ -373,11 +373,11 @@ func TestExecuteWithNATSDown(t *testing.T) {
 	}
 	svc := &Service{Store: records.New(bus.Conn(), bus.JetStream(), records.Config{}), Events: bus}
 	start := time.Now()
-	_, err = svc.Execute(ctxT(t), validRequest(), "k", "", quiet)
+	_, err = svc.Execute(ctxT(t), validRequest(), "k", "", domain.Caller{}, quiet)
 	if !errors.Is(err, domain.ErrUnavailable) || httpCode(err) != http.StatusServiceUnavailable {
 		t.Errorf("execute: got %v, want ErrUnavailable (503)", err)
 	}
-	_, err = svc.Cancel(ctxT(t), domain.DeliberationIDForKey("k"), quiet)
+	_, err = svc.Cancel(ctxT(t), domain.DeliberationIDForKey("k"), domain.Caller{}, quiet)
 	if !errors.Is(err, domain.ErrUnavailable) {
 		t.Errorf("cancel: got %v, want ErrUnavailable", err)
 	}
@@ -427,12 +427,12 @@ func TestInvalidRequestNeverReachesNATS(t *testing.T) {
 func TestCancelRefusesWithoutTouchingNATS(t *testing.T) {
 	svc := &Service{} // no store: a call to it would panic the test
 	for _, id := range []string{"deliberation-ceremony-c1:story-s1:role-QA-1733000000", "a.b", "../x", "delib >"} {
-		if _, err := svc.Cancel(context.Background(), id, quiet); !errors.Is(err, domain.ErrNotFound) || httpCode(err) != http.StatusNotFound {
+		if _, err := svc.Cancel(context.Background(), id, domain.Caller{}, quiet); !errors.Is(err, domain.ErrNotFound) || httpCode(err) != http.StatusNotFound {
 			t.Errorf("cancel %q: got %v, want ErrNotFound (404)", id, err)
 		}
 	}
 	for _, id := range []string{"", strings.Repeat("x", domain.MaxLookupIDBytes+1)} {
-		if _, err := svc.Cancel(context.Background(), id, quiet); !errors.Is(err, domain.ErrInvalid) {
+		if _, err := svc.Cancel(context.Background(), id, domain.Caller{}, quiet); !errors.Is(err, domain.ErrInvalid) {
 			t.Errorf("cancel an id of %d bytes: got %v, want ErrInvalid", len(id), err)
 		}
 	}
@@ -440,7 +440,7 @@ func TestCancelRefusesWithoutTouchingNATS(t *testing.T) {
 
 func TestCancelUnknown(t *testing.T) {
 	w := newWorld(t)
-	_, err := w.svc.Cancel(ctxT(t), domain.DeliberationIDForKey("never"), quiet)
+	_, err := w.svc.Cancel(ctxT(t), domain.DeliberationIDForKey("never"), domain.Caller{}, quiet)
 	if !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("got %v, want ErrNotFound", err)
 	}
@@ -449,12 +449,12 @@ func TestCancelUnknown(t *testing.T) {
 func TestCancelPending(t *testing.T) {
 	w := newWorld(t)
 	ctx := ctxT(t)
-	sub, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet)
+	sub, err := w.svc.Execute(ctx, validRequest(), "k", "", domain.Caller{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	c, err := w.svc.Cancel(ctx, sub.DeliberationID, quiet)
+	c, err := w.svc.Cancel(ctx, sub.DeliberationID, domain.Caller{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +479,7 @@ func TestCancelPending(t *testing.T) {
 		t.Errorf("got counters %v", cn)
 	}
 	// Again: it has ended, nothing changes and its status is reported.
-	c, err = w.svc.Cancel(ctx, sub.DeliberationID, quiet)
+	c, err = w.svc.Cancel(ctx, sub.DeliberationID, domain.Caller{}, quiet)
 	if err != nil || c.Status != domain.StatusCancelled || !strings.Contains(c.Message, "already finished") {
 		t.Errorf("second cancel: got %+v, %v", c, err)
 	}
@@ -487,7 +487,7 @@ func TestCancelPending(t *testing.T) {
 		t.Errorf("got %d events after the second cancel, want 2", n)
 	}
 	// A duplicate submit of the cancelled deliberation does not revive it.
-	if s, err := w.svc.Execute(ctx, validRequest(), "k", "", quiet); err != nil || !s.Duplicate {
+	if s, err := w.svc.Execute(ctx, validRequest(), "k", "", domain.Caller{}, quiet); err != nil || !s.Duplicate {
 		t.Errorf("duplicate after cancel: %+v, %v", s, err)
 	}
 	if _, ok := w.active(t)[sub.DeliberationID]; ok {
@@ -499,7 +499,7 @@ func TestCancelPending(t *testing.T) {
 func running(t *testing.T, w *world, key string) (string, chan struct{}) {
 	t.Helper()
 	ctx := ctxT(t)
-	sub, err := w.svc.Execute(ctx, validRequest(), key, "", quiet)
+	sub, err := w.svc.Execute(ctx, validRequest(), key, "", domain.Caller{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -546,7 +546,7 @@ func TestCancelRunning(t *testing.T) {
 		executorDone <- err
 	}()
 	start := time.Now()
-	c, err := w.svc.Cancel(ctxT(t), id, quiet)
+	c, err := w.svc.Cancel(ctxT(t), id, domain.Caller{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,7 +573,7 @@ func TestCancelRunningThatTheExecutorDoesNotEnd(t *testing.T) {
 	w.svc.CancelWait = 300 * time.Millisecond
 	id, signal := running(t, w, "k")
 	start := time.Now()
-	c, err := w.svc.Cancel(ctxT(t), id, quiet)
+	c, err := w.svc.Cancel(ctxT(t), id, domain.Caller{}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -606,12 +606,51 @@ func TestCancelRunningThatCompletesFirst(t *testing.T) {
 			return r.Finish(domain.Outcome{Status: "completed"}, time.Now())
 		})
 	}()
-	c, err := w.svc.Cancel(ctxT(t), id, quiet)
+	c, err := w.svc.Cancel(ctxT(t), id, domain.Caller{}, quiet)
 	if err != nil || c.Status != domain.StatusCompleted || !strings.Contains(c.Message, "finished before the cancel") {
 		t.Errorf("got %+v, %v, want completed", c, err)
 	}
-	c, err = w.svc.Cancel(ctxT(t), id, quiet)
+	c, err = w.svc.Cancel(ctxT(t), id, domain.Caller{}, quiet)
 	if err != nil || c.Status != domain.StatusCompleted || !strings.Contains(c.Message, "already finished") {
 		t.Errorf("cancel after it completed: got %+v, %v", c, err)
+	}
+}
+
+// Each caller's deliberations are its own: the same idempotency key from two callers names
+// two deliberations (one cannot learn or block the other's next one), each record holds
+// its owner, and a cancel of another caller's deliberation answers exactly as an unknown
+// id does, while an admin may cancel it.
+func TestOwnersAndTheirKeys(t *testing.T) {
+	w := newWorld(t)
+	ctx := ctxT(t)
+	alice, bob, admin := domain.Caller{Name: "alice"}, domain.Caller{Name: "bob"}, domain.Caller{Name: "root", Admin: true}
+	a, err := w.svc.Execute(ctx, validRequest(), "shared-key", "", alice, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := w.svc.Execute(ctx, validRequest(), "shared-key", "", bob, quiet)
+	if err != nil || b.Duplicate || b.DeliberationID == a.DeliberationID {
+		t.Fatalf("bob with alice's key: got %+v %v, want a deliberation of his own", b, err)
+	}
+	if rec, _, err := w.store.Get(ctx, a.DeliberationID); err != nil || rec.Owner != "alice" {
+		t.Errorf("alice's record: owner %q %v", rec.Owner, err)
+	}
+	anon, err := w.svc.Execute(ctx, validRequest(), "shared-key", "", domain.Caller{}, quiet)
+	if err != nil || anon.DeliberationID != domain.DeliberationIDForKey("shared-key") {
+		t.Errorf("anonymous: got %+v %v, want the key's id as before owners existed", anon, err)
+	}
+
+	_, foreign := w.svc.Cancel(ctx, a.DeliberationID, bob, quiet)
+	unknownID := domain.DeliberationIDForKey("nobody's")
+	_, unknown := w.svc.Cancel(ctx, unknownID, bob, quiet)
+	if !errors.Is(foreign, domain.ErrNotFound) ||
+		strings.ReplaceAll(foreign.Error(), a.DeliberationID, "ID") != strings.ReplaceAll(unknown.Error(), unknownID, "ID") {
+		t.Errorf("bob cancelling alice's: got %v; an unknown id: %v; want the same answer", foreign, unknown)
+	}
+	if rec, _, _ := w.store.Get(ctx, a.DeliberationID); rec.State != domain.StatusPending || rec.CancelRequested {
+		t.Errorf("bob's cancel touched alice's deliberation: %+v", rec)
+	}
+	if c, err := w.svc.Cancel(ctx, a.DeliberationID, admin, quiet); err != nil || c.Status != domain.StatusCancelled {
+		t.Errorf("admin cancel: got %+v %v, want cancelled", c, err)
 	}
 }

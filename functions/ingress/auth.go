@@ -38,11 +38,17 @@ const (
 	AccessWrite Access = iota
 	// AccessRead may call everything but the RPCs that start or stop deliberations.
 	AccessRead
+	// AccessAdmin may call every RPC and sees every caller's deliberations; the others see
+	// their own only (domain.Caller.Sees).
+	AccessAdmin
 )
 
 func (a Access) String() string {
-	if a == AccessRead {
+	switch a {
+	case AccessRead:
 		return "read"
+	case AccessAdmin:
+		return "admin"
 	}
 	return "write"
 }
@@ -107,7 +113,7 @@ func ParseTokens(text string) (Tokens, error) {
 		}
 		f := strings.Fields(line)
 		if len(f) < 2 || len(f) > 3 {
-			errs = append(errs, fmt.Errorf("line %d: want `<caller-name> <token> [read|write]`, got %d fields", n, len(f)))
+			errs = append(errs, fmt.Errorf("line %d: want `<caller-name> <token> [read|write|admin]`, got %d fields", n, len(f)))
 			continue
 		}
 		e := tokenEntry{name: f[0], access: AccessWrite, sum: sha256.Sum256([]byte(f[1]))}
@@ -115,9 +121,13 @@ func ParseTokens(text string) (Tokens, error) {
 			switch f[2] {
 			case "read":
 				e.access = AccessRead
+			case "admin":
+				e.access = AccessAdmin
 			case "write":
 			default:
-				errs = append(errs, fmt.Errorf("line %d: caller %q: access %q is neither read nor write", n, e.name, f[2]))
+				// Neither field is echoed: a line with its fields out of order would print
+				// a token.
+				errs = append(errs, fmt.Errorf("line %d: the access (third field) must be read, write or admin", n))
 				continue
 			}
 		}

@@ -31,9 +31,10 @@ const (
 	writerToken = "writer-token-0123456789abcdef"
 	readerToken = "reader-token-0123456789abcdef"
 	otherToken  = "second-writer-0123456789abcdef"
+	adminToken  = "admin-token-0123456789abcdef"
 )
 
-var testTokens = "# callers of the test\n\nwriter " + writerToken + "\nreader " + readerToken + " read\nother " + otherToken + " write\n"
+var testTokens = "# callers of the test\n\nwriter " + writerToken + "\nreader " + readerToken + " read\nother " + otherToken + " write\nadmin " + adminToken + " admin\n"
 
 func mustTokens(t *testing.T, text string) Tokens {
 	t.Helper()
@@ -46,13 +47,13 @@ func mustTokens(t *testing.T, text string) Tokens {
 
 func TestParseTokens(t *testing.T) {
 	tok := mustTokens(t, testTokens)
-	if tok.Len() != 3 {
-		t.Fatalf("got %d callers, want 3", tok.Len())
+	if tok.Len() != 4 {
+		t.Fatalf("got %d callers, want 4", tok.Len())
 	}
 	for _, c := range []struct {
 		token, name string
 		access      Access
-	}{{writerToken, "writer", AccessWrite}, {readerToken, "reader", AccessRead}, {otherToken, "other", AccessWrite}} {
+	}{{writerToken, "writer", AccessWrite}, {readerToken, "reader", AccessRead}, {otherToken, "other", AccessWrite}, {adminToken, "admin", AccessAdmin}} {
 		name, access, ok := tok.Lookup(c.token)
 		if !ok || name != c.name || access != c.access {
 			t.Errorf("Lookup(%s's token): got %q %s %v, want %q %s", c.name, name, access, ok, c.name, c.access)
@@ -66,7 +67,9 @@ func TestParseTokens(t *testing.T) {
 		{"short token", "a short-token-1", "token is 13 characters, want at least 16"},
 		{"duplicate name", "a " + secret + "\na another-token-0000000000", `line 2: caller "a" is named on line 1 already`},
 		{"duplicate token", "a " + secret + "\n\nb " + secret, `line 3: caller "b" has the same token as line 1`},
-		{"bad access", "a " + secret + " admin", `access "admin" is neither read nor write`},
+		{"bad access", "a " + secret + " root", "the access (third field) must be read, write or admin"},
+		// Fields out of order: the token in the name's place is never echoed.
+		{"token first", secret + " a reed", "line 1: the access (third field) must be read, write or admin"},
 		{"one field", "a", "got 1 fields"},
 		{"four fields", "a " + secret + " read extra", "got 4 fields"},
 		{"only comments", "# nobody\n\n", "names no caller"},

@@ -62,8 +62,8 @@ func TestLoadConfigAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Auth.Tokens.Len() != 3 || !cfg.Auth.MutualTLS() || !cfg.Auth.Enabled() {
-		t.Errorf("got %d token callers, mutual TLS %v; want 3 and on", cfg.Auth.Tokens.Len(), cfg.Auth.MutualTLS())
+	if cfg.Auth.Tokens.Len() != 4 || !cfg.Auth.MutualTLS() || !cfg.Auth.Enabled() {
+		t.Errorf("got %d token callers, mutual TLS %v; want 4 and on", cfg.Auth.Tokens.Len(), cfg.Auth.MutualTLS())
 	}
 	if len(cfg.Auth.ClientNames) != 2 || !cfg.Auth.ClientNames["alice"] || !cfg.Auth.ClientNames["svc.example"] {
 		t.Errorf("got client names %v, want alice and svc.example", cfg.Auth.ClientNames)

@@ -3,6 +3,7 @@ package ingress
 import (
 	"context"
 
+	"github.com/fleet-ai/ray-executor/shared/domain"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,6 +27,16 @@ func NewGuard(auth AuthConfig, limits Limits) *Guard {
 // identityKey carries the identity Tap established into the call's context.
 type identityKey struct{}
 
+// CallerOf is who the call in ctx is from, as the functions are told (rpcevents.CallOptions):
+// the authenticated caller, anonymous (the zero Caller) when access control is off.
+func CallerOf(ctx context.Context) domain.Caller {
+	id, ok := ctx.Value(identityKey{}).(identity)
+	if !ok || id.name == anonymous {
+		return domain.Caller{}
+	}
+	return domain.Caller{Name: id.name, Admin: id.access == AccessAdmin}
+}
+
 // Tap authenticates a call from its headers alone, before grpc-go reads its message: a
 // caller without a valid credential costs a header lookup, never a 4 MiB read and decode,
 // and learns nothing of the schema (it gets UNAUTHENTICATED, never a decoding error). The
@@ -48,7 +59,7 @@ func (g *Guard) identify(ctx context.Context, method string) (identity, error) {
 	if err != nil {
 		return identity{}, err
 	}
-	if writeMethods[method] && id.access != AccessWrite {
+	if writeMethods[method] && id.access == AccessRead {
 		return identity{}, status.Errorf(codes.PermissionDenied, "caller %q has read access only and may not call %s", id.name, method)
 	}
 	return id, nil

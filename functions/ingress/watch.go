@@ -38,7 +38,7 @@ func (s *Server) WatchDeliberation(req *pb.WatchDeliberationRequest, stream pb.R
 	// Ask status first: an id nobody submitted would otherwise wait forever.
 	var st pb.GetDeliberationStatusResponse
 	if err := s.Caller.Call(ctx, s.Routes.Status, rpcevents.TypeGetDeliberationStatus,
-		&pb.GetDeliberationStatusRequest{DeliberationId: id}, rpcevents.CallOptions{}, &st); err != nil {
+		&pb.GetDeliberationStatusRequest{DeliberationId: id}, rpcevents.CallOptions{Caller: CallerOf(ctx)}, &st); err != nil {
 		return GRPCError(err)
 	}
 	if st.GetStatus() == string(domain.StatusNotFound) {

@@ -31,8 +31,8 @@ func NewHandler(svc *Service, rec *Reconciler, source string, maxBodyBytes int64
 	}
 	srv.Handle(rpcevents.TypeGetActiveJobs, rpcevents.Route(
 		func() *pb.GetActiveJobsRequest { return &pb.GetActiveJobsRequest{} },
-		func(ctx context.Context, _ *rpcevents.Request, _ *pb.GetActiveJobsRequest) (proto.Message, error) {
-			active, err := svc.Active(ctx)
+		func(ctx context.Context, r *rpcevents.Request, _ *pb.GetActiveJobsRequest) (proto.Message, error) {
+			active, err := svc.Active(ctx, r.Caller())
 			if err != nil {
 				return nil, err
 			}
@@ -48,8 +48,8 @@ func NewHandler(svc *Service, rec *Reconciler, source string, maxBodyBytes int64
 		}))
 	srv.Handle(rpcevents.TypeGetStatus, rpcevents.Route(
 		func() *pb.GetStatusRequest { return &pb.GetStatusRequest{} },
-		func(ctx context.Context, _ *rpcevents.Request, req *pb.GetStatusRequest) (proto.Message, error) {
-			st, err := svc.Stats(ctx)
+		func(ctx context.Context, r *rpcevents.Request, req *pb.GetStatusRequest) (proto.Message, error) {
+			st, err := svc.Stats(ctx, r.Caller())
 			if err != nil {
 				return nil, err
 			}

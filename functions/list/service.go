@@ -57,8 +57,9 @@ func (s *Service) now() time.Time {
 	return time.Now()
 }
 
-// Active returns this system's pending and running deliberations, oldest first.
-func (s *Service) Active(ctx context.Context) ([]Active, error) {
+// Active returns this system's pending and running deliberations that caller may see
+// (its own, or all for an admin), oldest first.
+func (s *Service) Active(ctx context.Context, caller domain.Caller) ([]Active, error) {
 	entries, bad, err := s.Store.Active(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list: %w", err)
@@ -68,6 +69,9 @@ func (s *Service) Active(ctx context.Context) ([]Active, error) {
 	}
 	out := make([]Active, 0, len(entries))
 	for _, e := range entries {
+		if !caller.Sees(e.Owner) {
+			continue
+		}
 		out = append(out, Active{
 			Meta:      domain.JobMeta{DeliberationID: e.ID, Kind: e.Kind, TaskID: e.TaskID, Role: e.Role, NumAgents: e.NumAgents},
 			Status:    e.State,
@@ -100,12 +104,29 @@ type Stats struct {
 }
 
 // Stats reads the counters and the active index: its cost does not grow with history.
-func (s *Service) Stats(ctx context.Context) (Stats, error) {
-	c, err := s.Store.Counters(ctx)
+// An admin or an anonymous caller (access control off) gets the whole system's; any
+// other caller only its own pending and running deliberations (the lifetime counters are
+// kept for the whole system, not per caller, and are not told to one caller about others').
+func (s *Service) Stats(ctx context.Context, caller domain.Caller) (Stats, error) {
+	entries, _, err := s.Store.Active(ctx)
 	if err != nil {
 		return Stats{}, fmt.Errorf("list: stats: %w", err)
 	}
-	entries, _, err := s.Store.Active(ctx)
+	if caller.Name != "" && !caller.Admin {
+		var st Stats
+		for _, e := range entries {
+			if e.Owner != caller.Name {
+				continue
+			}
+			if e.State == domain.StatusRunning {
+				st.Running++
+			} else {
+				st.Pending++
+			}
+		}
+		return st, nil
+	}
+	c, err := s.Store.Counters(ctx)
 	if err != nil {
 		return Stats{}, fmt.Errorf("list: stats: %w", err)
 	}

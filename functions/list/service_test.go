@@ -70,7 +70,7 @@ func TestActiveListsTheIndexOldestFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := &Service{Store: s, Logger: quiet}
-	got, err := svc.Active(ctx)
+	got, err := svc.Active(ctx, domain.Caller{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestStats(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := ctxT(t)
 	svc := &Service{Store: s}
-	st, err := svc.Stats(ctx)
+	st, err := svc.Stats(ctx, domain.Caller{})
 	if err != nil || st != (Stats{}) {
 		t.Fatalf("nothing yet: got %+v, %v", st, err)
 	}
@@ -142,13 +142,23 @@ func TestStats(t *testing.T) {
 	_ = s.Count(ctx, records.CountDurationMS, "d2.duration", 3000)
 	_ = s.PutActive(ctx, entry("d4", domain.StatusRunning, t0))
 	_ = s.PutActive(ctx, entry("d5", domain.StatusPending, t0))
-	st, err = svc.Stats(ctx)
+	st, err = svc.Stats(ctx, domain.Caller{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Stats{Total: 6, Pending: 1, Running: 1, Completed: 2, Failed: 1, Cancelled: 1, AverageExecutionMS: 2000}
 	if st != want {
 		t.Errorf("got %+v, want %+v", st, want)
+	}
+	// A caller that is not an admin hears only of its own active deliberations.
+	alice := entry("d6", domain.StatusRunning, t0)
+	alice.Owner = "alice"
+	_ = s.PutActive(ctx, alice)
+	if mine, err := svc.Stats(ctx, domain.Caller{Name: "alice"}); err != nil || mine != (Stats{Running: 1}) {
+		t.Errorf("alice's: got %+v %v, want her one running and nothing of the others", mine, err)
+	}
+	if all, err := svc.Stats(ctx, domain.Caller{Name: "root", Admin: true}); err != nil || all.Running != 2 || all.Total != 6 {
+		t.Errorf("an admin's: got %+v %v, want the whole system's", all, err)
 	}
 	m := StatsMessage(st)
 	if m.GetTotalDeliberations() != 6 || m.GetActiveDeliberations() != 2 || m.GetPendingDeliberations() != 1 ||
@@ -466,5 +476,38 @@ func TestReconcilerEndsExpiredDeliberations(t *testing.T) {
 	}
 	if c, _ := s.Counters(ctx); c[records.CountFailed] != 2 {
 		t.Errorf("counted %d failed, want 2", c[records.CountFailed])
+	}
+}
+
+// GetActiveJobs lists a caller's own deliberations, and those nobody owns; an admin's lists
+// every one.
+func TestActiveListsTheCallersOwn(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := ctxT(t)
+	for id, owner := range map[string]string{"a": "alice", "b": "bob", "n": ""} {
+		e := entry(id, domain.StatusPending, t0)
+		e.Owner = owner
+		if err := s.PutActive(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := &Service{Store: s, Logger: quiet}
+	for _, c := range []struct {
+		who  domain.Caller
+		want string
+	}{
+		{domain.Caller{Name: "alice"}, "[a n]"},
+		{domain.Caller{Name: "bob"}, "[b n]"},
+		{domain.Caller{Name: "root", Admin: true}, "[a b n]"},
+		{domain.Caller{}, "[n]"},
+	} {
+		got, err := svc.Active(ctx, c.who)
+		var ids []string
+		for _, a := range got {
+			ids = append(ids, a.Meta.DeliberationID)
+		}
+		if err != nil || fmt.Sprint(ids) != c.want {
+			t.Errorf("%+v: got %v %v, want %s", c.who, ids, err, c.want)
+		}
 	}
 }

@@ -18,8 +18,8 @@ func NewHandler(svc *Service, source string, maxBodyBytes int64, logger *slog.Lo
 	srv := rpcevents.NewServer(source, logger, maxBodyBytes)
 	srv.Handle(rpcevents.TypeGetDeliberationStatus, rpcevents.Route(
 		func() *pb.GetDeliberationStatusRequest { return &pb.GetDeliberationStatusRequest{} },
-		func(ctx context.Context, _ *rpcevents.Request, req *pb.GetDeliberationStatusRequest) (proto.Message, error) {
-			rep, err := svc.Status(ctx, req.GetDeliberationId())
+		func(ctx context.Context, r *rpcevents.Request, req *pb.GetDeliberationStatusRequest) (proto.Message, error) {
+			rep, err := svc.Status(ctx, req.GetDeliberationId(), r.Caller())
 			if err != nil {
 				return nil, err
 			}

@@ -27,6 +27,8 @@ type Report struct {
 	DeliberationID string
 	Status         domain.Status
 	Meta           domain.JobMeta
+	// Owner is the caller whose deliberation it is ("" for everyone's); not sent.
+	Owner string
 	// Outcome is the executor's result, present once the agents ran.
 	Outcome      *domain.Outcome
 	ErrorMessage string
@@ -70,23 +72,33 @@ func NewService(records Records, cacheSize, cacheBytes int) *Service {
 // original's ids, any characters) is reported with status not_found (not an error), as
 // the original did; the last kind never reaches NATS. Errors: ErrInvalid for an empty id
 // or one over domain.MaxLookupIDBytes, ErrUnavailable/ErrDeadline when NATS cannot answer.
-func (s *Service) Status(ctx context.Context, id string) (Report, error) {
+//
+// A deliberation caller may not see (domain.Caller.Sees) is reported as not_found, exactly
+// as an id with no record, and a read of it changes nothing.
+func (s *Service) Status(ctx context.Context, id string, caller domain.Caller) (Report, error) {
 	ours, err := domain.LookupDeliberationID(id)
 	if err != nil {
 		return Report{}, err
 	}
+	notFound := Report{DeliberationID: id, Status: domain.StatusNotFound}
 	if !ours {
-		return Report{DeliberationID: id, Status: domain.StatusNotFound}, nil
+		return notFound, nil
 	}
 	if rep, ok := s.finished.get(id); ok {
+		if !caller.Sees(rep.Owner) {
+			return notFound, nil
+		}
 		return rep, nil
 	}
 	rec, _, err := s.records.Get(ctx, id)
 	if errors.Is(err, domain.ErrNotFound) {
-		return Report{DeliberationID: id, Status: domain.StatusNotFound}, nil
+		return notFound, nil
 	}
 	if err != nil {
 		return Report{}, fmt.Errorf("status: %s: %w", id, err)
+	}
+	if !caller.Sees(rec.Owner) {
+		return notFound, nil
 	}
 	if s.expiry != nil {
 		now := time.Now
@@ -111,7 +123,7 @@ func (s *Service) Status(ctx context.Context, id string) (Report, error) {
 // FromRecord renders a record as a report.
 func FromRecord(rec domain.Record) Report {
 	rep := Report{
-		DeliberationID: rec.ID, Status: rec.State, Meta: rec.Meta(), Outcome: rec.Outcome,
+		DeliberationID: rec.ID, Status: rec.State, Meta: rec.Meta(), Owner: rec.Owner, Outcome: rec.Outcome,
 		ErrorMessage: rec.Error, ErrorType: rec.ErrorType,
 		StartTime: domain.ParseTime(rec.CreatedAt), EndTime: domain.ParseTime(rec.EndedAt),
 	}
@@ -175,7 +187,7 @@ func (c *cache) put(id string, r Report) {
 // the struct, the map entry and each agent's fixed fields.
 func reportSize(r Report) int {
 	m := r.Meta
-	n := 512 + 2*len(r.DeliberationID) + len(r.ErrorMessage) + len(r.ErrorType) + len(m.TaskID) + len(m.Role) +
+	n := 512 + 2*len(r.DeliberationID) + len(r.Owner) + len(r.ErrorMessage) + len(r.ErrorType) + len(m.TaskID) + len(m.Role) +
 		len(m.StoryID) + len(m.PlanID) + len(m.TaskType) + len(m.RequestHash) + len(m.Traceparent) + len(m.Kind)
 	if o := r.Outcome; o != nil {
 		n += 256 + len(o.Error) + len(o.TaskID)

@@ -18,6 +18,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
+	"google.golang.org/protobuf/proto"
 )
 
 const twoAgents = `{"version":1,"status":"completed","num_agents":2,"completed_agents":1,"failed_agents":1,` +
@@ -107,7 +108,7 @@ func TestStatusReadsTheRecord(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			id := stored(t, s, tc.name, tc.change)
-			rep, err := svc.Status(ctxT(t), id)
+			rep, err := svc.Status(ctxT(t), id, domain.Caller{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -129,7 +130,7 @@ func TestStatusReadsTheRecord(t *testing.T) {
 			}
 		})
 	}
-	rep, err := svc.Status(ctxT(t), domain.DeliberationIDForKey("never accepted"))
+	rep, err := svc.Status(ctxT(t), domain.DeliberationIDForKey("never accepted"), domain.Caller{})
 	if err != nil || rep.Status != domain.StatusNotFound {
 		t.Errorf("unknown id: got %v, %v, want not_found", rep.Status, err)
 	}
@@ -152,7 +153,7 @@ func TestFinishedReportsAreCachedAndActiveOnesAreNot(t *testing.T) {
 	svc := NewService(c, 2, 0)
 	id := stored(t, s, "k", func(r domain.Record) (domain.Record, error) { return r.Start(1, "x", t0) })
 	for range 3 {
-		if rep, err := svc.Status(ctxT(t), id); err != nil || rep.Status != domain.StatusRunning {
+		if rep, err := svc.Status(ctxT(t), id, domain.Caller{}); err != nil || rep.Status != domain.StatusRunning {
 			t.Fatalf("got %v, %v", rep.Status, err)
 		}
 	}
@@ -165,7 +166,7 @@ func TestFinishedReportsAreCachedAndActiveOnesAreNot(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		rep, err := svc.Status(ctxT(t), id)
+		rep, err := svc.Status(ctxT(t), id, domain.Caller{})
 		if err != nil || rep.Status != domain.StatusCompleted || rep.Outcome == nil {
 			t.Fatalf("got %v %v, want completed", rep.Status, err)
 		}
@@ -176,12 +177,12 @@ func TestFinishedReportsAreCachedAndActiveOnesAreNot(t *testing.T) {
 	// The cache is bounded: two more finished deliberations push the first out.
 	for _, k := range []string{"k2", "k3"} {
 		other := stored(t, s, k, func(r domain.Record) (domain.Record, error) { return r.Fail("x", "y", t0) })
-		if _, err := svc.Status(ctxT(t), other); err != nil {
+		if _, err := svc.Status(ctxT(t), other, domain.Caller{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	before := c.gets.Load()
-	if _, err := svc.Status(ctxT(t), id); err != nil {
+	if _, err := svc.Status(ctxT(t), id, domain.Caller{}); err != nil {
 		t.Fatal(err)
 	}
 	if c.gets.Load() != before+1 {
@@ -214,13 +215,13 @@ func TestForeignIDIsNotFoundWithoutReadingNATS(t *testing.T) {
 	svc := NewService(nil, 8, 0) // no store: a read would panic the test
 	for _, id := range []string{"a/b", "a.b", "../x", "deliberation-ceremony-c1:story-s1:role-QA-1733000000",
 		"delib-*", "delib >", "délib", strings.Repeat("x", domain.MaxLookupIDBytes)} {
-		rep, err := svc.Status(context.Background(), id)
+		rep, err := svc.Status(context.Background(), id, domain.Caller{})
 		if err != nil || rep.Status != domain.StatusNotFound || rep.DeliberationID != id {
 			t.Errorf("id %.40q: got %v, %v, want not_found and no error", id, rep.Status, err)
 		}
 	}
 	for _, id := range []string{"", strings.Repeat("x", domain.MaxLookupIDBytes+1)} {
-		if _, err := svc.Status(context.Background(), id); !errors.Is(err, domain.ErrInvalid) {
+		if _, err := svc.Status(context.Background(), id, domain.Caller{}); !errors.Is(err, domain.ErrInvalid) {
 			t.Errorf("id of %d bytes: got %v, want ErrInvalid", len(id), err)
 		}
 	}
@@ -238,7 +239,7 @@ func TestStatusErrors(t *testing.T) {
 	if _, err := kv.Put(ctxT(t), "d."+id, []byte(`{"v":1,"id":"x","state":"exploded"}`)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewService(s, 8, 0).Status(ctxT(t), id); !errors.Is(err, domain.ErrUnavailable) {
+	if _, err := NewService(s, 8, 0).Status(ctxT(t), id, domain.Caller{}); !errors.Is(err, domain.ErrUnavailable) {
 		t.Errorf("a record that does not read: got %v, want ErrUnavailable", err)
 	}
 
@@ -256,7 +257,7 @@ func TestStatusErrors(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	svc := NewService(records.New(down.Conn(), down.JetStream(), records.Config{}), 8, 0)
-	if _, err := svc.Status(ctxT(t), id); !errors.Is(err, domain.ErrUnavailable) {
+	if _, err := svc.Status(ctxT(t), id, domain.Caller{}); !errors.Is(err, domain.ErrUnavailable) {
 		t.Errorf("NATS down: got %v, want ErrUnavailable", err)
 	}
 }
@@ -293,12 +294,12 @@ func TestStatusEndsAnExpiredDeliberation(t *testing.T) {
 	now := deadline.Add(-time.Second)
 	svc := NewService(s, 8, 0).WithExpiry(&Expiry{Store: s, Events: bus, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Now: func() time.Time { return now }})
-	if rep, err := svc.Status(ctxT(t), id); err != nil || rep.Status != domain.StatusPending {
+	if rep, err := svc.Status(ctxT(t), id, domain.Caller{}); err != nil || rep.Status != domain.StatusPending {
 		t.Fatalf("before the deadline: got %s %v, want pending", rep.Status, err)
 	}
 	now = deadline.Add(time.Millisecond)
 	for range 3 {
-		rep, err := svc.Status(ctxT(t), id)
+		rep, err := svc.Status(ctxT(t), id, domain.Caller{})
 		if err != nil || rep.Status != domain.StatusFailed || rep.ErrorType != domain.ErrorTypeDeadlineExceeded ||
 			!strings.Contains(rep.ErrorMessage, "never started") {
 			t.Fatalf("after the deadline: got %+v %v, want failed deadline_exceeded, never started", rep, err)
@@ -342,5 +343,40 @@ func TestCacheIsBoundedByBytes(t *testing.T) {
 	}
 	if _, ok := c.get("9"); !ok {
 		t.Error("caching nothing evicted a report")
+	}
+}
+
+// A deliberation is its owner's and the admins': to anyone else its status is not_found,
+// exactly as an id with no record, before and after it is cached as finished.
+func TestStatusOfAnotherCallersIsNotFound(t *testing.T) {
+	s := newStore(t)
+	svc := NewService(s, 8, 0)
+	id := stored(t, s, "owned", func(r domain.Record) (domain.Record, error) {
+		r.Owner = "alice"
+		return r.Fail("x", "y", t0)
+	})
+	unknown := domain.DeliberationIDForKey("nobody")
+	for round := range 2 { // the second round is answered from the cache of finished reports
+		for _, c := range []struct {
+			who  domain.Caller
+			want domain.Status
+		}{
+			{domain.Caller{Name: "alice"}, domain.StatusFailed},
+			{domain.Caller{Name: "root", Admin: true}, domain.StatusFailed},
+			{domain.Caller{Name: "bob"}, domain.StatusNotFound},
+			{domain.Caller{}, domain.StatusNotFound},
+		} {
+			rep, err := svc.Status(ctxT(t), id, c.who)
+			if err != nil || rep.Status != c.want {
+				t.Errorf("round %d, %+v: got %s %v, want %s", round, c.who, rep.Status, err, c.want)
+			}
+			if c.want == domain.StatusNotFound {
+				other, _ := svc.Status(ctxT(t), unknown, c.who)
+				other.DeliberationID = id
+				if !proto.Equal(Response(rep), Response(other)) {
+					t.Errorf("round %d, %+v: foreign %v differs from unknown %v", round, c.who, Response(rep), Response(other))
+				}
+			}
+		}
 	}
 }

@@ -73,6 +73,8 @@ type ActiveEntry struct {
 	NumAgents int    `json:"num_agents"`
 	CreatedAt string `json:"created_at"`
 	StartedAt string `json:"started_at"`
+	// Owner is the record's owner: GetActiveJobs lists a caller's own (domain.Caller.Sees).
+	Owner string `json:"owner"`
 }
 
 // FormatTime is the records' time format: RFC 3339 with nanoseconds, UTC.
@@ -104,7 +106,7 @@ func (r Record) Terminal() bool { return r.State.Terminal() }
 // Active is the index entry of a record that has not ended.
 func (r Record) Active() ActiveEntry {
 	return ActiveEntry{ID: r.ID, TaskID: r.TaskID, Kind: r.Kind, Role: r.Role, State: r.State,
-		NumAgents: r.NumAgents, CreatedAt: r.CreatedAt, StartedAt: r.StartedAt}
+		NumAgents: r.NumAgents, CreatedAt: r.CreatedAt, StartedAt: r.StartedAt, Owner: r.Owner}
 }
 
 // Meta is what lifecycle events carry about the deliberation.

@@ -213,14 +213,14 @@ func TestRecordActiveAndMeta(t *testing.T) {
 	r, _ := pendingRecord(t).Start(1, "x", recT0.Add(time.Second))
 	a := r.Active()
 	if a.ID != "d1" || a.TaskID != r.TaskID || a.Kind != r.Kind || a.Role != r.Role || a.State != StatusRunning ||
-		a.NumAgents != r.NumAgents || a.CreatedAt != r.CreatedAt || a.StartedAt != r.StartedAt {
+		a.NumAgents != r.NumAgents || a.CreatedAt != r.CreatedAt || a.StartedAt != r.StartedAt || a.Owner != r.Owner {
 		t.Errorf("got active entry %+v of %+v", a, r)
 	}
 	b, _ := json.Marshal(a)
 	var m map[string]any
 	_ = json.Unmarshal(b, &m)
-	if len(m) != 8 {
-		t.Errorf("got active entry JSON %s, want the 8 fields of specs/records.md", b)
+	if len(m) != 9 {
+		t.Errorf("got active entry JSON %s, want the 9 fields of specs/records.md", b)
 	}
 	meta := r.Meta()
 	if meta.DeliberationID != "d1" || meta.TaskID != r.TaskID || meta.NumAgents != r.NumAgents ||

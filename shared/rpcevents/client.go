@@ -37,6 +37,8 @@ type CallOptions struct {
 	Subject        string
 	IdempotencyKey string
 	Traceparent    string
+	// Caller is who the request is from (ExtCaller, ExtCallerRole); zero sends neither.
+	Caller domain.Caller
 }
 
 // Call posts req as a binary-mode CloudEvent of type ceType to url and decodes the reply
@@ -61,8 +63,17 @@ func (c *Client) Call(ctx context.Context, url, ceType string, req proto.Message
 		return fmt.Errorf("rpcevents: %s: %w", url, err)
 	}
 	var ext map[string]string
+	if opts.IdempotencyKey != "" || opts.Caller.Name != "" {
+		ext = make(map[string]string, 3)
+	}
 	if opts.IdempotencyKey != "" {
-		ext = map[string]string{ExtIdempotencyKey: opts.IdempotencyKey}
+		ext[ExtIdempotencyKey] = opts.IdempotencyKey
+	}
+	if opts.Caller.Name != "" {
+		ext[ExtCaller] = opts.Caller.Name
+		if opts.Caller.Admin {
+			ext[ExtCallerRole] = "admin"
+		}
 	}
 	writeBinary(httpReq.Header, opts.ID, c.Source, ceType, opts.Subject, opts.Traceparent, ct, ext)
 	if c.Protobuf {

@@ -36,6 +36,11 @@ const (
 	ExtIdempotencyKey = "idempotencykey"
 	// ExtTraceparent is the W3C trace context (CloudEvents distributed-tracing extension).
 	ExtTraceparent = "traceparent"
+	// ExtCaller and ExtCallerRole name the caller the ingress authenticated and its role
+	// ("admin" or absent). A function believes them only from a request that carried the
+	// internal credential (Request.Caller).
+	ExtCaller     = "rexcaller"
+	ExtCallerRole = "rexrole"
 )
 
 // ContentTypeProtobuf is binary protobuf event data, which functions accept besides

@@ -39,6 +39,21 @@ type Request struct {
 	// Base is the server's logger; Logger adds the event's attributes to it.
 	Base   *slog.Logger
 	logger *slog.Logger
+	// vouched: the request carried the internal credential (or none is configured), so
+	// its caller attributes are the ingress's word.
+	vouched bool
+}
+
+// Caller is who the request is from: the ingress's ExtCaller and ExtCallerRole when the
+// request carried the internal credential, else anonymous (an open event type delivered
+// without it names whatever caller it likes).
+func (r *Request) Caller() domain.Caller {
+	if !r.vouched {
+		return domain.Caller{}
+	}
+	name, _ := r.Event.Extensions()[ExtCaller].(string)
+	role, _ := r.Event.Extensions()[ExtCallerRole].(string)
+	return domain.Caller{Name: name, Admin: name != "" && role == "admin"}
 }
 
 // Logger is the request's logger, tagged with the event's id, type and source. It is made
@@ -217,7 +232,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuseUnauthenticated(w, r, cred)
 		return
 	}
-	req := &Request{Event: ev, Base: s.logger}
+	req := &Request{Event: ev, Base: s.logger, vouched: cred == credentialValid}
 	h, ok := s.routes[ev.Type()]
 	if !ok {
 		writeError(w, http.StatusBadRequest, "invalid_argument",

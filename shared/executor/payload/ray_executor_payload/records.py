@@ -238,7 +238,7 @@ def active_entry(record: Dict[str, Any]) -> Dict[str, Any]:
     """The active.<id> index entry of a record that has not ended."""
     return {k: record.get(k, d) for k, d in (
         ("id", ""), ("task_id", ""), ("kind", ""), ("role", ""), ("state", ""), ("num_agents", 0),
-        ("created_at", ""), ("started_at", ""))}
+        ("created_at", ""), ("started_at", ""), ("owner", ""))}
 
 
 def duration_ms(record: Dict[str, Any]) -> int:

@@ -22,7 +22,7 @@ def test_times_round_trip_in_gos_rfc3339nano_form():
 def test_the_state_machine_mirrors_domain_record():
     rec = records.new_record("d1", task_id="t", num_agents=2, timeout_seconds=60, now=T0)
     assert rec["state"] == "pending" and rec["deadline"] == records.format_time(T0 + 90)
-    run1 = records.start(rec, 1, "r1", T0 + 1)
+    run1 = records.start(dict(rec, owner="alice"), 1, "r1", T0 + 1)
     run2 = records.start(run1, 2, "r2", T0 + 5)
     assert (run2["state"], run2["attempts"], run2["executor"], run2["started_at"]) == (
         "running", 2, "r2", records.format_time(T0 + 1))
@@ -46,7 +46,8 @@ def test_the_state_machine_mirrors_domain_record():
                 step(terminal)
     assert records.active_entry(run1) == {"id": "d1", "task_id": "t", "kind": "deliberation", "role": "",
                                           "state": "running", "num_agents": 2,
-                                          "created_at": run1["created_at"], "started_at": run1["started_at"]}
+                                          "created_at": run1["created_at"], "started_at": run1["started_at"],
+                                          "owner": "alice"}
 
 
 def test_a_bad_record_is_refused():
