@@ -34,6 +34,9 @@ type Config struct {
 	// MaxConcurrentStreams (MAX_CONCURRENT_STREAMS) bounds the RPCs open at once on one
 	// HTTP/2 connection.
 	MaxConcurrentStreams int
+	// MaxConnectionIdle (MAX_CONNECTION_IDLE) closes a connection with no RPC for that long
+	// (gracefully: GOAWAY), so idle clients do not hold connections forever.
+	MaxConnectionIdle time.Duration
 	// Auth: AUTH_TOKENS(_FILE), TLS_CERT_FILE, TLS_KEY_FILE, TLS_CLIENT_CA_FILE,
 	// TLS_CLIENT_NAMES, AUTH_OPEN_HEALTH, AUTH_OPEN_REFLECTION.
 	Auth AuthConfig
@@ -65,6 +68,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		HealthTTL:            r.Duration("HEALTH_CACHE_TTL", 2*time.Second),
 		MaxMessageBytes:      r.Int("MAX_MESSAGE_BYTES", 4<<20),
 		MaxConcurrentStreams: r.Int("MAX_CONCURRENT_STREAMS", 1000),
+		MaxConnectionIdle:    r.Duration("MAX_CONNECTION_IDLE", 5*time.Minute),
 		Reflection:           r.Bool("ENABLE_REFLECTION", true),
 		Source:               r.String("CE_SOURCE", "ray-executor/ingress"),
 		Events:               natsbus.ReadConfig(r),
@@ -83,6 +87,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	if cfg.MaxMessageBytes <= 0 {
 		r.Fail("MAX_MESSAGE_BYTES must be positive")
+	}
+	if cfg.MaxConnectionIdle < time.Second {
+		r.Fail("MAX_CONNECTION_IDLE must be at least 1s")
 	}
 	if cfg.MaxConcurrentStreams <= 0 || int64(cfg.MaxConcurrentStreams) > math.MaxUint32 {
 		r.Fail("MAX_CONCURRENT_STREAMS must be positive")

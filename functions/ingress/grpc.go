@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
@@ -57,10 +58,30 @@ func ServerOptions(cfg Config) []grpc.ServerOption {
 	if cfg.MaxConcurrentStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)))
 	}
+	opts = append(opts, keepaliveOptions(cfg)...)
 	if cfg.Auth.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.Auth.TLS)))
 	}
 	return opts
+}
+
+// keepalive policy: a client may ping at most every KeepaliveMinTime, and only while it has
+// RPCs open (more is answered GOAWAY "too_many_pings": a ping flood costs the server, and
+// grpc-go clients never ping that often by default); the server pings an idle connection
+// after a minute to find dead peers and drops it when the ping goes 20 s unanswered; a
+// connection with no RPC for MAX_CONNECTION_IDLE is closed; a TLS handshake has 10 s.
+const KeepaliveMinTime = 10 * time.Second
+
+func keepaliveOptions(cfg Config) []grpc.ServerOption {
+	idle := cfg.MaxConnectionIdle
+	if idle <= 0 {
+		idle = 5 * time.Minute
+	}
+	return []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: idle, Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.ConnectionTimeout(10 * time.Second),
+	}
 }
 
 // Serve runs gs on ln until ctx is done, then reports NOT_SERVING, lets in-flight calls

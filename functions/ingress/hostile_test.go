@@ -5,9 +5,11 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -139,5 +141,30 @@ func TestCredentialsBeforeTheMessage(t *testing.T) {
 	}
 	if n := reached.Load(); n != 0 {
 		t.Errorf("%d calls reached a function", n)
+	}
+}
+
+// An idle connection is closed after MAX_CONNECTION_IDLE (the client sees GOAWAY and goes
+// idle), so clients that stop calling do not hold connections forever.
+func TestIdleConnectionsAreClosed(t *testing.T) {
+	addr := guarded(t, Config{MaxConnectionIdle: 300 * time.Millisecond}, &Server{})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := pb.NewRayExecutorServiceClient(conn).GetDeliberationStatus(context.Background(),
+		&pb.GetDeliberationStatusRequest{DeliberationId: "delib-abc"}); err != nil {
+		t.Fatal(err)
+	}
+	if conn.GetState() != connectivity.Ready {
+		t.Fatalf("after a call: %s, want READY", conn.GetState())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for conn.GetState() == connectivity.Ready {
+		if !conn.WaitForStateChange(ctx, connectivity.Ready) {
+			t.Fatal("the connection was still open 5 s after it went idle (MAX_CONNECTION_IDLE 300ms)")
+		}
 	}
 }

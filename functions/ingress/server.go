@@ -100,7 +100,7 @@ func (s *Server) call(ctx context.Context, url, ceType string, req, resp proto.M
 	}
 	opts := rpcevents.CallOptions{
 		IdempotencyKey: first(ctx, MetadataIdempotencyKey),
-		Traceparent:    first(ctx, MetadataTraceparent),
+		Traceparent:    domain.CleanTraceparent(first(ctx, MetadataTraceparent)),
 		Caller:         CallerOf(ctx),
 	}
 	err := s.Caller.Call(ctx, url, ceType, req, opts, resp)

@@ -160,6 +160,12 @@ func TestRoutesMetadataAndDeadline(t *testing.T) {
 	if d := got[1].deadline; d > time.Minute || d < 50*time.Second {
 		t.Errorf("got downstream deadline in %v without a caller deadline, want the 1m default", d)
 	}
+	// A traceparent that is not a valid W3C value is dropped, not passed on.
+	got = nil
+	bad := metadata.AppendToOutgoingContext(context.Background(), "traceparent", "00-not-a-trace-01")
+	if _, err := client.GetActiveJobs(bad, &pb.GetActiveJobsRequest{}); err != nil || len(got) != 1 || got[0].opts.Traceparent != "" {
+		t.Errorf("a bad traceparent: got %+v %v, want it dropped", got, err)
+	}
 }
 
 // readyz answers like a function's readiness probe.

@@ -71,10 +71,10 @@ func (r *Request) IdempotencyKey() string {
 	return KeyFor(r.Event.Source(), r.Event.ID(), key)
 }
 
-// Traceparent is the request's W3C trace context, if it carried one.
+// Traceparent is the request's W3C trace context, if it carried a valid one.
 func (r *Request) Traceparent() string {
 	tp, _ := r.Event.Extensions()[ExtTraceparent].(string)
-	return tp
+	return domain.CleanTraceparent(tp) // anything but a valid W3C value is dropped
 }
 
 // Route builds a Handler that decodes the event's data into a fresh Req and calls h.
