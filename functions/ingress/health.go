@@ -51,7 +51,8 @@ type Probe struct {
 	Target
 	Reachable bool   // the function answered at all
 	Ready     bool   // it answered 200: it is up and Ray answered it
-	Message   string // why not
+	Message   string // why not, fit for any caller (no addresses)
+	detail    string // the error itself, for the log
 }
 
 // Drain marks the ingress as shutting down: health answers NOT_SERVING from now on.
@@ -85,12 +86,16 @@ func (h *Health) probe(ctx context.Context, t Target) Probe {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(t.URL, "/")+"/readyz", nil)
 	if err != nil {
-		p.Message = err.Error()
+		p.Message, p.detail = "not a valid URL", err.Error()
 		return p
 	}
 	resp, err := h.HTTP.Do(req)
 	if err != nil {
-		p.Message = "unreachable: " + err.Error()
+		// The error names the function's address: callers get the class, the log the rest.
+		p.Message, p.detail = "unreachable", err.Error()
+		if ctx.Err() != nil {
+			p.Message = "unreachable: no answer within 3s"
+		}
 		return p
 	}
 	defer resp.Body.Close()
@@ -130,6 +135,7 @@ func (s *Server) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.G
 		switch {
 		case !p.Reachable:
 			c.Status, c.Message = Unhealthy, p.Message
+			s.Logger.Warn("a function does not answer its readiness probe", "function", p.Name, "error", p.detail)
 		case !p.Ready:
 			// Up, but its dependency (NATS) refuses or does not answer it.
 			c.Status, c.Message = Degraded, "up, not ready: "+p.Message
@@ -142,9 +148,11 @@ func (s *Server) GetStatus(ctx context.Context, req *pb.GetStatusRequest) (*pb.G
 		resp.Components = append(resp.Components, c)
 	}
 	var st pb.GetStatusResponse
-	if err := s.Caller.Call(ctx, s.Routes.List, rpcevents.TypeGetStatus, req, rpcevents.CallOptions{}, &st); err != nil {
+	if err := s.Caller.Call(ctx, s.Routes.List, rpcevents.TypeGetStatus, req, rpcevents.CallOptions{Caller: CallerOf(ctx)}, &st); err != nil {
 		othersOK = false
-		resp.Components = append(resp.Components, &pb.ComponentHealth{Name: "stats", Status: Unhealthy, Message: err.Error()})
+		s.Logger.Warn("the list function did not answer GetStatus", "error", err.Error())
+		resp.Components = append(resp.Components, &pb.ComponentHealth{Name: "stats", Status: Unhealthy,
+			Message: "the list function did not answer: " + status.Code(GRPCError(err)).String()})
 	} else {
 		for _, c := range st.GetComponents() {
 			if c.GetStatus() != Healthy {

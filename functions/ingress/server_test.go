@@ -248,6 +248,14 @@ func TestGetStatusAndHealthTellTheTruth(t *testing.T) {
 					t.Errorf("got %s %v, want it not healthy, with the reason", tc.wantComponent, c)
 				}
 			}
+			// No internal address reaches a caller: those go to the ingress's log.
+			for _, c := range resp.GetComponents() {
+				for _, u := range []string{tc.execute, tc.status, tc.list} {
+					if strings.Contains(c.GetMessage(), strings.TrimPrefix(u, "http://")) {
+						t.Errorf("component %s tells a caller an internal address: %q", c.GetName(), c.GetMessage())
+					}
+				}
+			}
 			if resp.GetStats().GetTotalDeliberations() != 7 {
 				t.Errorf("got stats %v, want the list function's", resp.GetStats())
 			}

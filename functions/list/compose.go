@@ -41,7 +41,8 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	if cfg.ReconcileInterval > 0 {
 		go rec.Every(ctx, cfg.ReconcileInterval)
 	}
-	h := NewHandler(&Service{Store: store, RayReady: client.Ready, Logger: logger}, rec, cfg.Source, cfg.MaxBodyBytes, logger)
+	ray := &Probe{Check: client.Ready, TTL: ProbeTTL}
+	h := NewHandler(&Service{Store: store, RayReady: ray.Ready, Logger: logger}, rec, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)
 	f.Handler = h
 	go client.LogReachability(ctx, logger)

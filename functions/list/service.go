@@ -165,7 +165,7 @@ func (s *Service) Health(ctx context.Context) []Component {
 	if s.RayReady != nil {
 		c := Component{Name: "ray", Status: Healthy, Message: "answers"}
 		if err := s.RayReady(ctx); err != nil {
-			c.Status, c.Message = Degraded, err.Error()
+			c.Status, c.Message = Degraded, rayTrouble(err, s.Logger)
 		}
 		out = append(out, c)
 	}

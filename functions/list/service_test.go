@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -241,9 +242,17 @@ func TestHealth(t *testing.T) {
 	if r := component(t, svc.Health(ctx), "ray"); r.Status != Healthy {
 		t.Errorf("ray answers: got %+v", r)
 	}
-	svc.RayReady = func(context.Context) error { return fmt.Errorf("ray: connection refused: %w", domain.ErrUnavailable) }
-	if r := component(t, svc.Health(ctx), "ray"); r.Status != Degraded || !strings.Contains(r.Message, "connection refused") {
-		t.Errorf("ray down: got %+v", r)
+	// The reason's class reaches callers, never the error's text: it names internal addresses.
+	svc.RayReady = func(context.Context) error {
+		return fmt.Errorf("ray: Get http://10.0.0.7:8265/api/version: connection refused: %w", domain.ErrUnavailable)
+	}
+	if r := component(t, svc.Health(ctx), "ray"); r.Status != Degraded || !strings.Contains(r.Message, "unreachable") ||
+		strings.Contains(r.Message, "10.0.0.7") {
+		t.Errorf("ray down: got %+v, want degraded, unreachable, and no address", r)
+	}
+	svc.RayReady = func(context.Context) error { return fmt.Errorf("ray: 401: %w", domain.ErrUnauthenticated) }
+	if r := component(t, svc.Health(ctx), "ray"); !strings.Contains(r.Message, "credentials") {
+		t.Errorf("ray refusing the token: got %+v", r)
 	}
 }
 
@@ -509,5 +518,55 @@ func TestActiveListsTheCallersOwn(t *testing.T) {
 		if err != nil || fmt.Sprint(ids) != c.want {
 			t.Errorf("%+v: got %v %v, want %s", c.who, ids, err, c.want)
 		}
+	}
+}
+
+// A flood of GetStatus calls costs Ray one check per TTL: concurrent askers share the check
+// in flight, later ones reuse its answer until it is TTL old, and an asker that gives up
+// does not fail the check for the others.
+func TestProbeChecksOncePerTTL(t *testing.T) {
+	var checks atomic.Int32
+	release := make(chan struct{})
+	p := &Probe{TTL: 200 * time.Millisecond, Check: func(ctx context.Context) error {
+		checks.Add(1)
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}}
+	impatient, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = p.Ready(impatient) }() // may be the one that runs the check
+	for range 50 {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs <- p.Ready(context.Background()) }()
+	}
+	time.Sleep(100 * time.Millisecond) // the impatient asker has given up by now
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("an asker got %v, want the shared check's answer", err)
+		}
+	}
+	if n := checks.Load(); n != 1 {
+		t.Errorf("51 concurrent askers cost %d checks, want 1", n)
+	}
+	for range 10 {
+		_ = p.Ready(context.Background())
+	}
+	if n := checks.Load(); n != 1 {
+		t.Errorf("within the TTL: %d checks in all, want still 1", n)
+	}
+	time.Sleep(250 * time.Millisecond)
+	_ = p.Ready(context.Background())
+	if n := checks.Load(); n != 2 {
+		t.Errorf("after the TTL: %d checks in all, want 2", n)
 	}
 }
