@@ -2,7 +2,9 @@ package executor
 
 import (
 	"log/slog"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/executor/payload"
@@ -60,7 +62,26 @@ func ReadSettings(r *config.Reader, natsURL string) Settings {
 	case s.Check <= 0:
 		r.Fail("EXECUTOR_CHECK_INTERVAL must be positive")
 	}
+	if s.Deploy && urlHasCredentials(s.NATSURL) {
+		// Never printed: the URL holds a secret.
+		r.Fail("PAYLOAD_NATS_URL (NATS_URL when it is unset) carries credentials: the executor job's environment is " +
+			"readable by anyone with access to the Ray dashboard, so the functions never send it one. Set PAYLOAD_NATS_URL " +
+			"to the address alone and give the executor its own least-privilege NATS credential on the cluster " +
+			"(RAY_EXECUTOR_NATS_TOKEN or RAY_EXECUTOR_NATS_CREDS_FILE in the Ray pods' environment; knative/README.md)")
+	}
 	return s
+}
+
+// urlHasCredentials reports whether any of the comma-separated NATS URLs carries userinfo.
+func urlHasCredentials(urls string) bool {
+	for _, raw := range strings.Split(urls, ",") {
+		if u, err := url.Parse(strings.TrimSpace(raw)); err == nil && u.User != nil {
+			return true
+		} else if err != nil && strings.Contains(raw, "@") {
+			return true // unparseable, but shaped like user@host: do not risk it
+		}
+	}
+	return false
 }
 
 // Env is the executor job's environment: where NATS is and what it is called, and the

@@ -123,6 +123,20 @@ func TestReadSettings(t *testing.T) {
 			t.Errorf("%s=%s: got %v, want an error naming it", k, v, r.Err())
 		}
 	}
+	// A NATS URL with credentials never goes into the executor job's runtime_env (readable
+	// from the Ray dashboard), and the refusal does not print it.
+	for _, u := range []string{"nats://exec:s3cr3t@cluster:4222", "nats://a:4222, nats://tok3n@b:4222"} {
+		r := env(nil)
+		ReadSettings(r, u)
+		if r.Err() == nil || !strings.Contains(r.Err().Error(), "carries credentials") || strings.Contains(r.Err().Error(), "s3cr3t") ||
+			strings.Contains(r.Err().Error(), "tok3n") {
+			t.Errorf("NATS_URL %s: got %v, want a refusal that does not show it", "<redacted>", r.Err())
+		}
+	}
+	r = env(map[string]string{"EXECUTOR_DEPLOY": "false"})
+	if ReadSettings(r, "nats://exec:s3cr3t@cluster:4222"); r.Err() != nil {
+		t.Errorf("with EXECUTOR_DEPLOY=false nothing is sent to Ray: got %v", r.Err())
+	}
 	r = env(map[string]string{"EXECUTOR_MIN_REPLICAS": "3", "EXECUTOR_MAX_REPLICAS": "2"})
 	if ReadSettings(r, ""); r.Err() == nil || !strings.Contains(r.Err().Error(), "EXECUTOR_MAX_REPLICAS") {
 		t.Errorf("max < min: got %v", r.Err())
