@@ -12,7 +12,8 @@ type EndpointPolicy struct {
 	// Any accepts every http(s) endpoint; an operator must ask for it explicitly ("*").
 	Any bool
 	// Allowed entries are URL prefixes: scheme and host must match, the port too when the
-	// entry names one, and the path must start with the entry's path on a segment boundary.
+	// entry names one, and the raw path must start with the entry's path on a segment
+	// boundary, with no dot segments, encoded slashes, backslashes or ";" parameters.
 	Allowed []*url.URL
 }
 
@@ -53,9 +54,18 @@ func (p *EndpointPolicy) Allows(raw string) bool {
 		if a.Port() != "" && a.Port() != portOf(u) {
 			continue
 		}
-		prefix := strings.TrimRight(a.Path, "/")
-		path := u.Path
-		if prefix == "" || path == prefix || strings.HasPrefix(path, prefix+"/") {
+		prefix := strings.TrimRight(a.EscapedPath(), "/")
+		if prefix == "" {
+			return true
+		}
+		// An entry with a path is compared on the raw path, and a path a server could read
+		// as another one is refused: dot segments (plain or encoded), encoded slashes and
+		// backslashes, backslashes, and ";" parameters.
+		path := u.EscapedPath()
+		if !plainPath(path) {
+			return false
+		}
+		if path == prefix || strings.HasPrefix(path, prefix+"/") {
 			return true
 		}
 	}
@@ -74,6 +84,23 @@ func (p *EndpointPolicy) String() string {
 		parts[i] = a.String()
 	}
 	return strings.Join(parts, ", ")
+}
+
+// plainPath reports whether a raw URL path means what it says to every server: no dot
+// segments, no encoded dots, slashes or backslashes, no backslashes, no ";" parameters.
+func plainPath(raw string) bool {
+	lower := strings.ToLower(raw)
+	for _, bad := range []string{"%2e", "%2f", "%5c", "\\", ";"} {
+		if strings.Contains(lower, bad) {
+			return false
+		}
+	}
+	for _, seg := range strings.Split(raw, "/") {
+		if seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return true
 }
 
 func portOf(u *url.URL) string {

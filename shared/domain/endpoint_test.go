@@ -22,6 +22,17 @@ func TestEndpointPolicy(t *testing.T) {
 		"http://llm.svc:8001":                   false,
 		"http://169.254.169.254/latest":         false,
 		"http://127.0.0.1.evil.example:8000":    false,
+		// Path tricks against an entry with a path: what a server might read as another
+		// path is refused, however it is spelled.
+		"https://vllm.example.com:8443/v1/../admin":         false,
+		"https://vllm.example.com:8443/v1/./chat":           false,
+		"https://vllm.example.com:8443/v1/%2e%2e/admin":     false,
+		"https://vllm.example.com:8443/v1/%2E%2E/admin":     false,
+		"https://vllm.example.com:8443/v1%2f..%2fadmin":     false,
+		"https://vllm.example.com:8443/v1/..%5cadmin":       false,
+		"https://vllm.example.com:8443/v1/..\\admin":        false,
+		"https://vllm.example.com:8443/v1;x=y/chat":         false,
+		"https://vllm.example.com:8443/v1/chat/completions": true,
 	} {
 		if got := p.Allows(url); got != want {
 			t.Errorf("Allows(%q) got %v, want %v", url, got, want)
