@@ -150,7 +150,7 @@ async def run_agent(job: AgentJob, deliberation_id: str = "") -> AgentResult:
     failure becomes a failed AgentResult."""
     started = time.time()
     try:
-        api_key = os.environ.get(llm.API_KEY_ENV, "")
+        api_key = llm.api_key_for(job.call.url, os.environ)  # bound to its endpoints only
 
         def on_retry(attempt: int, err: llm.LLMError, delay: float) -> None:
             log.info("deliberation %s agent %s: attempt %d failed (%s: %s); retrying in %.1fs",

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 API_KEY_ENV = "RAY_EXECUTOR_LLM_API_KEY"
+# The endpoints (comma-separated URL prefixes) the key is sent to; to any other, none is.
+API_KEY_ENDPOINTS_ENV = "RAY_EXECUTOR_LLM_API_KEY_ENDPOINTS"
 USER_AGENT = "ray-executor-payload/1"
 
 DEFAULT_TEMPERATURE = 0.7
@@ -105,6 +107,55 @@ def request_body(call: ChatCall) -> Dict[str, Any]:
     if call.json_mode:
         body["response_format"] = {"type": "json_object"}
     return body
+
+
+def _plain_path(raw: str) -> bool:
+    lower = raw.lower()
+    if any(bad in lower for bad in ("%2e", "%2f", "%5c", "\\", ";")):
+        return False
+    return all(seg not in (".", "..") for seg in raw.split("/"))
+
+
+def key_bound_to(url: str, entries: str) -> bool:
+    """Whether url is one of the endpoints the LLM key is bound to: entries are URL
+    prefixes (scheme, host and port must match, an entry without a port meaning the
+    scheme's default one; the raw
+    path must start with the entry's on a segment boundary and be plain: no dot segments,
+    encoded slashes, backslashes or ';'). A wildcard entry binds nothing: the cluster's key
+    never goes to a host a caller picked."""
+    try:
+        u = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False
+    for raw in entries.split(","):
+        raw = raw.strip()
+        if not raw or "*" in raw:
+            continue
+        try:
+            e = urllib.parse.urlsplit(raw)
+            eport, uport = e.port, u.port
+        except ValueError:
+            continue
+        if e.scheme != u.scheme or not e.hostname or (e.hostname or "").lower() != (u.hostname or "").lower():
+            continue
+        default = 443 if u.scheme == "https" else 80
+        if (eport or default) != (uport or default):  # stricter than the allowlist: no port is the default one
+            continue
+        prefix = e.path.rstrip("/")
+        if not prefix:
+            return True
+        if _plain_path(u.path) and (u.path == prefix or u.path.startswith(prefix + "/")):
+            return True
+    return False
+
+
+def api_key_for(url: str, environ: Any) -> str:
+    """The LLM key to send to url: RAY_EXECUTOR_LLM_API_KEY when url is one of
+    RAY_EXECUTOR_LLM_API_KEY_ENDPOINTS, else none."""
+    key = str(environ.get(API_KEY_ENV, "") or "")
+    if key and key_bound_to(url, str(environ.get(API_KEY_ENDPOINTS_ENV, "") or "")):
+        return key
+    return ""
 
 
 def request_headers(call: ChatCall, api_key: str) -> Dict[str, str]:

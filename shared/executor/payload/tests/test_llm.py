@@ -73,6 +73,7 @@ def test_chat_completions_url_rejects_non_http(bad):
 
 def test_request_body_and_headers_reach_the_server(stub, monkeypatch):
     monkeypatch.setenv(llm.API_KEY_ENV, "sekret-key")
+    monkeypatch.setenv(llm.API_KEY_ENDPOINTS_ENV, stub.url + "/v1")
     req = request(
         stub.url + "/",
         agents=[agent("a1", "m-ok", role="dev")],
@@ -90,6 +91,33 @@ def test_request_body_and_headers_reach_the_server(stub, monkeypatch):
     assert rec.body["max_tokens"] == 2048
     assert "response_format" not in rec.body
     assert [m["role"] for m in rec.messages] == ["system", "user"]
+
+
+def test_the_key_goes_only_to_its_endpoints(stub, monkeypatch):
+    """The cluster's LLM key is bound to the endpoints it is for: an allowed endpoint it is
+    not bound to, or a wildcard binding, gets no Authorization header."""
+    monkeypatch.setenv(llm.API_KEY_ENV, "sekret-key")
+    for bound in ("", "*", "http://other.example:1/v1", stub.url + "/v2"):
+        monkeypatch.setenv(llm.API_KEY_ENDPOINTS_ENV, bound)
+        stub.requests.clear()
+        assert run_agent(job_for(request(stub.url))).status == "completed"
+        assert "authorization" not in stub.requests[0].headers, bound
+
+
+@pytest.mark.parametrize("url,bound", [
+    ("https://api.example.com/v1/chat/completions", True),
+    ("https://API.example.com:443/v1/chat/completions", True),
+    ("https://api.example.com/v10/chat/completions", False),
+    ("https://api.example.com/v1/../admin", False),
+    ("https://api.example.com/v1/%2e%2e/admin", False),
+    ("https://api.example.com/v1%2fx", False),
+    ("https://api.example.com/v1;x/chat", False),
+    ("http://api.example.com/v1/chat/completions", False),
+    ("https://api.example.com:8443/v1/chat/completions", False),
+    ("https://api.example.com.evil.example/v1/chat/completions", False),
+])
+def test_key_bound_to(url, bound):
+    assert llm.key_bound_to(url, "https://api.example.com/v1, *") is bound
 
 
 def test_no_authorization_header_without_api_key(stub, monkeypatch):
