@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
@@ -225,10 +226,44 @@ type Reconciler struct {
 	Logger *slog.Logger
 	// Now is time.Now when nil (tests set it).
 	Now func() time.Time
+
+	mu      sync.Mutex
+	running *pass // the pass in progress, which concurrent Runs join
 }
 
-// Run does one pass. Each step runs even when another fails; the first error is returned.
+// pass is one reconcile pass and, once done is closed, its outcome.
+type pass struct {
+	done chan struct{}
+	st   executor.State
+	err  error
+}
+
+// Run does one pass, or joins the one in progress: ticks and PingSource deliveries that
+// arrive together (or a flood of ping events) cost one pass, not one each. Each step runs
+// even when another fails; the first error is returned.
 func (r *Reconciler) Run(ctx context.Context) (executor.State, error) {
+	r.mu.Lock()
+	if p := r.running; p != nil {
+		r.mu.Unlock()
+		select {
+		case <-p.done:
+			return p.st, p.err
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	p := &pass{done: make(chan struct{})}
+	r.running = p
+	r.mu.Unlock()
+	p.st, p.err = r.runPass(ctx)
+	r.mu.Lock()
+	r.running = nil
+	r.mu.Unlock()
+	close(p.done)
+	return p.st, p.err
+}
+
+func (r *Reconciler) runPass(ctx context.Context) (executor.State, error) {
 	var st executor.State
 	var err error
 	if r.Deployer != nil {

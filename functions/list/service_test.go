@@ -570,3 +570,48 @@ func TestProbeChecksOncePerTTL(t *testing.T) {
 		t.Errorf("after the TTL: %d checks in all, want 2", n)
 	}
 }
+
+// blockingActive is the real store whose active-index read waits for release and counts
+// its calls: a pass in progress, for as long as the test likes.
+type blockingActive struct {
+	*records.Store
+	calls   atomic.Int32
+	release chan struct{}
+}
+
+func (b *blockingActive) Active(ctx context.Context) ([]domain.ActiveEntry, []string, error) {
+	b.calls.Add(1)
+	<-b.release
+	return b.Store.Active(ctx)
+}
+
+// Reconcile requests that arrive while a pass runs join it: twenty at once cost one pass.
+func TestConcurrentReconcilesAreOnePass(t *testing.T) {
+	s, _ := newStore(t)
+	b := &blockingActive{Store: s, release: make(chan struct{})}
+	rec := &Reconciler{Store: b, Logger: quiet}
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, err := rec.Run(ctxT(t)); errs <- err }()
+	}
+	for deadline := time.Now().Add(5 * time.Second); b.calls.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // the others arrive while the first pass waits
+	close(b.release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("a joined run: %v", err)
+		}
+	}
+	if n := b.calls.Load(); n != 1 {
+		t.Errorf("20 concurrent reconciles made %d passes, want 1", n)
+	}
+	if _, err := rec.Run(ctxT(t)); err != nil || b.calls.Load() != 2 {
+		t.Errorf("a later reconcile: %v, %d passes in all, want a pass of its own", err, b.calls.Load())
+	}
+}
