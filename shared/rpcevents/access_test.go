@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -509,5 +510,32 @@ func TestReadAccess(t *testing.T) {
 				t.Errorf("got %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+// A client that sends its headers and then trickles its body takes no in-flight slot: with
+// MAX_INFLIGHT 1 and such a client holding a connection, a whole request is still served.
+func TestSlowBodyTakesNoSlot(t *testing.T) {
+	url, entered, release := blockingServer(t, rpcevents.Access{Token: testToken, MaxInflight: 1})
+	release() // handlers answer at once
+	addr := strings.TrimPrefix(url, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	head := "POST / HTTP/1.1\r\nHost: " + addr + "\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n" +
+		"Authorization: Bearer " + testToken + "\r\nCe-Specversion: 1.0\r\nCe-Type: " + rpcevents.TypeGetStatus +
+		"\r\nCe-Source: slow\r\nCe-Id: slow-1\r\n\r\n{"
+	if _, err := conn.Write([]byte(head)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the server has the headers and waits for the body
+	for i := range 3 {
+		resp, body := getStatus(t, url, testToken)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d beside a slow body: got %d %s, want 200 (the slow one holds no slot)", i, resp.StatusCode, body)
+		}
+		<-entered
 	}
 }

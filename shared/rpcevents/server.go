@@ -202,11 +202,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuseUnauthenticated(w, r, cred)
 		return
 	}
-	if !s.acquire() {
-		s.refuseBusy(w)
-		return
-	}
-	defer s.release()
 	if r.ContentLength > s.maxBodyBytes {
 		s.refuseTooLarge(w, r, cred)
 		return
@@ -232,6 +227,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuseUnauthenticated(w, r, cred)
 		return
 	}
+	// A slot is taken once the body has arrived: a client sending its body slowly holds a
+	// connection (bounded by the server's read timeout), never one of MAX_INFLIGHT.
+	if !s.acquire() {
+		s.refuseBusy(w)
+		return
+	}
+	defer s.release()
 	req := &Request{Event: ev, Base: s.logger, vouched: cred == credentialValid}
 	h, ok := s.routes[ev.Type()]
 	if !ok {

@@ -73,9 +73,12 @@ func Run(ctx context.Context, cfg config.Serving, h http.Handler, logger *slog.L
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		Protocols:         &protocols,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		// A request's headers and body must arrive within ReadTimeout (request events are
+		// at most MAX_BODY_BYTES, 2 MiB): a client trickling its body is cut off.
+		ReadTimeout: 30 * time.Second,
+		IdleTimeout: 120 * time.Second,
+		Protocols:   &protocols,
+		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
 	if err != nil {
