@@ -74,9 +74,10 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		Events:               natsbus.ReadConfig(r),
 		Auth:                 readAuth(r),
 		Limits: Limits{
-			MaxInflight: r.Int("CALLER_MAX_INFLIGHT", 64),
-			SubmitRate:  r.Float("CALLER_SUBMIT_RATE", 50),
-			SubmitBurst: r.Int("CALLER_SUBMIT_BURST", 100),
+			MaxInflight:      r.Int("CALLER_MAX_INFLIGHT", 64),
+			MaxHealthWatches: r.Int("HEALTH_MAX_WATCHES", 100),
+			SubmitRate:       r.Float("CALLER_SUBMIT_RATE", 50),
+			SubmitBurst:      r.Int("CALLER_SUBMIT_BURST", 100),
 		},
 		InternalToken: r.Secret("INTERNAL_TOKEN"),
 	}
@@ -99,6 +100,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	if cfg.Limits.MaxInflight <= 0 {
 		r.Fail("CALLER_MAX_INFLIGHT must be positive")
+	}
+	if cfg.Limits.MaxHealthWatches <= 0 {
+		r.Fail("HEALTH_MAX_WATCHES must be positive")
 	}
 	if !(cfg.Limits.SubmitRate > 0) || math.IsInf(cfg.Limits.SubmitRate, 0) {
 		r.Fail("CALLER_SUBMIT_RATE must be a positive number of submissions per second")

@@ -22,7 +22,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if !cfg.Auth.OpenHealth || cfg.Auth.OpenReflection {
 		t.Errorf("got open health %v, reflection %v; want true, false", cfg.Auth.OpenHealth, cfg.Auth.OpenReflection)
 	}
-	if want := (Limits{MaxInflight: 64, SubmitRate: 50, SubmitBurst: 100}); cfg.Limits != want {
+	if want := (Limits{MaxInflight: 64, SubmitRate: 50, SubmitBurst: 100, MaxHealthWatches: 100}); cfg.Limits != want {
 		t.Errorf("got limits %+v, want %+v", cfg.Limits, want)
 	}
 	// Every request the execute function takes (MAX_BODY_BYTES, as protobuf) passes the
@@ -74,7 +74,7 @@ func TestLoadConfigAuth(t *testing.T) {
 	if cfg.InternalToken != "internal-token-0123456789" {
 		t.Errorf("INTERNAL_TOKEN_FILE: got a token of %d characters, want the file's trimmed", len(cfg.InternalToken))
 	}
-	if want := (Limits{MaxInflight: 8, SubmitRate: 0.5, SubmitBurst: 3}); cfg.Limits != want {
+	if want := (Limits{MaxInflight: 8, SubmitRate: 0.5, SubmitBurst: 3, MaxHealthWatches: 100}); cfg.Limits != want {
 		t.Errorf("got limits %+v, want %+v", cfg.Limits, want)
 	}
 }

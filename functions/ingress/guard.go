@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"context"
+	"sync/atomic"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"google.golang.org/grpc"
@@ -15,9 +16,12 @@ import (
 // caller to Limits. Health checks are never counted against a caller, so a probe still
 // answers when a caller is at its limit.
 type Guard struct {
-	auth   AuthConfig
-	limits *limiter
+	auth          AuthConfig
+	limits        *limiter
+	healthWatches atomic.Int64
 }
+
+const healthWatchMethod = healthPrefix + "Watch"
 
 // NewGuard is a Guard for auth and limits.
 func NewGuard(auth AuthConfig, limits Limits) *Guard {
@@ -73,6 +77,18 @@ func (g *Guard) admit(ctx context.Context, method string) (release func(), err e
 		if id, err = g.identify(ctx, method); err != nil {
 			return nil, err
 		}
+	}
+	if method == healthWatchMethod {
+		max := int64(g.limits.limits.MaxHealthWatches)
+		if max <= 0 {
+			max = 100
+		}
+		if g.healthWatches.Add(1) > max {
+			g.healthWatches.Add(-1)
+			return nil, status.Errorf(codes.ResourceExhausted,
+				"%d health Watch streams are open on this replica, the most it takes (HEALTH_MAX_WATCHES); use Check, or retry later", max)
+		}
+		return func() { g.healthWatches.Add(-1) }, nil
 	}
 	if isHealth(method) {
 		return func() {}, nil

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -167,4 +168,53 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 			t.Fatal("the connection was still open 5 s after it went idle (MAX_CONNECTION_IDLE 300ms)")
 		}
 	}
+}
+
+// Health Watch streams need no credential and count against no caller: HEALTH_MAX_WATCHES
+// bounds them per replica, and a closed one frees its place.
+func TestHealthWatchesAreCapped(t *testing.T) {
+	addr := guarded(t, Config{Limits: Limits{MaxInflight: 8, SubmitRate: 1, SubmitBurst: 1, MaxHealthWatches: 2},
+		Auth: AuthConfig{Tokens: mustTokens(t, testTokens), OpenHealth: true}}, &Server{})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	hc := healthpb.NewHealthClient(conn)
+	watch := func() (context.CancelFunc, error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		w, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err == nil {
+			_, err = w.Recv()
+		}
+		return cancel, err
+	}
+	var open []context.CancelFunc
+	for i := range 2 {
+		cancel, err := watch()
+		if err != nil {
+			t.Fatalf("watch %d: %v", i, err)
+		}
+		open = append(open, cancel)
+	}
+	cancel, err := watch()
+	cancel()
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "HEALTH_MAX_WATCHES") {
+		t.Errorf("a third watch: got %v, want ResourceExhausted naming HEALTH_MAX_WATCHES", err)
+	}
+	if _, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Errorf("Check beside the capped watches: %v", err)
+	}
+	open[0]()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		cancel, err := watch()
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a closed watch's place was not freed: %v", err)
+		}
+	}
+	open[1]()
 }

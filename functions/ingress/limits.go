@@ -24,6 +24,11 @@ type Limits struct {
 	SubmitRate float64
 	// SubmitBurst (CALLER_SUBMIT_BURST) ... and at most this many at once after a pause.
 	SubmitBurst int
+	// MaxHealthWatches (HEALTH_MAX_WATCHES) is how many grpc.health.v1 Watch streams may be
+	// open at once on a replica. Health needs no credential and counts against no caller,
+	// so this is its bound; behind queue-proxy every peer is the same address, so a bound per
+	// peer would be this one.
+	MaxHealthWatches int
 }
 
 const (
