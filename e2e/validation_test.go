@@ -76,7 +76,8 @@ func TestBadInputIsRefusedNamingTheField(t *testing.T) {
 			r.Agents[0].VllmUrl = "http://internal-admin.svc:8080"
 			return r
 		}(), "agents[0].vllm_url"},
-		{"10,000 agents", rpcevents.TypeExecuteDeliberation, manyAgents, "agents has 10000 entries"},
+		// Refused for its shape before it is decoded, naming the field that holds the most.
+		{"10,000 agents", rpcevents.TypeExecuteDeliberation, manyAgents, "of them in agents"},
 		{"description too large", rpcevents.TypeExecuteDeliberation, func() proto.Message {
 			r := valid(14)
 			r.TaskDescription = strings.Repeat("x", 256<<10+1)
@@ -108,7 +109,7 @@ func TestBadInputIsRefusedNamingTheField(t *testing.T) {
 		contains    string
 	}{
 		{"data not JSON", "application/json", ceHeaders(rpcevents.TypeExecuteDeliberation), "{not json", 400, "protobuf JSON"},
-		{"deeply nested JSON", "application/json", ceHeaders(rpcevents.TypeExecuteDeliberation), strings.Repeat("[", 100000), 400, "protobuf JSON"},
+		{"deeply nested JSON", "application/json", ceHeaders(rpcevents.TypeExecuteDeliberation), strings.Repeat("[", 100000), 400, "more than 32 deep"},
 		{"invalid UTF-8", "application/json", ceHeaders(rpcevents.TypeExecuteDeliberation), "{\"task_id\":\"\xff\xfe\"}", 400, "protobuf JSON"},
 		{"wrong field type", "application/json", ceHeaders(rpcevents.TypeExecuteDeliberation), `{"agents":"many"}`, 400, "protobuf JSON"},
 		{"not a CloudEvent", "application/json", nil, `{}`, 400, "CloudEvent"},

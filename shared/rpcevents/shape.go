@@ -74,7 +74,7 @@ func (s *bytesSource) Discard(n int) (int, error) {
 // API, never sends). It allocates nothing per field. Malformed data ends the check without
 // an error: the decoder describes it.
 func CheckWireShape(r WireSource, size int, md protoreflect.MessageDescriptor) error {
-	w := wireWalk{r: r, top: md, budget: MaxElements}
+	w := wireWalk{r: r, top: md, budget: MaxElements, counts: map[protowire.Number]int{}}
 	err := w.message(md, size, 0)
 	if errors.Is(err, errMalformed) {
 		return nil
@@ -88,6 +88,24 @@ type wireWalk struct {
 	r      WireSource
 	top    protoreflect.MessageDescriptor
 	budget int
+	// field is the top-level field being walked; counts, the fields each top-level field
+	// holds, so that a refusal names the field that holds the most.
+	field  protowire.Number
+	counts map[protowire.Number]int
+}
+
+func (w *wireWalk) tooMany() error {
+	var most protowire.Number
+	for n, c := range w.counts {
+		if c > w.counts[most] || most == 0 {
+			most = n
+		}
+	}
+	name := fmt.Sprintf("field %d", most)
+	if fd := w.top.Fields().ByNumber(most); fd != nil {
+		name = string(fd.Name())
+	}
+	return shapeError(w.top, fmt.Sprintf("has more than %d fields in all (%d of them in %s)", MaxElements, w.counts[most], name))
 }
 
 func (w *wireWalk) varint() (uint64, int, error) {
@@ -126,10 +144,14 @@ func (w *wireWalk) message(md protoreflect.MessageDescriptor, size, depth int) e
 			return err
 		}
 		size -= n
-		if w.budget--; w.budget < 0 {
-			return shapeError(w.top, fmt.Sprintf("has more than %d fields in all", MaxElements))
-		}
 		num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
+		if depth == 0 {
+			w.field = num
+		}
+		w.counts[w.field]++
+		if w.budget--; w.budget < 0 {
+			return w.tooMany()
+		}
 		switch typ {
 		case protowire.VarintType:
 			_, n, err = w.varint()
@@ -175,6 +197,9 @@ func CheckJSONShape(data []byte, md protoreflect.MessageDescriptor) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	depth, values := 0, 0
+	// key is the top-level field being read; counts, the tokens each holds, so that a
+	// refusal names the field that holds the most.
+	key, expectKey, counts := "", false, map[string]int{}
 	for {
 		tok, err := dec.Token()
 		if err == io.EOF {
@@ -183,17 +208,31 @@ func CheckJSONShape(data []byte, md protoreflect.MessageDescriptor) error {
 		if err != nil {
 			return nil // malformed: the decoder says how
 		}
-		switch tok {
-		case json.Delim('{'), json.Delim('['):
+		switch {
+		case depth == 1 && expectKey:
+			key, _ = tok.(string)
+			expectKey = false
+		case tok == json.Delim('{') || tok == json.Delim('['):
 			if depth++; depth > MaxDepth {
 				return shapeError(md, fmt.Sprintf("nests objects or arrays more than %d deep", MaxDepth))
 			}
-		case json.Delim('}'), json.Delim(']'):
+			expectKey = depth == 1 && tok == json.Delim('{')
+		case tok == json.Delim('}') || tok == json.Delim(']'):
 			depth--
+			expectKey = depth == 1
 			continue
+		default:
+			expectKey = depth == 1
 		}
+		counts[key]++
 		if values++; values > 2*MaxElements { // keys and values both count as tokens
-			return shapeError(md, fmt.Sprintf("has more than %d fields in all", MaxElements))
+			most := ""
+			for k, c := range counts {
+				if c > counts[most] {
+					most = k
+				}
+			}
+			return shapeError(md, fmt.Sprintf("has more than %d fields in all (%d of them in %s)", MaxElements, counts[most], most))
 		}
 	}
 }

@@ -44,7 +44,7 @@ func TestCheckWireShape(t *testing.T) {
 		{"a real request, a long prompt", good, ""},
 		{"at the bound", repeatedEmpty(agents, MaxElements), ""},
 		{"one entry over", repeatedEmpty(agents, MaxElements+1), "fields in all"},
-		{"a million empty agents", repeatedEmpty(agents, 1_000_000), "fields in all"},
+		{"a million empty agents", repeatedEmpty(agents, 1_000_000), "(32769 of them in agents)"},
 		// Unknown field numbers are not descended into, but each still counts.
 		{"unknown fields", repeatedEmpty(999, MaxElements+1), "fields in all"},
 		{"malformed is the decoder's to describe", truncated, ""},
@@ -77,7 +77,7 @@ func TestCheckJSONShape(t *testing.T) {
 		name, data, want string
 	}{
 		{"a real request", `{"task_id":"t","task_description":"` + strings.Repeat("x", 100000) + `","agents":[{"id":"a1"}]}`, ""},
-		{"many empty agents", many, "fields in all"},
+		{"many empty agents", many, "of them in agents)"},
 		{"deep", `{"agents":` + deep + `}`, "more than 32 deep"},
 		{"malformed is the decoder's", `{"task_id":`, ""},
 	} {
