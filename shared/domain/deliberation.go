@@ -136,6 +136,24 @@ func (e *ValidationError) add(format string, args ...any) {
 	e.Problems = append(e.Problems, fmt.Sprintf(format, args...))
 }
 
+// Bounds on the short text fields, so that every event and work message built from them
+// stays far below NATS's max_payload and no error echoes a caller's megabytes back:
+// identifiers, names and models at most MaxShortFieldBytes, URLs at most MaxURLBytes,
+// metadata keys at most MaxShortFieldBytes (keys and values together within
+// MaxMetadataBytes).
+const (
+	MaxShortFieldBytes = 256
+	MaxURLBytes        = 2048
+)
+
+// clip is s for an error message: at most 64 bytes of it, quoted.
+func clip(s string) string {
+	if len(s) <= 64 {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", strings.ToValidUTF8(s[:64], ""), len(s))
+}
+
 // backlogTaskID is the shape the backlog-review processor parses (COMPAT.md).
 var backlogTaskID = regexp.MustCompile(`^ceremony-[^:\s]+:story-[^:\s]+:role-[^:\s]+$`)
 
@@ -156,6 +174,16 @@ func Normalize(r *Request, limits Limits) error {
 	required("vllm_url", r.VLLMURL)
 	required("vllm_model", r.VLLMModel)
 	required("constraints.story_id", r.Constraints.StoryID)
+	tooLong := func(field, value string, max int) {
+		if len(value) > max {
+			v.add("%s is %d bytes, more than the limit of %d", field, len(value), max)
+		}
+	}
+	for field, s := range map[string]string{"task_id": r.TaskID, "role": r.Role, "vllm_model": r.VLLMModel,
+		"constraints.story_id": r.Constraints.StoryID, "constraints.plan_id": r.Constraints.PlanID} {
+		tooLong(field, s, MaxShortFieldBytes)
+	}
+	tooLong("vllm_url", r.VLLMURL, MaxURLBytes)
 	for field, s := range map[string]string{
 		"task_id": r.TaskID, "task_description": r.TaskDescription, "role": r.Role,
 		"vllm_url": r.VLLMURL, "vllm_model": r.VLLMModel,
@@ -169,7 +197,7 @@ func Normalize(r *Request, limits Limits) error {
 		if err := checkEndpoint(r.VLLMURL); err != nil {
 			v.add("vllm_url %v", err)
 		} else if !limits.Endpoints.Allows(r.VLLMURL) {
-			v.add("vllm_url %q is not an allowed LLM endpoint (allowed: %s)", r.VLLMURL, limits.Endpoints)
+			v.add("vllm_url %s is not an allowed LLM endpoint (allowed: %s)", clip(r.VLLMURL), limits.Endpoints)
 		}
 	}
 	if n := len(r.TaskDescription); n > limits.MaxDescriptionBytes {
@@ -199,8 +227,11 @@ func Normalize(r *Request, limits Limits) error {
 		if k == "" {
 			v.add("constraints.metadata has an empty key")
 		}
+		if len(k) > MaxShortFieldBytes {
+			v.add("constraints.metadata key %s is more than the limit of %d bytes", clip(k), MaxShortFieldBytes)
+		}
 		if !utf8.ValidString(k) || !utf8.ValidString(val) {
-			v.add("constraints.metadata[%q] is not valid UTF-8", k)
+			v.add("constraints.metadata[%s] is not valid UTF-8", clip(k))
 		}
 	}
 	if metaBytes > limits.MaxMetadataBytes {
@@ -211,13 +242,13 @@ func Normalize(r *Request, limits Limits) error {
 	case KindDeliberation:
 	case KindBacklogReview:
 		if r.TaskID != "" && !backlogTaskID.MatchString(r.TaskID) {
-			v.add("task_id must look like ceremony-<c>:story-<s>:role-<r> for a backlog review, got %q", r.TaskID)
+			v.add("task_id must look like ceremony-<c>:story-<s>:role-<r> for a backlog review, got %s", clip(r.TaskID))
 		}
 		if c.PlanID != "" {
 			v.add("constraints.plan_id must be empty for a backlog review")
 		}
 	default:
-		v.add("kind %q is unknown", r.Kind)
+		v.add("kind %s is unknown", clip(string(r.Kind)))
 	}
 
 	if len(r.Agents) == 0 {
@@ -231,8 +262,12 @@ func Normalize(r *Request, limits Limits) error {
 			required(fmt.Sprintf("agents[%d].id", i), a.ID)
 			required(fmt.Sprintf("agents[%d].role", i), a.Role)
 			required(fmt.Sprintf("agents[%d].model", i), a.Model)
+			for field, s := range map[string]string{"id": a.ID, "role": a.Role, "model": a.Model} {
+				tooLong(fmt.Sprintf("agents[%d].%s", i, field), s, MaxShortFieldBytes)
+			}
+			tooLong(fmt.Sprintf("agents[%d].vllm_url", i), a.VLLMURL, MaxURLBytes)
 			if j, dup := seen[a.ID]; dup && a.ID != "" {
-				v.add("agents[%d].id %q repeats agents[%d].id", i, a.ID, j)
+				v.add("agents[%d].id %s repeats agents[%d].id", i, clip(a.ID), j)
 			}
 			seen[a.ID] = i
 			if n := len(a.PromptTemplate); n > limits.MaxPromptTemplateBytes {
@@ -245,7 +280,7 @@ func Normalize(r *Request, limits Limits) error {
 				if err := checkEndpoint(a.VLLMURL); err != nil {
 					v.add("agents[%d].vllm_url %v", i, err)
 				} else if !limits.Endpoints.Allows(a.VLLMURL) {
-					v.add("agents[%d].vllm_url %q is not an allowed LLM endpoint (allowed: %s)", i, a.VLLMURL, limits.Endpoints)
+					v.add("agents[%d].vllm_url %s is not an allowed LLM endpoint (allowed: %s)", i, clip(a.VLLMURL), limits.Endpoints)
 				}
 			}
 			for field, s := range map[string]string{"id": a.ID, "role": a.Role, "model": a.Model, "prompt_template": a.PromptTemplate, "vllm_url": a.VLLMURL} {

@@ -706,3 +706,38 @@ func TestSentinelsAreDistinct(t *testing.T) {
 		}
 	}
 }
+
+// Every short text field has a limit, and no refusal echoes a caller's megabytes: a request
+// whose every short field is 100 KiB is refused naming each, in a message of a few KiB.
+func TestShortFieldsAreBounded(t *testing.T) {
+	huge := strings.Repeat("x", 100<<10)
+	r := validRequest(KindBacklogReview)
+	r.TaskID, r.Role, r.VLLMModel = huge, huge, huge
+	r.Constraints.StoryID = huge
+	r.VLLMURL = "http://127.0.0.1/" + huge
+	r.Constraints.Metadata = map[string]string{huge[:300]: "v"}
+	r.Agents[0].ID, r.Agents[0].Role, r.Agents[0].Model = huge, huge, huge
+	r.Agents = append(r.Agents, r.Agents[0]) // a repeated (huge) id
+	err := Normalize(&r, Limits{})
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"task_id is 102400 bytes, more than the limit of 256", "role is 102400 bytes", "vllm_model is 102400 bytes",
+		"constraints.story_id is 102400 bytes", "vllm_url is 102417 bytes, more than the limit of 2048",
+		"constraints.metadata key", "agents[0].id is 102400 bytes", "agents[0].model is 102400 bytes",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the refusal does not say %q", want)
+		}
+	}
+	if len(msg) > 8<<10 {
+		t.Errorf("the refusal is %d bytes: it echoes the caller's text", len(msg))
+	}
+	ok := validRequest(KindDeliberation)
+	ok.TaskID, ok.Agents[0].Model = strings.Repeat("t", MaxShortFieldBytes), strings.Repeat("m", MaxShortFieldBytes)
+	if err := Normalize(&ok, Limits{}); err != nil {
+		t.Errorf("fields at the limit: %v", err)
+	}
+}
