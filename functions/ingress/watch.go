@@ -46,6 +46,9 @@ func (s *Server) WatchDeliberation(req *pb.WatchDeliberationRequest, stream pb.R
 	}
 	var sendErr error
 	err = s.Events.Watch(ctx, id, func(ev natsbus.Stored) bool {
+		if ev.Kind().Terminal() && !s.recordBearsOut(ctx, id, ev) {
+			return false // not the deliberation's end: skipped, and the watch goes on
+		}
 		if sendErr = stream.Send(&pb.WatchDeliberationResponse{Event: lifecycleEvent(ev)}); sendErr != nil {
 			return true
 		}
@@ -71,4 +74,24 @@ func lifecycleEvent(ev natsbus.Stored) *pb.LifecycleEvent {
 		out.Time = timestamppb.New(ev.Time)
 	}
 	return out
+}
+
+// recordBearsOut reports whether the deliberation's record ended as terminal event ev says.
+// The record is written before its terminal event is published, so a real one always
+// agrees; a terminal event published by anyone else with access to the subject (a forged
+// "cancelled" for a deliberation still running, or one not yet submitted) does not, and
+// must neither end a watch nor reach a caller. When status cannot answer, the event is
+// trusted: the stream's own publishers are limited by NATS permissions (README).
+func (s *Server) recordBearsOut(ctx context.Context, id string, ev natsbus.Stored) bool {
+	var st pb.GetDeliberationStatusResponse
+	if err := s.Caller.Call(ctx, s.Routes.Status, rpcevents.TypeGetDeliberationStatus,
+		&pb.GetDeliberationStatusRequest{DeliberationId: id}, rpcevents.CallOptions{Caller: CallerOf(ctx)}, &st); err != nil {
+		return true
+	}
+	if st.GetStatus() == string(ev.Kind()) {
+		return true
+	}
+	s.Logger.Warn("a terminal event the deliberation's record does not bear out was not passed on",
+		"deliberation_id", id, "event_kind", string(ev.Kind()), "record_status", st.GetStatus(), "event_source", ev.Source)
+	return false
 }
