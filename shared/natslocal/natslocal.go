@@ -24,6 +24,13 @@ type Server struct {
 // Start starts a NATS server with JetStream storing under storeDir, on addr
 // ("127.0.0.1:4222"; port 0 or -1 picks a free one).
 func Start(addr, storeDir string) (*Server, error) {
+	return StartConfig(addr, storeDir, "")
+}
+
+// StartConfig is Start with a NATS server configuration file applied first (its users and
+// permissions, say: knative/nats/ray-executor-users.conf); the address, the store, JetStream
+// and the payload limit are Start's.
+func StartConfig(addr, storeDir, configFile string) (*Server, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("natslocal: NATS address %q: %w", addr, err)
@@ -35,18 +42,19 @@ func Start(addr, storeDir string) (*Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	s, err := server.NewServer(&server.Options{
-		Host:      host,
-		Port:      port,
-		JetStream: true,
-		StoreDir:  storeDir,
-		NoSigs:    true,
-		// A work message carries a whole request (execute takes up to MAX_BODY_BYTES, 2 MiB,
-		// which is more as JSON), and a record all its agents' answers: NATS's default 1 MiB
-		// is too small. 8 MiB is the largest NATS advises; production servers need the same
-		// (max_payload: 8MB, knative/README.md).
-		MaxPayload: MaxPayload,
-	})
+	opts := &server.Options{}
+	if configFile != "" {
+		if opts, err = server.ProcessConfigFile(configFile); err != nil {
+			return nil, fmt.Errorf("natslocal: NATS configuration %s: %w", configFile, err)
+		}
+	}
+	opts.Host, opts.Port, opts.JetStream, opts.StoreDir, opts.NoSigs = host, port, true, storeDir, true
+	// A work message carries a whole request (execute takes up to MAX_BODY_BYTES, 2 MiB,
+	// which is more as JSON), and a record all its agents' answers: NATS's default 1 MiB
+	// is too small. 8 MiB is the largest NATS advises; production servers need the same
+	// (max_payload: 8MB, knative/README.md).
+	opts.MaxPayload = MaxPayload
+	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("natslocal: NATS: %w", err)
 	}

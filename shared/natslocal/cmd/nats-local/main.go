@@ -15,8 +15,9 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:4222", "listen address")
 	store := flag.String("store", ".data/nats", "JetStream storage directory")
+	conf := flag.String("config", "", "a NATS server configuration file applied first (users, permissions)")
 	flag.Parse()
-	srv, err := natslocal.Start(*addr, *store)
+	srv, err := natslocal.StartConfig(*addr, *store, *conf)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "nats-local:", err)
 		os.Exit(1)
