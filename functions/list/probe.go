@@ -74,7 +74,8 @@ func rayTrouble(err error, logger *slog.Logger) string {
 	}
 	switch {
 	case errors.Is(err, domain.ErrUnauthenticated), errors.Is(err, domain.ErrPermissionDenied):
-		return "Ray refuses this gateway's credentials (details in the list function's log)"
+		return "the Ray dashboard refused the token: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_FILE is wrong for this cluster " +
+			"(details in the list function's log)"
 	case errors.Is(err, domain.ErrDeadline), errors.Is(err, context.DeadlineExceeded):
 		return "Ray does not answer in time (details in the list function's log)"
 	default:

@@ -251,7 +251,7 @@ func TestHealth(t *testing.T) {
 		t.Errorf("ray down: got %+v, want degraded, unreachable, and no address", r)
 	}
 	svc.RayReady = func(context.Context) error { return fmt.Errorf("ray: 401: %w", domain.ErrUnauthenticated) }
-	if r := component(t, svc.Health(ctx), "ray"); !strings.Contains(r.Message, "credentials") {
+	if r := component(t, svc.Health(ctx), "ray"); !strings.Contains(r.Message, "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_FILE is wrong") {
 		t.Errorf("ray refusing the token: got %+v", r)
 	}
 }
