@@ -31,13 +31,18 @@ import (
 // without the credentials each test holds.
 func startGuardedIngress(t *testing.T, env ...string) (string, *proc) {
 	t.Helper()
-	s := shared(t)
+	return startGuardedIngressFor(t, shared(t), natsURL, env...)
+}
+
+// startGuardedIngressFor is startGuardedIngress in front of system s, whose NATS is nats.
+func startGuardedIngressFor(t *testing.T, s *system, nats string, env ...string) (string, *proc) {
+	t.Helper()
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(filepath.Join(binDir, "ingress"))
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",
 		"EXECUTE_URL=" + s.execute.url, "STATUS_URL=" + s.status.url, "LIST_URL=" + s.list.url,
-		"HEALTH_CACHE_TTL=100ms", "LOG_LEVEL=info", "NATS_URL=" + natsURL}, env...)
+		"HEALTH_CACHE_TTL=100ms", "LOG_LEVEL=info", "NATS_URL=" + nats}, env...)
 	p := &proc{name: "ingress", url: addr, cmd: cmd, out: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
