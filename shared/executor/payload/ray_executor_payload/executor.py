@@ -355,7 +355,15 @@ class Worker:
         if not nats_events.valid_subject_token(did):
             log.warning("work message on %s: not a deliberation id; dropped", msg.subject[:200])
             return await self._ack(msg)
-        got = await self.store.get(did)
+        try:
+            got = await self.store.get(did)
+        except records.RecordError as exc:
+            # Nothing can decide on a record that does not decode (the reconciler reports it
+            # too); redelivering its work every AckWait forever would only repeat this, so
+            # the message is dropped, loudly, and the other work goes on.
+            log.error("deliberation %s: its record is unreadable (%s); its work message is dropped", did, exc)
+            _event("record_unreadable", id=did, replica=self.replica)
+            return await self._ack(msg)
         if got is None:
             _event("record_missing", id=did, replica=self.replica)
             return await self._ack(msg)

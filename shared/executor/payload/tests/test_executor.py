@@ -313,3 +313,35 @@ def test_a_record_with_no_record_is_acked(nats_server, stub):
 
     run(go())
     assert stub.requests == []
+
+
+def test_an_unreadable_record_drops_its_work_and_the_rest_goes_on(nats_server, stub):
+    """One bad record never stops a pass over the others: its work message is acked and
+    dropped (it could only be redelivered forever), and the next deliberation completes."""
+    bad = delib(stub.url, [agent("b1", "m-any")])
+    good = delib(stub.url, [agent("g1", "m-any")])
+
+    async def go():
+        await Env.reset(nats_server.url)
+        async with Env(nats_server.url) as env:
+            assert env.store is not None
+            await env.store.kv.put(records.record_key(bad["deliberation_id"]), b"{not a record")
+            await env.publish_work(bad, bad["deliberation_id"])
+            await env.submit(good)
+            w = worker(nats_server.url)
+            await w.start()
+            try:
+                rec = await env.wait_state(good["deliberation_id"], records.TERMINAL_STATES, timeout=20)
+                assert rec["state"] == "completed"
+                for _ in range(100):
+                    if await env.work_messages() == 0:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                await w.drain()
+            assert await env.work_messages() == 0
+            raw = await env.store.kv.get(records.record_key(bad["deliberation_id"]))
+            assert raw.value == b"{not a record"
+
+    run(go())
+    assert len(stub.requests) == 1
