@@ -62,6 +62,9 @@ func (f *Function) Close() {
 	f.closers = nil
 }
 
+// MaxHeaderBytes bounds a request's headers; larger ones are answered 431.
+const MaxHeaderBytes = 64 << 10
+
 // Run serves h until ctx is done, then stops accepting, lets in-flight requests finish
 // within the drain timeout, and returns.
 func Run(ctx context.Context, cfg config.Serving, h http.Handler, logger *slog.Logger, opts Options) error {
@@ -77,6 +80,9 @@ func Run(ctx context.Context, cfg config.Serving, h http.Handler, logger *slog.L
 		// at most MAX_BODY_BYTES, 2 MiB): a client trickling its body is cut off.
 		ReadTimeout: 30 * time.Second,
 		IdleTimeout: 120 * time.Second,
+		// CloudEvents' binary mode puts a few attributes, a traceparent and a bearer token in
+		// headers: 64 KiB is room for all of them many times over (Go's default is 1 MiB).
+		MaxHeaderBytes: MaxHeaderBytes,
 		Protocols:   &protocols,
 		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

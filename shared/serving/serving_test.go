@@ -143,6 +143,27 @@ func TestRunServesHandlerAndProbes(t *testing.T) {
 	}
 }
 
+// Headers are bounded: 100 KiB of them is refused (431) before the handler runs.
+func TestRunBoundsHeaders(t *testing.T) {
+	r := start(t, defaultCfg(), appHandler, Options{})
+	req, _ := http.NewRequest(http.MethodGet, "http://"+r.addr+"/", nil)
+	req.Header.Set("X-Big", strings.Repeat("x", 100<<10))
+	resp, err := http1Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || resp.Header.Get("X-App") != "" {
+		t.Errorf("100 KiB of headers: got %d (handler ran: %v), want 431", resp.StatusCode, resp.Header.Get("X-App") != "")
+	}
+	req.Header.Set("X-Big", strings.Repeat("x", 8<<10))
+	if resp, err := http1Client().Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("8 KiB of headers: %v %v, want 200", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+}
+
 func TestRunReadiness(t *testing.T) {
 	tests := []struct {
 		name       string
