@@ -83,8 +83,8 @@ func Run(ctx context.Context, cfg config.Serving, h http.Handler, logger *slog.L
 		// CloudEvents' binary mode puts a few attributes, a traceparent and a bearer token in
 		// headers: 64 KiB is room for all of them many times over (Go's default is 1 MiB).
 		MaxHeaderBytes: MaxHeaderBytes,
-		Protocols:   &protocols,
-		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		Protocols:      &protocols,
+		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
 	if err != nil {
