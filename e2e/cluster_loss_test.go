@@ -13,7 +13,6 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
-	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
 
 // TestDeadlinesHoldThroughClusterLoss (issue 16): the Ray cluster goes away under running
@@ -54,16 +53,7 @@ func TestDeadlinesHoldThroughClusterLoss(t *testing.T) {
 			run := uniqueTask(t)
 			hang, short, long := run+"-hang", run+"-short", run+"-long"
 			stub.Script(hang, llmstub.Behavior{Delay: 60 * time.Second})
-			submit := func(model string, timeout int32) domain.Record {
-				t.Helper()
-				req := request(uniqueTask(t), llmURL, model)
-				req.Constraints.TimeoutSeconds = timeout
-				resp, err := s.submit(t, req, rpcevents.CallOptions{})
-				if err != nil || resp.GetStatus() != "submitted" {
-					t.Fatalf("submit: %v %v", resp, err)
-				}
-				return s.record(t, resp.GetDeliberationId())
-			}
+			submit := func(model string, timeout int32) domain.Record { return s.submitWithTimeout(t, llmURL, model, timeout) }
 			running := submit(hang, 10)
 			for until := time.Now().Add(time.Minute); !called(stub, hang); time.Sleep(100 * time.Millisecond) {
 				if time.Now().After(until) {

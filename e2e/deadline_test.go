@@ -39,16 +39,7 @@ func TestDeadlinesHoldWithNoExecutor(t *testing.T) {
 	s := privateSystem(t, srv.URL(), "EXECUTOR_DEPLOY=false", "LOG_LEVEL=warn")
 	stub, llmURL := llm(t)
 
-	submit := func(timeout int32, model string) domain.Record {
-		t.Helper()
-		req := request(uniqueTask(t), llmURL, model)
-		req.Constraints.TimeoutSeconds = timeout
-		resp, err := s.submit(t, req, rpcevents.CallOptions{})
-		if err != nil || resp.GetStatus() != "submitted" {
-			t.Fatalf("submit: %v %v", resp, err)
-		}
-		return s.record(t, resp.GetDeliberationId())
-	}
+	submit := func(timeout int32, model string) domain.Record { return s.submitWithTimeout(t, llmURL, model, timeout) }
 	var expiring []domain.Record
 	for range 3 {
 		expiring = append(expiring, submit(5, "m-expired"))
@@ -121,4 +112,17 @@ func TestDeadlinesHoldWithNoExecutor(t *testing.T) {
 			t.Errorf("an expired deliberation ran an agent (the LLM got a call for %s)", c.Model)
 		}
 	}
+}
+
+// submitWithTimeout submits a one-agent deliberation of model with timeout_seconds timeout
+// and returns its record as accepted.
+func (s *system) submitWithTimeout(t *testing.T, llmURL, model string, timeout int32) domain.Record {
+	t.Helper()
+	req := request(uniqueTask(t), llmURL, model)
+	req.Constraints.TimeoutSeconds = timeout
+	resp, err := s.submit(t, req, rpcevents.CallOptions{})
+	if err != nil || resp.GetStatus() != "submitted" {
+		t.Fatalf("submit: %v %v", resp, err)
+	}
+	return s.record(t, resp.GetDeliberationId())
 }

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -31,6 +30,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // rawBytes sends pre-encoded bytes as a gRPC message, as no protobuf library would.
@@ -42,23 +42,6 @@ func (rawBytes) Unmarshal(data []byte, v any) error {
 	return nil
 }
 func (rawBytes) Name() string { return "proto" }
-
-// peakRSS is a process's peak resident memory (VmHWM), from the kernel's accounting.
-func peakRSS(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmHWM for %d", pid)
-	return 0
-}
 
 // The hostile suite (issue 12): the whole stack with access control on (tokens at the
 // ingress, the internal credential at the functions), on a NATS server of its own, against
@@ -197,7 +180,7 @@ func TestHostileCallersAgainstTheStack(t *testing.T) {
 			}
 			wg.Wait()
 		}
-		if peak := peakRSS(t, ingress.cmd.Process.Pid); peak > 64<<20 {
+		if _, peak := testenv.ProcMemory(t, ingress.cmd.Process.Pid); peak > 64<<20 {
 			t.Errorf("the ingress peaked at %d MiB resident, over 64 MiB", peak>>20)
 		} else {
 			t.Logf("ingress peak after 32 hostile 4 MiB messages: %d MiB", peak>>20)
@@ -221,7 +204,7 @@ func TestHostileCallersAgainstTheStack(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		if peak := peakRSS(t, s.execute.cmd.Process.Pid); peak > 64<<20 {
+		if _, peak := testenv.ProcMemory(t, s.execute.cmd.Process.Pid); peak > 64<<20 {
 			t.Errorf("execute peaked at %d MiB resident, over 64 MiB", peak>>20)
 		}
 	})

@@ -25,6 +25,7 @@ import (
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // TestRecordsScaleReport (make bench) measures what issue 11 asks of the records: with
@@ -178,21 +179,6 @@ func scaleFreePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func scaleRSS(t *testing.T, pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmRSS for %d", pid)
-	return 0
-}
-
 // scaleMeasure starts fresh status and list binaries on the store and loads them.
 func scaleMeasure(t *testing.T, dir, natsURL string, ids []string, rate, seconds int) scaleResult {
 	type fn struct {
@@ -291,7 +277,8 @@ func scaleMeasure(t *testing.T, dir, natsURL string, ids []string, rate, seconds
 	res.listP50, res.listP99 = scalePct(listLat, 50), scalePct(listLat, 99)
 	res.statusP50, res.statusP99 = scalePct(statusLat, 50), scalePct(statusLat, 99)
 	res.steadyP99 = scalePct(steadyLat, 99)
-	res.statusRSS, res.listRSS = scaleRSS(t, status.cmd.Process.Pid), scaleRSS(t, list.cmd.Process.Pid)
+	res.statusRSS, _ = testenv.ProcMemory(t, status.cmd.Process.Pid)
+	res.listRSS, _ = testenv.ProcMemory(t, list.cmd.Process.Pid)
 	return res
 }
 

@@ -54,11 +54,17 @@ func StartBinary(t testing.TB, pkg string, env ...string) *Process {
 	}
 }
 
-// Memory is the process's resident memory now (VmRSS) and at its peak (VmHWM), in bytes,
-// from /proc/<pid>/status.
+// Memory is the process's resident memory now (VmRSS) and at its peak (VmHWM), in bytes.
 func (p *Process) Memory(t testing.TB) (rss, peak int64) {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
+	return ProcMemory(t, p.Cmd.Process.Pid)
+}
+
+// ProcMemory is process pid's resident memory now (VmRSS) and at its peak (VmHWM), in
+// bytes, from the kernel's accounting (/proc/<pid>/status).
+func ProcMemory(t testing.TB, pid int) (rss, peak int64) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +82,7 @@ func (p *Process) Memory(t testing.TB) (rss, peak int64) {
 		}
 	}
 	if rss == 0 || peak == 0 {
-		t.Fatalf("no VmRSS/VmHWM for pid %d", p.Cmd.Process.Pid)
+		t.Fatalf("no VmRSS/VmHWM for pid %d", pid)
 	}
 	return rss, peak
 }
