@@ -164,9 +164,16 @@ func TestIngressRunsEveryRPCEndToEnd(t *testing.T) {
 		t.Errorf("got %q after cancel, want cancelled", ls.GetStatus())
 	}
 
-	gs, err := client.GetStatus(ctx, &pb.GetStatusRequest{IncludeStats: true})
-	if err != nil {
-		t.Fatalf("GetStatus: %v", err)
+	// The counters follow the record (its writer counts after writing it, specs/records.md):
+	// a read right after the cancel may come before the count.
+	var gs *pb.GetStatusResponse
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if gs, err = client.GetStatus(ctx, &pb.GetStatusRequest{IncludeStats: true}); err != nil {
+			t.Fatalf("GetStatus: %v", err)
+		}
+		if gs.GetStats().GetCancelledDeliberations() >= 1 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if gs.GetStatus() != "healthy" || gs.GetStats().GetTotalDeliberations() < 3 || gs.GetStats().GetCompletedDeliberations() < 2 ||
 		gs.GetStats().GetCancelledDeliberations() < 1 {
