@@ -26,6 +26,8 @@ import (
 func TestLeastPrivilegeUsers(t *testing.T) {
 	t.Setenv("RAY_EXECUTOR_FUNCTIONS_NATS_PASSWORD", "functions-password-0123456789")
 	t.Setenv("RAY_EXECUTOR_READER_NATS_PASSWORD", "reader-password-0123456789")
+	// The executor's user is exercised by the payload's test_executor_ray.py, with the real executor.
+	t.Setenv("RAY_EXECUTOR_EXECUTOR_NATS_PASSWORD", "executor-password-0123456789")
 	srv, err := natslocal.StartConfig("127.0.0.1:0", t.TempDir(), filepath.Join("..", "..", "knative", "nats", "ray-executor-users.conf"))
 	if err != nil {
 		t.Fatal(err)

@@ -140,6 +140,11 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
         problems.append(f"{MIN_REPLICAS_ENV} ({s.min_replicas}) must not exceed {MAX_REPLICAS_ENV} ({s.max_replicas})")
     if nats.tls_ca_file and not os.path.isfile(nats.tls_ca_file):
         problems.append(f"{nats_events.TLS_CA_FILE_ENV} names no file: {nats.tls_ca_file[:200]!r}")
+    if bool(nats.user) != bool(nats.password):
+        problems.append(f"{nats_events.USER_ENV} and {nats_events.PASSWORD_ENV} go together: one is set, the other is not")
+    if nats.user and (nats.token or nats.creds_file):
+        problems.append(f"{nats_events.USER_ENV} excludes {nats_events.TOKEN_ENV} and {nats_events.CREDS_FILE_ENV}: "
+                        "set one way to authenticate")
     if nats.creds_file and not os.path.isfile(nats.creds_file):
         problems.append(f"{nats_events.CREDS_FILE_ENV} names no file: {nats.creds_file[:200]!r}")
     if problems:
@@ -161,6 +166,8 @@ async def connect(settings: nats_events.NatsSettings, name: str) -> Any:
     }
     if settings.token:
         kwargs["token"] = settings.token
+    if settings.user:
+        kwargs["user"], kwargs["password"] = settings.user, settings.password
     if settings.creds_file:
         kwargs["user_credentials"] = settings.creds_file
     if settings.tls_ca_file:

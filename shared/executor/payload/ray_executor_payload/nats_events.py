@@ -26,6 +26,10 @@ from .result import COMPLETED, AgentResult, iso_utc
 # Environment of the executor (the Ray pods' own, plus what the executor job sets).
 URL_ENV = "RAY_EXECUTOR_NATS_URL"
 TOKEN_ENV = "RAY_EXECUTOR_NATS_TOKEN"
+# The executor's own NATS user (knative/nats/ray-executor-users.conf: ray-executor-executor),
+# from the Ray pods' environment, never from the job's runtime_env.
+USER_ENV = "RAY_EXECUTOR_NATS_USER"
+PASSWORD_ENV = "RAY_EXECUTOR_NATS_PASSWORD"
 CREDS_FILE_ENV = "RAY_EXECUTOR_NATS_CREDS_FILE"
 TLS_CA_FILE_ENV = "RAY_EXECUTOR_NATS_TLS_CA_FILE"
 EVENTS_STREAM_ENV = "RAY_EXECUTOR_NATS_EVENTS_STREAM"  # execute's NATS_EVENTS_STREAM
@@ -62,6 +66,8 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 class NatsSettings:
     servers: Tuple[str, ...]
     token: str = field(default="", repr=False)
+    user: str = ""
+    password: str = field(default="", repr=False)
     creds_file: str = ""
     tls_ca_file: str = ""
     events_stream: str = DEFAULT_EVENTS_STREAM
@@ -83,6 +89,8 @@ def settings_from_env(environ: Mapping[str, str]) -> Optional[NatsSettings]:
     return NatsSettings(
         servers=servers,
         token=environ.get(TOKEN_ENV, "").strip(),
+        user=environ.get(USER_ENV, "").strip(),
+        password=environ.get(PASSWORD_ENV, ""),
         creds_file=environ.get(CREDS_FILE_ENV, "").strip(),
         tls_ca_file=environ.get(TLS_CA_FILE_ENV, "").strip(),
         events_stream=environ.get(EVENTS_STREAM_ENV, "").strip() or DEFAULT_EVENTS_STREAM,

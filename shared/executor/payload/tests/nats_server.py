@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.abspath(os.path.join(TESTS_DIR, "..", "..", "..", ".."))
@@ -87,12 +87,24 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+USERS_CONF = os.path.join(REPO_ROOT, "knative", "nats", "ray-executor-users.conf")
+
+
 class NatsServer:
-    def __init__(self, binary: str, store_dir: str):
+    """With `config` (a NATS configuration file, e.g. USERS_CONF) and `user` = (name, password),
+    the server applies the file, `env` fills its $VARIABLES, and `url` connects as that user
+    while `address` carries no credentials."""
+
+    def __init__(self, binary: str, store_dir: str, config: str = "", env: Optional[Dict[str, str]] = None,
+                 user: Optional[Tuple[str, str]] = None):
         self.binary = binary
         self.store_dir = store_dir
+        self.config = config
+        self.env = env or {}
+        self.user = user
         self.proc: Optional[subprocess.Popen] = None
         self.url = ""
+        self.address = ""
         self.log_path = os.path.join(store_dir, "server.log")
 
     def start(self, port: int = 0) -> "NatsServer":
@@ -101,10 +113,11 @@ class NatsServer:
         for _ in range(1 if port else 5):  # a free port may be taken between probe and bind
             port = port or free_port()
             log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(
-                [self.binary, "-addr", f"127.0.0.1:{port}", "-store", os.path.join(self.store_dir, "js")],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
+            args = [self.binary, "-addr", f"127.0.0.1:{port}", "-store", os.path.join(self.store_dir, "js")]
+            if self.config:
+                args += ["-config", self.config]
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **self.env})
             log.close()
             deadline = time.time() + 20
             while time.time() < deadline and self.proc.poll() is None:
@@ -112,7 +125,9 @@ class NatsServer:
                     with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                         s.settimeout(2)
                         if s.recv(4).startswith(b"INFO"):
-                            self.url = f"nats://127.0.0.1:{port}"
+                            self.address = f"nats://127.0.0.1:{port}"
+                            creds = f"{self.user[0]}:{self.user[1]}@" if self.user else ""
+                            self.url = f"nats://{creds}127.0.0.1:{port}"
                             self.provision()
                             return self
                 except OSError:

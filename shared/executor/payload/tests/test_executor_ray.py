@@ -21,7 +21,7 @@ import uuid
 import llm_stub
 from executor_env import Env, delib
 from helpers import agent
-from nats_server import NatsServer
+from nats_server import USERS_CONF, NatsServer
 from ray_executor_payload import records
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -109,20 +109,72 @@ class _Local:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def test_the_driver_runs_replica_actors_on_ray_and_rolls(nats_server, stub):
+# The users of knative/nats/ray-executor-users.conf, as production has them: the test is the
+# functions (it provisions, submits, cancels and reads), the executor is its own user.
+PASSWORDS = {"RAY_EXECUTOR_FUNCTIONS_NATS_PASSWORD": "functions-pw-" + uuid.uuid4().hex,
+             "RAY_EXECUTOR_EXECUTOR_NATS_PASSWORD": "executor-pw-" + uuid.uuid4().hex,
+             "RAY_EXECUTOR_READER_NATS_PASSWORD": "reader-pw-" + uuid.uuid4().hex}
+EXECUTOR_USER = ("ray-executor-executor", PASSWORDS["RAY_EXECUTOR_EXECUTOR_NATS_PASSWORD"])
+
+
+async def _refused_to_the_executor(address):
+    """What the executor's user must not do, each tried on the real server: the list of
+    the ones NATS let through (empty when the permissions hold)."""
+    import nats
+    from nats.js.api import ConsumerConfig, StreamConfig
+
+    async def quiet(exc):  # each refusal also arrives here as an asynchronous -ERR
+        pass
+
+    nc = await nats.connect(address, user=EXECUTOR_USER[0], password=EXECUTOR_USER[1], connect_timeout=5,
+                            allow_reconnect=False, error_cb=quiet)
+    js = nc.jetstream(timeout=2)
+    attempts = {
+        "queue work": lambda: js.publish(records.WORK_SUBJECT_PREFIX + "forged", b"{}"),
+        "create a stream": lambda: js.add_stream(StreamConfig(name="EXFIL", subjects=["exfil.>"])),
+        "purge the work queue": lambda: js.purge_stream(records.DEFAULT_WORK_STREAM),
+        "delete the records": lambda: js.delete_stream("KV_" + records.DEFAULT_RECORDS_BUCKET),
+        "delete the work consumer": lambda: js.delete_consumer(records.DEFAULT_WORK_STREAM, records.WORK_CONSUMER),
+        "follow the events": lambda: js.add_consumer(records.DEFAULT_EVENTS_STREAM, ConsumerConfig()),
+        "read agent responses": lambda: js.stream_info("AGENT_RESPONSES"),
+    }
+    allowed = []
+    try:
+        for name, attempt in attempts.items():
+            try:
+                await attempt()
+                allowed.append(name)
+            except Exception:  # noqa: BLE001 - a permissions violation surfaces as a timeout or an error
+                pass
+    finally:
+        await nc.close()
+    return allowed
+
+
+def test_the_driver_runs_replica_actors_on_ray_as_its_own_nats_user_and_rolls(nats_server, stub, tmp_path):
     stub.set("m-ray", llm_stub.ok("from a replica"))
+    stub.set("m-slow", llm_stub.sleep(60))
+    own = NatsServer(nats_server.binary, str(tmp_path), config=USERS_CONF, env=PASSWORDS,
+                     user=("ray-executor-functions", PASSWORDS["RAY_EXECUTOR_FUNCTIONS_NATS_PASSWORD"])).start()
     submission = f"ray-executor-test-{uuid.uuid4().hex[:8]}"
+    # In production the user and password are the Ray pods' environment; a test has only the
+    # job's, on its own server.
     env = {
-        "RAY_EXECUTOR_NATS_URL": nats_server.url, "EXECUTOR_VERSION": "test", "EXECUTOR_SUBMISSION_ID": submission,
+        "RAY_EXECUTOR_NATS_URL": own.address, "RAY_EXECUTOR_NATS_USER": EXECUTOR_USER[0],
+        "RAY_EXECUTOR_NATS_PASSWORD": EXECUTOR_USER[1],
+        "EXECUTOR_VERSION": "test", "EXECUTOR_SUBMISSION_ID": submission,
         "EXECUTOR_MIN_REPLICAS": "1", "EXECUTOR_MAX_REPLICAS": "2", "EXECUTOR_REPLICA_CONCURRENCY": "8",
     }
     batch = [delib(stub.url, [agent("r1", "m-ray"), agent("r2", "m-ray")]) for _ in range(3)]
-    asyncio.run(Env.reset(nats_server.url))
-    address = _head_address()
-    driver = _Job(address, env) if address else _Local(env)
+    slow = delib(stub.url, [agent("r1", "m-slow")])
+    driver = None
     try:
+        asyncio.run(Env.reset(own.url))
+        address = _head_address()
+        driver = _Job(address, env) if address else _Local(env)
+
         async def go():
-            async with Env(nats_server.url) as e:
+            async with Env(own.url) as e:
                 await e.store.put_json(records.DEPLOY_KEY, {"version": "test", "submission_id": submission,
                                                             "generation": 1, "at": records.format_time(time.time())})
                 # The driver is up once it heartbeats; fail fast if it died instead.
@@ -148,6 +200,16 @@ def test_the_driver_runs_replica_actors_on_ray_and_rolls(nats_server, stub):
                     await asyncio.sleep(0.1)
                 assert hb and hb[0]["submission_id"] == submission and hb[0]["replicas"] >= 1, hb
                 assert await e.counter("completed") == 3
+                # A running deliberation hears its cancel on the executor's subscription.
+                did = slow["deliberation_id"]
+                await e.submit(slow)
+                await e.wait_state(did, ("running",), timeout=60)
+                await e.store.transition(did, lambda r: records.cancel(r, "stop it", time.time())[0])
+                await e.nc.publish(records.CANCEL_SUBJECT_PREFIX + did, b"")
+                rec = await e.wait_state(did, records.TERMINAL_STATES, timeout=30)
+                assert (rec["state"], rec["reason"]) == ("cancelled", "stop it"), rec
+                assert [k for k, _, _ in await e.events(did)] == ["started", "cancelled"]
+                assert await _refused_to_the_executor(own.address) == []
                 await e.store.put_json(records.DEPLOY_KEY, {"version": "next", "submission_id": "ray-executor-next-2",
                                                             "generation": 2, "at": records.format_time(time.time())})
 
@@ -157,9 +219,13 @@ def test_the_driver_runs_replica_actors_on_ray_and_rolls(nats_server, stub):
         logs = driver.logs()
         assert "superseded by ray-executor-next-2" in logs
         assert "Design the cache layer" not in logs
+        assert "ermissions" not in logs, logs[-4000:]  # no permissions violation on the way
+        assert "Permissions Violation" not in own.tail()
     finally:
-        driver.stop()
-    assert len(stub.requests) == 6
+        if driver is not None:
+            driver.stop()
+        own.stop()
+    assert len([r for r in stub.requests if r.model == "m-ray"]) == 6
 
 
 def test_a_driver_whose_nats_is_gone_exits_non_zero(nats_server, tmp_path):

@@ -72,6 +72,21 @@ def test_settings_are_validated_at_start():
         assert needle in text
 
 
+def test_the_executor_user_needs_its_password_and_only_one_way_in():
+    base = {"RAY_EXECUTOR_NATS_URL": "nats://h:4222"}
+    s = settings_from_env({**base, "RAY_EXECUTOR_NATS_USER": "ray-executor-executor",
+                           "RAY_EXECUTOR_NATS_PASSWORD": "pw-0123456789"})
+    assert (s.nats.user, s.nats.password) == ("ray-executor-executor", "pw-0123456789")
+    assert "pw-0123456789" not in repr(s) and "pw-0123456789" not in s.nats.display
+    for extra, needle in (({"RAY_EXECUTOR_NATS_USER": "u"}, "go together"),
+                          ({"RAY_EXECUTOR_NATS_PASSWORD": "pw-0123456789"}, "go together"),
+                          ({"RAY_EXECUTOR_NATS_USER": "u", "RAY_EXECUTOR_NATS_PASSWORD": "pw-0123456789",
+                            "RAY_EXECUTOR_NATS_TOKEN": "t"}, "set one way")):
+        with pytest.raises(SettingsError) as exc:
+            settings_from_env({**base, **extra})
+        assert needle in str(exc.value) and "pw-0123456789" not in str(exc.value)
+
+
 def test_desired_replicas_follow_the_backlog_within_bounds():
     assert [desired_replicas(b, 64, 1, 4) for b in (0, 1, 64, 65, 200, 10_000)] == [1, 1, 1, 2, 4, 4]
 
