@@ -130,7 +130,7 @@ func (s *Service) Execute(ctx context.Context, r domain.Request, key, traceparen
 	// The counter and the event are stored once by their Nats-Msg-Id, so a duplicate of a
 	// pending deliberation writes them too: a first submit that failed after creating the
 	// record never got to them, and its retry completes them.
-	if err := s.Store.Count(ctx, records.CountSubmitted, id+".submitted", 1); err != nil {
+	if err := records.CountFor(ctx, s.Store, records.CountSubmitted, rec.Owner, id+".submitted", 1); err != nil {
 		logger.Warn("the submitted counter was not incremented", "deliberation_id", id, "error", err.Error())
 	}
 	if ev, err := events.SubmittedEvent(events.SourceExecute, rec.Meta()); err == nil && s.Events != nil {

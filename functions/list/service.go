@@ -23,7 +23,7 @@ import (
 // ErrUnavailable/ErrDeadline when NATS cannot answer.
 type Store interface {
 	Active(ctx context.Context) ([]domain.ActiveEntry, []string, error)
-	Counters(ctx context.Context) (map[string]int64, error)
+	CountersOf(ctx context.Context, owner string) (map[string]int64, error)
 	Queue(ctx context.Context) (records.Queue, error)
 	Heartbeat(ctx context.Context) (records.Heartbeat, bool, error)
 	PurgeDeletes(ctx context.Context, age time.Duration) error
@@ -106,34 +106,28 @@ type Stats struct {
 
 // Stats reads the counters and the active index: its cost does not grow with history.
 // An admin or an anonymous caller (access control off) gets the whole system's; any
-// other caller only its own pending and running deliberations (the lifetime counters are
-// kept for the whole system, not per caller, and are not told to one caller about others').
+// other caller only its own: its own lifetime counters (records.OwnerCounter) and its own
+// pending and running deliberations, never a figure about others'.
 func (s *Service) Stats(ctx context.Context, caller domain.Caller) (Stats, error) {
 	entries, _, err := s.Store.Active(ctx)
 	if err != nil {
 		return Stats{}, fmt.Errorf("list: stats: %w", err)
 	}
-	if caller.Name != "" && !caller.Admin {
-		var st Stats
-		for _, e := range entries {
-			if e.Owner != caller.Name {
-				continue
-			}
-			if e.State == domain.StatusRunning {
-				st.Running++
-			} else {
-				st.Pending++
-			}
-		}
-		return st, nil
+	own := caller.Name != "" && !caller.Admin
+	owner := ""
+	if own {
+		owner = caller.Name
 	}
-	c, err := s.Store.Counters(ctx)
+	c, err := s.Store.CountersOf(ctx, owner)
 	if err != nil {
 		return Stats{}, fmt.Errorf("list: stats: %w", err)
 	}
 	st := Stats{Total: c[records.CountSubmitted], Completed: c[records.CountCompleted],
 		Failed: c[records.CountFailed], Cancelled: c[records.CountCancelled]}
 	for _, e := range entries {
+		if own && e.Owner != caller.Name {
+			continue
+		}
 		if e.State == domain.StatusRunning {
 			st.Running++
 		} else {

@@ -151,14 +151,27 @@ func TestStats(t *testing.T) {
 	if st != want {
 		t.Errorf("got %+v, want %+v", st, want)
 	}
-	// A caller that is not an admin hears only of its own active deliberations.
+	// A caller that is not an admin hears only of its own: its lifetime counters and its
+	// active deliberations.
 	alice := entry("d6", domain.StatusRunning, t0)
 	alice.Owner = "alice"
 	_ = s.PutActive(ctx, alice)
-	if mine, err := svc.Stats(ctx, domain.Caller{Name: "alice"}); err != nil || mine != (Stats{Running: 1}) {
-		t.Errorf("alice's: got %+v %v, want her one running and nothing of the others", mine, err)
+	for _, id := range []string{"d6", "d7", "d8"} {
+		_ = records.CountFor(ctx, s, records.CountSubmitted, "alice", id+".submitted", 1)
 	}
-	if all, err := svc.Stats(ctx, domain.Caller{Name: "root", Admin: true}); err != nil || all.Running != 2 || all.Total != 6 {
+	_ = records.CountFor(ctx, s, records.CountSubmitted, "alice", "d7.submitted", 1) // a retry: dropped
+	_ = records.CountFor(ctx, s, records.CountCompleted, "alice", "d7.count", 1)
+	_ = records.CountFor(ctx, s, records.CountDurationMS, "alice", "d7.duration", 400)
+	_ = records.CountFor(ctx, s, records.CountCancelled, "alice", "d8.count", 1)
+	if mine, err := svc.Stats(ctx, domain.Caller{Name: "alice"}); err != nil ||
+		mine != (Stats{Total: 3, Running: 1, Completed: 1, Cancelled: 1, AverageExecutionMS: 400}) {
+		t.Errorf("alice's: got %+v %v, want her three, one running, and nothing of the others", mine, err)
+	}
+	if bobs, err := svc.Stats(ctx, domain.Caller{Name: "bob"}); err != nil || bobs != (Stats{}) {
+		t.Errorf("bob's: got %+v %v, want nothing", bobs, err)
+	}
+	if all, err := svc.Stats(ctx, domain.Caller{Name: "root", Admin: true}); err != nil || all.Running != 2 || all.Total != 9 ||
+		all.Completed != 3 || all.Cancelled != 2 {
 		t.Errorf("an admin's: got %+v %v, want the whole system's", all, err)
 	}
 	m := StatsMessage(st)

@@ -14,7 +14,7 @@ import (
 
 // Finisher is what the steps after a terminal transition write (Store).
 type Finisher interface {
-	Count(ctx context.Context, name, msgID string, by int64) error
+	Counter
 	DeleteActive(ctx context.Context, id string) error
 }
 
@@ -25,7 +25,7 @@ type Publisher interface {
 
 // AfterTerminal runs the steps that follow a record's terminal transition
 // (specs/records.md): the terminal event (one per deliberation, by its Nats-Msg-Id), the
-// outcome counter (once, by its Nats-Msg-Id), and the removal from the active index. Each
+// outcome counters, the whole system's and the owner's (once, by their Nats-Msg-Id), and the removal from the active index. Each
 // is idempotent, so any writer may run them again; failures are logged, and the executor
 // or the reconciler repeats them.
 func AfterTerminal(ctx context.Context, s Finisher, pub Publisher, r domain.Record, source string, logger *slog.Logger) {
@@ -48,12 +48,12 @@ func AfterTerminal(ctx context.Context, s Finisher, pub Publisher, r domain.Reco
 			warn("terminal event not published", err)
 		}
 	}
-	if err := s.Count(ctx, string(r.State), r.ID+".count", 1); err != nil {
+	if err := CountFor(ctx, s, string(r.State), r.Owner, r.ID+".count", 1); err != nil {
 		warn("counter not incremented", err)
 	}
 	if r.State != domain.StatusCancelled {
 		if ms := r.Duration().Milliseconds(); ms > 0 {
-			if err := s.Count(ctx, CountDurationMS, r.ID+".duration", ms); err != nil {
+			if err := CountFor(ctx, s, CountDurationMS, r.Owner, r.ID+".duration", ms); err != nil {
 				warn("duration not counted", err)
 			}
 		}

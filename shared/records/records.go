@@ -6,6 +6,7 @@ package records
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -433,8 +434,37 @@ func (s *Store) Count(ctx context.Context, name, msgID string, by int64) error {
 	return nil
 }
 
-// Counters reads every counter: one read per counter, whatever the history.
-func (s *Store) Counters(ctx context.Context) (map[string]int64, error) {
+// Counter adds to a counter once per message id (Store).
+type Counter interface {
+	Count(ctx context.Context, name, msgID string, by int64) error
+}
+
+// OwnerCounter names owner's own counter of name: name-by-<the first 8 bytes of the
+// owner's SHA-256 in hex>, one subject token whatever the owner's name holds. Callers are
+// named in the operator's configuration, so there are as many as it names.
+func OwnerCounter(name, owner string) string {
+	sum := sha256.Sum256([]byte(owner))
+	return name + "-by-" + hex.EncodeToString(sum[:8])
+}
+
+// CountFor adds by to counter name and, for a deliberation with an owner, to the owner's
+// own counter (OwnerCounter), each once per msgID.
+func CountFor(ctx context.Context, c Counter, name, owner, msgID string, by int64) error {
+	if err := c.Count(ctx, name, msgID, by); err != nil {
+		return err
+	}
+	if owner == "" {
+		return nil
+	}
+	return c.Count(ctx, OwnerCounter(name, owner), msgID+".owner", by)
+}
+
+// Counters reads every counter of the whole system.
+func (s *Store) Counters(ctx context.Context) (map[string]int64, error) { return s.CountersOf(ctx, "") }
+
+// CountersOf reads owner's counters (the whole system's when owner is empty), by their
+// plain names: one read per counter, whatever the history.
+func (s *Store) CountersOf(ctx context.Context, owner string) (map[string]int64, error) {
 	if err := s.ready(); err != nil {
 		return nil, err
 	}
@@ -449,7 +479,11 @@ func (s *Store) Counters(ctx context.Context) (map[string]int64, error) {
 		return nil, unavailable("stream "+s.cfg.CountersStream, err)
 	}
 	for _, name := range []string{CountSubmitted, CountCompleted, CountFailed, CountCancelled, CountDurationMS} {
-		m, err := st.GetLastMsgForSubject(ctx, CountSubjectPrefix+name)
+		subject := CountSubjectPrefix + name
+		if owner != "" {
+			subject = CountSubjectPrefix + OwnerCounter(name, owner)
+		}
+		m, err := st.GetLastMsgForSubject(ctx, subject)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}

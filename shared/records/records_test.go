@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -463,6 +464,17 @@ func TestCounters(t *testing.T) {
 	want := map[string]int64{"submitted": 3, "completed": 1, "duration_ms": 2000, "cancelled": 1}
 	if fmt.Sprint(c) != fmt.Sprint(want) {
 		t.Errorf("got %v, want %v", c, want)
+	}
+}
+
+// An owner's counter is one subject token named from its SHA-256; the payload
+// (records.owner_counter) names it the same way: both tests hold this vector.
+func TestOwnerCounter(t *testing.T) {
+	if got := records.OwnerCounter("completed", "alice"); got != "completed-by-2bd806c97f0e00af" {
+		t.Errorf("got %q", got)
+	}
+	if a, b := records.OwnerCounter("completed", "a.b"), records.OwnerCounter("completed", "a>b"); strings.ContainsAny(a+b, ".*> ") || a == b {
+		t.Errorf("got %q and %q: want distinct single subject tokens", a, b)
 	}
 }
 

@@ -13,6 +13,7 @@ executor needs ("create if missing": an existing resource is never changed).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -298,6 +299,12 @@ def record_key(deliberation_id: str) -> str:
     return f"d.{deliberation_id}"
 
 
+def owner_counter(name: str, owner: str) -> str:
+    """The owner's own counter of `name` (Go: records.OwnerCounter): name-by-<the first 8
+    bytes of the owner's SHA-256 in hex>, one subject token whatever the name holds."""
+    return f"{name}-by-{hashlib.sha256(owner.encode('utf-8')).hexdigest()[:16]}"
+
+
 def active_key(deliberation_id: str) -> str:
     return f"active.{deliberation_id}"
 
@@ -450,10 +457,14 @@ class Store:
     async def put_json(self, key: str, value: Any) -> int:
         return await self.kv.put(key, encode(value))
 
-    async def count(self, name: str, msg_id: str, incr: int = 1) -> None:
-        """Adds incr to the counter ray_executor.count.<name>; Nats-Msg-Id makes it once."""
+    async def count(self, name: str, msg_id: str, incr: int = 1, owner: str = "") -> None:
+        """Adds incr to the counter ray_executor.count.<name> and, for a deliberation with an
+        owner, to the owner's own (owner_counter); Nats-Msg-Id makes each once."""
         await self.js.publish(COUNT_SUBJECT_PREFIX + name, b"", timeout=self.timeout,
                               headers={"Nats-Incr": str(int(incr)), "Nats-Msg-Id": msg_id})
+        if owner:
+            await self.js.publish(COUNT_SUBJECT_PREFIX + owner_counter(name, owner), b"", timeout=self.timeout,
+                                  headers={"Nats-Incr": str(int(incr)), "Nats-Msg-Id": msg_id + ".owner"})
 
     async def counter_value(self, name: str) -> int:
         """The counter's current value (0 when it was never added to)."""
@@ -494,8 +505,9 @@ class Store:
             subject, msg_id, body = terminal_event(record)
             await self.js.publish(subject, body, timeout=self.timeout,
                                   headers={"Nats-Msg-Id": msg_id, "Content-Type": "application/cloudevents+json"})
-        await self.count(record["state"], f"{did}.count")
+        owner = record.get("owner") or ""
+        await self.count(record["state"], f"{did}.count", owner=owner)
         if record["state"] in (COMPLETED, FAILED):
-            await self.count("duration_ms", f"{did}.duration", duration_ms(record))
+            await self.count("duration_ms", f"{did}.duration", duration_ms(record), owner=owner)
         await self.delete_active(did)
 

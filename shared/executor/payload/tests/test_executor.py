@@ -73,7 +73,9 @@ def test_all_agents_failing_ends_failed(nats_server, stub):
     async def go():
         await Env.reset(nats_server.url)
         async with Env(nats_server.url) as env:
-            await env.submit(data)
+            rec = records.new_record(did, task_id=data["task_id"], num_agents=1, timeout_seconds=data["timeout_seconds"])
+            rec["owner"] = "alice"
+            await env.submit(data, record=rec)
             w = worker(nats_server.url)
             await w.start()
             try:
@@ -85,8 +87,17 @@ def test_all_agents_failing_ends_failed(nats_server, stub):
             assert await env.counter("failed") == 1
             evs = await env.events(did)
             assert evs[-1][0] == "failed" and evs[-1][2]["error_type"] == "all_agents_failed"
+            # The owner's own counters too (list's statistics for a caller that is no admin).
+            assert await env.counter(records.owner_counter("failed", "alice")) == 1
+            assert await env.counter(records.owner_counter("failed", "bob")) == 0
+            assert await env.counter(records.owner_counter("duration_ms", "alice")) == await env.counter("duration_ms")
 
     run(go())
+
+
+def test_owner_counters_are_named_as_the_go_side_names_them():
+    # The vector of shared/records' TestOwnerCounter.
+    assert records.owner_counter("completed", "alice") == "completed-by-2bd806c97f0e00af"
 
 
 def test_a_deliberation_cancelled_while_queued_runs_no_agent(nats_server, stub):
