@@ -91,7 +91,7 @@ async def post_chat(call: llm.ChatCall, deadline: float, api_key: str = "",
         retryable = status == 429 or 500 <= status <= 599
         raise llm.LLMError(
             llm.HTTP_ERROR,
-            f"HTTP {status} from {host}: {llm._error_detail(raw)}",
+            f"HTTP {status} from {host}: {llm._error_detail(raw, (api_key,))}",
             retryable=retryable,
             retry_after=llm._retry_after(retry_after_header) if retryable else 0.0,
         )
@@ -100,7 +100,8 @@ async def post_chat(call: llm.ChatCall, deadline: float, api_key: str = "",
     except ValueError:
         raise llm.LLMError(
             llm.INVALID_RESPONSE,
-            f"response from {host} is not JSON: {llm.snippet(raw[:1024].decode('utf-8', errors='replace'))}",
+            f"response from {host} is not JSON: "
+            f"{llm.snippet(raw[:1024].decode('utf-8', errors='replace'), secrets=(api_key,))}",
         ) from None
     return llm.parse_completion(data)
 

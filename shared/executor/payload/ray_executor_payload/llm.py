@@ -12,9 +12,11 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import re
 import socket
 import ssl
 import time
+import unicodedata
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -171,19 +173,40 @@ def request_headers(call: ChatCall, api_key: str) -> Dict[str, str]:
     return headers
 
 
-def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
+# Credential-shaped text in what an upstream says, redacted before it reaches a record, an
+# event or a log: a bearer token, an OpenAI-style key, and `key=value` / "key": "value"
+# pairs of secret-sounding names.
+_CREDENTIALS = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), "[redacted]"),
+    (re.compile(r"""(?i)\b((?:api[_-]?key|access[_-]?token|token|password|secret)["']?\s*[:=]\s*["']?)[^\s"',;}&]+"""),
+     r"\1[redacted]"),
+)
+
+
+def snippet(text: str, limit: int = SNIPPET_CHARS, secrets: Tuple[str, ...] = ()) -> str:
+    """A short, single-line, printable excerpt of text that an upstream or a caller wrote,
+    for a record or a log: white space collapsed, control and format characters (terminal
+    escapes, bidi overrides) replaced by '?', credentials and the given secrets redacted,
+    then cut to `limit` characters."""
     one_line = " ".join(text.split())
+    one_line = "".join("?" if unicodedata.category(c).startswith("C") else c for c in one_line)
+    for secret in secrets:
+        if len(secret) >= 4:
+            one_line = one_line.replace(secret, "[redacted]")
+    for pattern, repl in _CREDENTIALS:
+        one_line = pattern.sub(repl, one_line)
     return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."
 
 
-def _error_detail(raw: bytes) -> str:
+def _error_detail(raw: bytes, secrets: Tuple[str, ...] = ()) -> str:
     """A short readable detail of an error body: the message of an OpenAI/vLLM style JSON
-    error when there is one, else the start of the body."""
+    error when there is one, else the start of the body; sanitised (snippet)."""
     text = raw[:4096].decode("utf-8", errors="replace")
     try:
         data = json.loads(raw)
     except ValueError:
-        return snippet(text)
+        return snippet(text, secrets=secrets)
     if isinstance(data, dict):
         err = data.get("error")
         for candidate in (
@@ -192,8 +215,8 @@ def _error_detail(raw: bytes) -> str:
             data.get("detail"),
         ):
             if isinstance(candidate, str) and candidate.strip():
-                return snippet(candidate)
-    return snippet(text)
+                return snippet(candidate, secrets=secrets)
+    return snippet(text, secrets=secrets)
 
 
 def _retry_after(value: Optional[str]) -> float:
@@ -317,7 +340,7 @@ def post_chat(
             retryable = status == 429 or 500 <= status <= 599
             raise LLMError(
                 HTTP_ERROR,
-                f"HTTP {status} from {host}: {_error_detail(raw)}",
+                f"HTTP {status} from {host}: {_error_detail(raw, (api_key,))}",
                 retryable=retryable,
                 retry_after=_retry_after(resp.getheader("Retry-After")) if retryable else 0.0,
             )
@@ -326,7 +349,8 @@ def post_chat(
         except ValueError:
             raise LLMError(
                 INVALID_RESPONSE,
-                f"response from {host} is not JSON: {snippet(raw[:1024].decode('utf-8', errors='replace'))}",
+                f"response from {host} is not JSON: "
+                f"{snippet(raw[:1024].decode('utf-8', errors='replace'), secrets=(api_key,))}",
             ) from None
         return parse_completion(data)
     except LLMError as exc:

@@ -218,6 +218,34 @@ def test_error_snippet_never_carries_the_whole_prompt(stub):
     assert "\n" not in res.error
 
 
+def test_error_excerpts_are_sanitised(stub, monkeypatch):
+    """An upstream's error text reaches the record (and so the caller) only as a short,
+    printable excerpt with credentials redacted: the endpoint's own key echoed back, a bearer
+    token, an sk- key, token=/password= pairs; terminal escapes and bidi overrides go too."""
+    key = "cluster-key-0123456789abcdef"
+    monkeypatch.setenv(llm.API_KEY_ENV, key)
+    monkeypatch.setenv(llm.API_KEY_ENDPOINTS_ENV, stub.url + "/v1")
+    echoed = (f"Incorrect API key provided: {key}. Sent Authorization: Bearer {key}; also sk-proj-abcdefghijkl, "
+              "token=tok_live_987654321 and \"password\": \"hunter2hunter2\" \x1b[31mred\x1b[0m \u202eevil")
+    stub.set("m-echo", llm_stub.status(401, json.dumps({"error": {"message": echoed}}).encode()))
+    stub.set("m-text", llm_stub.status(500, echoed.encode()))
+    for model, code in (("m-echo", 401), ("m-text", 500)):
+        res = run_agent(job_for(request(stub.url, agents=[agent("a1", model)], max_retries=0)))
+        assert res.error_type == "http_error" and res.error.startswith(f"HTTP {code} from 127.0.0.1: "), res.error
+        for leaked in (key, "sk-proj-abcdefghijkl", "tok_live_987654321", "hunter2hunter2", "\x1b", "\u202e"):
+            assert leaked not in res.error, (leaked, res.error)
+        assert "[redacted]" in res.error and len(res.error) <= 230, res.error
+    with pytest.raises(llm.LLMError) as info:
+        llm.post_chat(plan_jobs(request(stub.url, agents=[agent("a1", "m-echo")]), 0)[0].call, time.time() + 10, key)
+    assert key not in info.value.message and "[redacted]" in info.value.message
+
+
+def test_snippet_keeps_ordinary_text():
+    assert llm.snippet("model  m-bad\n does not exist") == "model m-bad does not exist"
+    assert llm.snippet("the token budget was exceeded") == "the token budget was exceeded"
+    assert llm.snippet("x" * 500) == "x" * 197 + "..."
+
+
 def test_invalid_json_response_is_not_retried(stub):
     stub.set("m-garbage", lambda s, n, b: llm_stub.Reply(200, b"<html>gateway</html>"))
     req = request(stub.url, agents=[agent("a1", "m-garbage")], max_retries=3)
