@@ -148,6 +148,30 @@ func TestHostileCallersAgainstTheStack(t *testing.T) {
 		if st, err := client.GetDeliberationStatus(as(ops), &pb.GetDeliberationStatusRequest{DeliberationId: id}); err != nil || st.GetStatus() != "completed" {
 			t.Errorf("the admin's view: %v %v, want completed", st.GetStatus(), err)
 		}
+		// Statistics are a caller's own: alice's count her completed one (the executor counts
+		// just after writing the record, so wait a little), the viewer, who submitted nothing,
+		// hears of nothing, and the admin of the whole system.
+		var mine *pb.GetStatusResponse
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			gs, err := client.GetStatus(as(alice), &pb.GetStatusRequest{IncludeStats: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mine = gs; gs.GetStats().GetCompletedDeliberations() >= 1 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if st := mine.GetStats(); st.GetCompletedDeliberations() < 1 || st.GetTotalDeliberations() < 2 || st.GetAverageExecutionTimeMs() <= 0 {
+			t.Errorf("alice's statistics: %v, want her own completed one among her submissions", st)
+		}
+		theirs, err := client.GetStatus(as(viewer), &pb.GetStatusRequest{IncludeStats: true})
+		if err != nil || theirs.GetStats().GetTotalDeliberations() != 0 || theirs.GetStats().GetCompletedDeliberations() != 0 {
+			t.Errorf("the viewer's statistics: %v %v, want nothing of alice's and bob's", theirs.GetStats(), err)
+		}
+		all, err := client.GetStatus(as(ops), &pb.GetStatusRequest{IncludeStats: true})
+		if err != nil || all.GetStats().GetTotalDeliberations() < mine.GetStats().GetTotalDeliberations()+1 {
+			t.Errorf("the admin's statistics: %v %v, want the whole system's (bob's too)", all.GetStats(), err)
+		}
 	})
 
 	t.Run("floods: oversize repeated fields, within memory", func(t *testing.T) {
