@@ -72,7 +72,8 @@ func TestHostileCallersAgainstTheStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr, ingress := startGuardedIngressFor(t, s, srv.URL(), "AUTH_TOKENS_FILE="+tokens, "INTERNAL_TOKEN="+internal,
-		"CALLER_MAX_INFLIGHT=4", "HEALTH_MAX_WATCHES=4", "CALLER_SUBMIT_BURST=1000", "CALLER_SUBMIT_RATE=1000")
+		"CALLER_MAX_INFLIGHT=4", "HEALTH_MAX_WATCHES=4", "CALLER_SUBMIT_BURST=1000", "CALLER_SUBMIT_RATE=1000",
+		"MAX_CONNECTIONS_PER_PEER=16")
 	conn := dialIngress(t, addr, insecure.NewCredentials())
 	client := pb.NewRayExecutorServiceClient(conn)
 	as := func(token string) context.Context { return bearer(token) }
@@ -248,6 +249,37 @@ func TestHostileCallersAgainstTheStack(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		if _, err := client.GetDeliberationStatus(as(alice), &pb.GetDeliberationStatusRequest{DeliberationId: "delib-k" + strings.Repeat("1", 32)}); err != nil {
 			t.Errorf("a status call beside 4 trickling bodies: %v, want it served", err)
+		}
+	})
+
+	t.Run("many connections from one peer", func(t *testing.T) {
+		// 16 idle connections from one address (127.0.0.9: loopback, another peer than the
+		// suite's client), then a 17th cannot be served; the other peers still are.
+		from := func(ctx context.Context, target string) (net.Conn, error) {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.9")}}
+			return d.DialContext(ctx, "tcp", target)
+		}
+		for range 16 {
+			c, err := from(context.Background(), addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.Close() })
+		}
+		time.Sleep(200 * time.Millisecond) // accepted and counted
+		cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); err == nil {
+			t.Error("a 17th connection from one peer was served (MAX_CONNECTIONS_PER_PEER=16)")
+		}
+		if _, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
+			t.Errorf("another peer meanwhile: %v", err)
 		}
 	})
 

@@ -42,6 +42,8 @@ type Config struct {
 	Auth AuthConfig
 	// Limits: CALLER_MAX_INFLIGHT, CALLER_SUBMIT_RATE, CALLER_SUBMIT_BURST.
 	Limits Limits
+	// Conns: MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS.
+	Conns ConnLimits
 	// InternalToken (INTERNAL_TOKEN or INTERNAL_TOKEN_FILE) is the credential the functions
 	// require of their callers; empty when they rely on cluster-local visibility.
 	InternalToken string
@@ -79,6 +81,10 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			SubmitRate:       r.Float("CALLER_SUBMIT_RATE", 50),
 			SubmitBurst:      r.Int("CALLER_SUBMIT_BURST", 100),
 		},
+		Conns: ConnLimits{
+			PerPeer: r.Int("MAX_CONNECTIONS_PER_PEER", 256),
+			Total:   r.Int("MAX_CONNECTIONS", 4096),
+		},
 		InternalToken: r.Secret("INTERNAL_TOKEN"),
 	}
 	for name, u := range map[string]string{"EXECUTE_URL": cfg.Routes.Execute, "STATUS_URL": cfg.Routes.Status, "LIST_URL": cfg.Routes.List} {
@@ -97,6 +103,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	if strings.ContainsAny(cfg.InternalToken, " \t\r\n") {
 		r.Fail("INTERNAL_TOKEN must not contain whitespace (it is sent in an HTTP header)")
+	}
+	if cfg.Conns.PerPeer <= 0 || cfg.Conns.Total < cfg.Conns.PerPeer {
+		r.Fail("MAX_CONNECTIONS_PER_PEER must be positive and MAX_CONNECTIONS at least as large")
 	}
 	if cfg.Limits.MaxInflight <= 0 {
 		r.Fail("CALLER_MAX_INFLIGHT must be positive")

@@ -94,6 +94,8 @@ func TestLoadConfigRefuses(t *testing.T) {
 		{"bad tokens", map[string]string{"AUTH_TOKENS": "a " + secret + "\nb short"}, `AUTH_TOKENS: line 2: caller "b": token is 5 characters`},
 		{"tokens file empty", map[string]string{"AUTH_TOKENS_FILE": empty}, "AUTH_TOKENS: names no caller"},
 		{"idle too short", map[string]string{"MAX_CONNECTION_IDLE": "10ms"}, "MAX_CONNECTION_IDLE must be at least 1s"},
+		{"no connections per peer", map[string]string{"MAX_CONNECTIONS_PER_PEER": "0"}, "MAX_CONNECTIONS_PER_PEER must be positive"},
+		{"fewer in all than per peer", map[string]string{"MAX_CONNECTIONS_PER_PEER": "10", "MAX_CONNECTIONS": "5"}, "MAX_CONNECTIONS at least as large"},
 		{"tokens only blank", map[string]string{"AUTH_TOKENS": " \n "}, "AUTH_TOKENS: names no caller"},
 		{"tokens file missing", map[string]string{"AUTH_TOKENS_FILE": "/nonexistent/tokens"}, "AUTH_TOKENS_FILE"},
 		{"cert without key", map[string]string{"TLS_CERT_FILE": f.serverCert}, "TLS_CERT_FILE and TLS_KEY_FILE must be set together"},

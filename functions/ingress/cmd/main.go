@@ -58,5 +58,6 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	ln = ingress.LimitConns(ln, cfg.Conns, logger)
 	return ingress.Serve(ctx, ingress.NewGRPCServer(srv, cfg), ln, health, cfg.Serving.DrainTimeout, logger)
 }
