@@ -67,7 +67,7 @@ func ReadSettings(r *config.Reader, natsURL string) Settings {
 		r.Fail("PAYLOAD_NATS_URL (NATS_URL when it is unset) carries credentials: the executor job's environment is " +
 			"readable by anyone with access to the Ray dashboard, so the functions never send it one. Set PAYLOAD_NATS_URL " +
 			"to the address alone and give the executor its own least-privilege NATS credential on the cluster " +
-			"(RAY_EXECUTOR_NATS_USER and RAY_EXECUTOR_NATS_PASSWORD, the user ray-executor-executor of knative/nats/ray-executor-users.conf, "+
+			"(RAY_EXECUTOR_NATS_USER and RAY_EXECUTOR_NATS_PASSWORD, the user ray-executor-executor of knative/nats/ray-executor-users.conf, " +
 			"or RAY_EXECUTOR_NATS_TOKEN or RAY_EXECUTOR_NATS_CREDS_FILE, in the Ray pods' environment; knative/README.md)")
 	}
 	return s
