@@ -117,7 +117,7 @@ func chain(t *testing.T, overNATS bool) string {
 		Logger:         quiet,
 		Started:        time.Now(),
 	}
-	return serveGRPC(t, func(gs *grpc.Server) { pb.RegisterRayExecutorServiceServer(gs, srv) }, ServerOptions(Config{MaxMessageBytes: 4 << 20})...)
+	return serveGRPC(t, func(gs *grpc.Server) { pb.RegisterRayExecutorServiceServer(gs, srv) }, ServerOptions(Config{MaxMessageBytes: 4 << 20}, NewAccessLog(slog.New(slog.DiscardHandler)))...)
 }
 
 type result struct {

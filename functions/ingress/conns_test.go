@@ -102,13 +102,31 @@ func TestConnectionsAreCappedPerPeerAndInAll(t *testing.T) {
 	if err := check("127.0.0.2"); err != nil {
 		t.Errorf("another peer, within the total: %v", err)
 	}
-	// Another peer holds the third place of three: the total is reached for everyone.
+	// Another peer holds the third place of three: the total is reached for everyone. (The
+	// server counts a closed connection out once it notices; wait for that, and for the
+	// third to be counted in.)
+	open := func(want int) {
+		t.Helper()
+		l := ln.(*limitedListener)
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			l.mu.Lock()
+			n := l.total
+			l.mu.Unlock()
+			if n == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d connections counted, want %d", n, want)
+			}
+		}
+	}
+	open(2)
 	third, err := dialFrom("127.0.0.3")
 	if err != nil {
 		t.Fatal(err)
 	}
 	held = append(held, third)
-	time.Sleep(100 * time.Millisecond) // accepted and counted
+	open(3)
 	if err := check("127.0.0.4"); err == nil {
 		t.Error("a fourth connection in all was served")
 	}

@@ -13,13 +13,18 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/tap"
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 )
 
 // NewGRPCServer registers the service, grpc.health.v1 and (optionally) reflection.
 func NewGRPCServer(s *Server, cfg Config) *grpc.Server {
-	gs := grpc.NewServer(ServerOptions(cfg)...)
+	logger := s.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	gs := grpc.NewServer(ServerOptions(cfg, NewAccessLog(logger))...)
 	pb.RegisterRayExecutorServiceServer(gs, s)
 	healthpb.RegisterHealthServer(gs, &healthService{h: s.Health})
 	if cfg.Reflection {
@@ -37,11 +42,18 @@ const maxSendMessageBytes = 64 << 20
 const maxHeaderListBytes = 64 << 10
 
 // ServerOptions are the ingress's gRPC server settings: size and stream limits, TLS when
-// configured, and the Guard in front of every RPC. Stream workers are reused goroutines: a
+// configured, the access log around and the Guard in front of every RPC. Stream workers are reused goroutines: a
 // fresh goroutine per RPC would grow its stack again on every call through the CloudEvents
 // and JSON code (5% of the chain's CPU in `make bench` without them).
-func ServerOptions(cfg Config) []grpc.ServerOption {
+func ServerOptions(cfg Config, access *AccessLog) []grpc.ServerOption {
 	guard := NewGuard(cfg.Auth, cfg.Limits)
+	tapped := func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		ctx, err := guard.Tap(ctx, info)
+		if err != nil {
+			access.Refused(ctx, info.FullMethodName, err)
+		}
+		return ctx, err
+	}
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
 		grpc.MaxSendMsgSize(maxSendMessageBytes),
@@ -50,10 +62,11 @@ func ServerOptions(cfg Config) []grpc.ServerOption {
 		grpc.ForceServerCodecV2(newTolerantCodec()),
 		// Credentials are checked from the headers before the message is read (Guard.Tap), so
 		// only a caller let in learns that its message did not decode (decodeUnary, first so
-		// that it always forgets the failure it answers), then the caller's limits.
-		grpc.InTapHandle(guard.Tap),
-		grpc.ChainUnaryInterceptor(decodeUnary, guard.Unary),
-		grpc.ChainStreamInterceptor(decodeStream, guard.Stream),
+		// that it always forgets the failure it answers), then the caller's limits. The access
+		// log is outermost: it sees every outcome, refusals included.
+		grpc.InTapHandle(tapped),
+		grpc.ChainUnaryInterceptor(access.Unary, decodeUnary, guard.Unary),
+		grpc.ChainStreamInterceptor(access.Stream, decodeStream, guard.Stream),
 	}
 	if cfg.MaxConcurrentStreams > 0 {
 		opts = append(opts, grpc.MaxConcurrentStreams(uint32(cfg.MaxConcurrentStreams)))

@@ -48,13 +48,14 @@ func CallerOf(ctx context.Context) domain.Caller {
 // runs on the connection's reader goroutine, so it only hashes and compares.
 func (g *Guard) Tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	id, err := g.identify(ctx, info.FullMethodName)
-	if err != nil {
-		return ctx, err
+	if id.name != "" { // a caller refused for its role is still named (the access log)
+		ctx = context.WithValue(ctx, identityKey{}, id)
 	}
-	return context.WithValue(ctx, identityKey{}, id), nil
+	return ctx, err
 }
 
-// identify authenticates a call to method and checks that its caller may call it.
+// identify authenticates a call to method and checks that its caller may call it; a
+// caller refused for its role is returned with the refusal.
 func (g *Guard) identify(ctx context.Context, method string) (identity, error) {
 	if (isHealth(method) && g.auth.OpenHealth) || (isReflection(method) && g.auth.OpenReflection) {
 		return identity{name: anonymous}, nil
@@ -64,7 +65,7 @@ func (g *Guard) identify(ctx context.Context, method string) (identity, error) {
 		return identity{}, err
 	}
 	if writeMethods[method] && id.access == AccessRead {
-		return identity{}, status.Errorf(codes.PermissionDenied, "caller %q has read access only and may not call %s", id.name, method)
+		return id, status.Errorf(codes.PermissionDenied, "caller %q has read access only and may not call %s", id.name, method)
 	}
 	return id, nil
 }

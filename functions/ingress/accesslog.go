@@ -1,0 +1,175 @@
+package ingress
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+)
+
+// AccessLog writes one structured line per RPC: who called what, how it ended, how long
+// it took, which deliberation it was about and its trace. A refusal (credentials, limits,
+// validation) is a line too, with the reason the caller was given. It never logs a token,
+// a prompt or any other field of a request: ids, names and codes only.
+//
+// Health checks and reflection are logged at debug level: probes call them every second.
+// Refusals before a call starts (Guard.Tap: no or a wrong credential) come from anyone at
+// any rate, so they are logged at most tapRefusalsPerSecond per second per replica, the
+// next line saying how many were left out.
+type AccessLog struct {
+	logger     *slog.Logger
+	tapLimit   *rate.Limiter
+	mu         sync.Mutex
+	suppressed int
+}
+
+const (
+	tapRefusalsPerSecond = 20
+	tapRefusalsBurst     = 50
+)
+
+// NewAccessLog logs to logger.
+func NewAccessLog(logger *slog.Logger) *AccessLog {
+	return &AccessLog{logger: logger, tapLimit: rate.NewLimiter(tapRefusalsPerSecond, tapRefusalsBurst)}
+}
+
+// Unary logs each unary RPC; it goes first in the chain, so it sees every outcome.
+func (a *AccessLog) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	id := deliberationID(req)
+	if id == "" {
+		id = deliberationID(resp)
+	}
+	a.log(ctx, info.FullMethod, err, time.Since(start), id)
+	return resp, err
+}
+
+// Stream logs each stream when it ends, with the deliberation its first message named.
+func (a *AccessLog) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	start := time.Now()
+	rs := &recordingStream{ServerStream: ss}
+	err := handler(srv, rs)
+	a.log(ss.Context(), info.FullMethod, err, time.Since(start), rs.id)
+	return err
+}
+
+// Refused logs a call refused before it started (Guard.Tap), within the rate bound.
+func (a *AccessLog) Refused(ctx context.Context, method string, err error) {
+	a.mu.Lock()
+	if !a.tapLimit.Allow() {
+		a.suppressed++
+		a.mu.Unlock()
+		return
+	}
+	left := a.suppressed
+	a.suppressed = 0
+	a.mu.Unlock()
+	attrs := a.attrs(ctx, method, err, 0, "")
+	if left > 0 {
+		attrs = append(attrs, slog.Int("refusals_not_logged", left))
+	}
+	a.logger.LogAttrs(ctx, slog.LevelWarn, "rpc", attrs...)
+}
+
+func (a *AccessLog) log(ctx context.Context, method string, err error, d time.Duration, id string) {
+	level := slog.LevelInfo
+	code := status.Code(err)
+	switch {
+	case isHealth(method) || isReflection(method):
+		level = slog.LevelDebug
+		if code != codes.OK {
+			level = slog.LevelInfo
+		}
+	case code == codes.Internal || code == codes.Unknown || code == codes.DataLoss:
+		level = slog.LevelError
+	case code != codes.OK && code != codes.NotFound && code != codes.Canceled:
+		level = slog.LevelWarn
+	}
+	if !a.logger.Enabled(ctx, level) {
+		return
+	}
+	a.logger.LogAttrs(ctx, level, "rpc", a.attrs(ctx, method, err, d, id)...)
+}
+
+func (a *AccessLog) attrs(ctx context.Context, method string, err error, d time.Duration, id string) []slog.Attr {
+	caller := anonymous
+	if c := CallerOf(ctx); c.Name != "" {
+		caller = c.Name
+	}
+	code := status.Code(err)
+	attrs := []slog.Attr{
+		slog.String("method", method),
+		slog.String("caller", caller),
+		slog.String("code", code.String()),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+	}
+	if id != "" {
+		attrs = append(attrs, slog.String("deliberation_id", id))
+	}
+	if tid := traceID(ctx); tid != "" {
+		attrs = append(attrs, slog.String("trace_id", tid))
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		attrs = append(attrs, slog.String("peer", peerIP(p.Addr)))
+	}
+	if code != codes.OK {
+		// The message the caller was given: written for callers, it holds no secret; an
+		// internal error's details are logged where they happen, not here.
+		attrs = append(attrs, slog.String("reason", clip(status.Convert(err).Message(), 300)))
+	}
+	return attrs
+}
+
+// deliberationID is the id a request or response names, if any: ids only, no other field.
+func deliberationID(m any) string {
+	if v, ok := m.(interface{ GetDeliberationId() string }); ok {
+		return clip(v.GetDeliberationId(), 128)
+	}
+	return ""
+}
+
+// traceID is the trace id of the call's W3C traceparent, when it sent a valid one.
+func traceID(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get(MetadataTraceparent)
+	if len(vals) == 0 {
+		return ""
+	}
+	tp := domain.CleanTraceparent(vals[0])
+	if tp == "" {
+		return ""
+	}
+	return strings.Split(tp, "-")[1]
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// recordingStream remembers the deliberation id of the first message received.
+type recordingStream struct {
+	grpc.ServerStream
+	id string
+}
+
+func (s *recordingStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if err == nil && s.id == "" {
+		s.id = deliberationID(m)
+	}
+	return err
+}
