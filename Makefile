@@ -41,11 +41,21 @@ $(BIN)/grpc-health-probe:
 $(BIN)/ko:
 	GOBIN=$(BIN) $(GO) install github.com/google/ko@$(KO_VERSION)
 
+# Knative Serving's queue-proxy, pinned as knative/validate pins Knative (serving v0.50.0 and
+# the knative.dev/pkg it builds with), from a module of its own (knative/queueproxy) so the
+# main module never takes Knative's dependencies. The e2e tests run every function and the
+# ingress behind it (shared/testenv/queueproxy.go). Minutes cold on 2 cores; cached in ./bin.
+$(BIN)/queue-proxy: knative/queueproxy/go.mod knative/queueproxy/go.sum
+	cd knative/queueproxy && $(GO) build -trimpath -o $@ knative.dev/serving/cmd/queue
+
+.PHONY: queue-proxy
+queue-proxy: $(BIN)/queue-proxy ## build Knative's queue-proxy (pinned) into ./bin for the e2e tests
+
 $(BIN)/nats-local: $(shell find shared/natslocal -name '*.go') go.mod go.sum
 	$(GO) build -o $@ ./shared/natslocal/cmd/nats-local
 
 .PHONY: tools
-tools: $(BIN)/grpcurl $(BIN)/grpc-health-probe $(BIN)/nats-local ## install grpcurl, grpc-health-probe; build the local NATS server
+tools: $(BIN)/grpcurl $(BIN)/grpc-health-probe $(BIN)/nats-local $(BIN)/queue-proxy ## install grpcurl, grpc-health-probe; build the local NATS server and Knative's queue-proxy
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
