@@ -3,6 +3,7 @@ package rpcevents
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -32,6 +33,8 @@ type Access struct {
 	// MaxInflight (MAX_INFLIGHT) bounds the requests worked on at once; more are refused
 	// with 429 at once, never queued.
 	MaxInflight int
+	// OIDC (EVENTING_OIDC_*): Knative Eventing's OIDC tokens, verified and mapped to callers.
+	OIDC OIDC
 }
 
 // ReadAccess reads a function's Access. INTERNAL_AUTH_REQUIRED=true refuses to start
@@ -55,7 +58,10 @@ func ReadAccess(r *config.Reader) Access {
 		r.Fail("INTERNAL_TOKEN is %d characters, want at least %d", len(a.Token), MinTokenLength)
 	case strings.ContainsAny(a.Token, " \t\r\n"):
 		r.Fail("INTERNAL_TOKEN must not contain whitespace (it is sent in an HTTP header)")
+	case len(a.Token) > MaxBearerBytes:
+		r.Fail("INTERNAL_TOKEN is %d characters, want at most %d", len(a.Token), MaxBearerBytes)
 	}
+	a.OIDC = readOIDC(r)
 	if a.MaxInflight <= 0 {
 		r.Fail("MAX_INFLIGHT must be positive")
 	}
@@ -90,6 +96,12 @@ func (s *Server) SetAccess(a Access) {
 	if s.tokenHash == nil {
 		s.logger.Warn("INTERNAL_TOKEN is unset: this function accepts request events from any caller that reaches it")
 	}
+	s.oidc = nil
+	if a.OIDC.Enabled() {
+		s.oidc = newOIDCVerifier(a.OIDC, s.logger)
+		s.logger.Info("Knative Eventing OIDC tokens are verified", "issuer", a.OIDC.Issuer,
+			"audience", a.OIDC.Audience, "subjects", len(a.OIDC.Callers))
+	}
 }
 
 // credential says what a request presented.
@@ -98,38 +110,98 @@ type credential int
 const (
 	credentialNone credential = iota // no bearer token
 	credentialWrong
-	credentialValid
+	credentialValid     // the internal credential (or none is configured): the ingress's word
+	credentialVerified  // a verified Eventing OIDC token of a mapped subject
+	credentialUnchecked // an OIDC token that cannot be checked now (the issuer is unreachable)
 )
 
-// authenticate checks the request's bearer token against the internal credential in
-// constant time. Comparing SHA-256 digests keeps the time independent of the token's length
-// too, which subtle.ConstantTimeCompare alone would reveal.
-func (s *Server) authenticate(h http.Header) credential {
-	if s.tokenHash == nil {
-		return credentialValid
-	}
-	scheme, token, ok := strings.Cut(h.Get("Authorization"), " ")
-	token = strings.TrimSpace(token)
-	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return credentialNone
-	}
-	got := sha256.Sum256([]byte(token))
-	if subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) != 1 {
-		return credentialWrong
-	}
-	return credentialValid
+// authn is what authenticate found: the credential, and for a verified token who it is.
+type authn struct {
+	cred    credential
+	caller  OIDCCaller
+	subject string
+	reason  string // why a token was refused; fixed text, never the token
+	detail  string // more for the log
 }
 
-// refuseUnauthenticated answers 401 with the challenge RFC 6750 asks for.
-func (s *Server) refuseUnauthenticated(w http.ResponseWriter, r *http.Request, c credential) {
-	challenge, msg := "Bearer", "this function accepts only callers presenting the internal credential: send Authorization: Bearer and the deployment's INTERNAL_TOKEN"
-	if c == credentialWrong {
-		challenge, msg = `Bearer error="invalid_token"`, "the bearer token is not this deployment's internal credential"
+// admitted reports whether the request carries a credential this function accepts.
+func (a authn) admitted() bool { return a.cred == credentialValid || a.cred == credentialVerified }
+
+// authenticate checks the request's bearer token: the internal credential, compared in
+// constant time (SHA-256 digests, so that the time is independent of the token's length
+// too, which subtle.ConstantTimeCompare alone would reveal), else, when this function
+// verifies them, a Knative Eventing OIDC token. Headers only: the body is not read.
+func (s *Server) authenticate(r *http.Request) authn {
+	if s.tokenHash == nil && s.oidc == nil {
+		return authn{cred: credentialValid}
 	}
-	s.logger.Info("request refused", "status", http.StatusUnauthorized, "credential", c.String(),
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	token = strings.TrimSpace(token)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		if s.tokenHash == nil {
+			return authn{cred: credentialValid}
+		}
+		return authn{cred: credentialNone}
+	}
+	if len(token) > MaxBearerBytes {
+		return authn{cred: credentialWrong, reason: reasonOversize}
+	}
+	if s.tokenHash != nil {
+		got := sha256.Sum256([]byte(token))
+		if subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) == 1 {
+			return authn{cred: credentialValid}
+		}
+	}
+	if s.oidc == nil {
+		return authn{cred: credentialWrong, reason: reasonNotInternal}
+	}
+	c, subject, err := s.oidc.verify(r.Context(), token)
+	if err != nil {
+		var te *tokenError
+		if !errors.As(err, &te) {
+			te = refuse(reasonInvalid, err)
+		}
+		a := authn{cred: credentialWrong, subject: subject, reason: te.reason, detail: te.detail}
+		if te.unavailable {
+			a.cred = credentialUnchecked
+		}
+		return a
+	}
+	return authn{cred: credentialVerified, caller: c, subject: subject}
+}
+
+// refuseUnauthenticated answers 401 with the challenge RFC 6750 asks for, and logs why
+// (never the token).
+func (s *Server) refuseUnauthenticated(w http.ResponseWriter, r *http.Request, a authn) {
+	challenge, msg := "Bearer", "this function accepts only callers presenting the internal credential: send Authorization: Bearer and the deployment's INTERNAL_TOKEN"
+	if s.oidc != nil {
+		msg = "this function accepts only callers presenting the internal credential or a Knative Eventing OIDC token for its audience"
+	}
+	if a.cred == credentialWrong {
+		challenge, msg = `Bearer error="invalid_token"`, a.reason
+	}
+	s.logger.Info("request refused", "status", http.StatusUnauthorized, "credential", a.cred.String(),
+		"reason", a.reason, "detail", a.detail, "subject", a.subject,
 		"remote", r.RemoteAddr, "ce_type", headerValue(r.Header, headerType))
 	w.Header().Set("WWW-Authenticate", challenge)
 	writeError(w, http.StatusUnauthorized, "unauthenticated", msg)
+}
+
+// refuseUnchecked answers 503 (retried by Knative) for a token the issuer could not be asked
+// about now.
+func (s *Server) refuseUnchecked(w http.ResponseWriter, r *http.Request, a authn) {
+	s.logger.Warn("request refused", "status", http.StatusServiceUnavailable, "credential", a.cred.String(),
+		"reason", a.reason, "detail", a.detail, "remote", r.RemoteAddr, "ce_type", headerValue(r.Header, headerType))
+	w.Header().Set("Retry-After", "1")
+	writeError(w, http.StatusServiceUnavailable, "unavailable", a.reason)
+}
+
+// refuseReadOnly answers 403 to a caller with the read role asking to start or stop work.
+func (s *Server) refuseReadOnly(w http.ResponseWriter, r *http.Request, a authn, ceType string) {
+	s.logger.Info("request refused", "status", http.StatusForbidden, "caller", a.caller.Caller.Name,
+		"subject", a.subject, "remote", r.RemoteAddr, "ce_type", ceType)
+	writeError(w, http.StatusForbidden, "permission_denied",
+		fmt.Sprintf("caller %q has the read role: it may not submit or cancel deliberations", a.caller.Caller.Name))
 }
 
 func (c credential) String() string {
@@ -138,6 +210,10 @@ func (c credential) String() string {
 		return "missing"
 	case credentialWrong:
 		return "wrong"
+	case credentialVerified:
+		return "oidc"
+	case credentialUnchecked:
+		return "unchecked"
 	}
 	return "valid"
 }

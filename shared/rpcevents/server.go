@@ -42,12 +42,19 @@ type Request struct {
 	// vouched: the request carried the internal credential (or none is configured), so
 	// its caller attributes are the ingress's word.
 	vouched bool
+	// verified: the request carried a verified Eventing OIDC token; caller is its subject's.
+	verified bool
+	caller   domain.Caller
 }
 
-// Caller is who the request is from: the ingress's ExtCaller and ExtCallerRole when the
-// request carried the internal credential, else anonymous (an open event type delivered
-// without it names whatever caller it likes).
+// Caller is who the request is from: the caller a verified Eventing OIDC token's subject is
+// mapped to (whatever the event's caller attributes say), else the ingress's ExtCaller and
+// ExtCallerRole when the request carried the internal credential, else anonymous (an open
+// event type delivered without a credential names whatever caller it likes).
 func (r *Request) Caller() domain.Caller {
+	if r.verified {
+		return r.caller
+	}
 	if !r.vouched {
 		return domain.Caller{}
 	}
@@ -159,7 +166,9 @@ type Server struct {
 	// tokenHash is the SHA-256 of the internal credential; nil admits every caller.
 	tokenHash *[sha256.Size]byte
 	// openTypes are admitted without the credential.
-	openTypes   map[string]bool
+	openTypes map[string]bool
+	// oidc verifies Knative Eventing's OIDC tokens; nil when off.
+	oidc        *oidcVerifier
 	maxInflight int64
 	inflight    atomic.Int64
 }
@@ -194,16 +203,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The credential is checked before the body is read: a caller without it costs a header
-	// comparison. Only an open type may go further without it; in binary mode the type is a
-	// header, so everything else is refused here, in structured mode it is known only once
-	// the body is decoded.
-	cred := s.authenticate(r.Header)
-	if cred != credentialValid && (len(s.openTypes) == 0 || isBinary(r.Header) && !s.openTypes[headerValue(r.Header, headerType)]) {
-		s.refuseUnauthenticated(w, r, cred)
+	// comparison (or, for an Eventing OIDC token, a signature check against cached keys).
+	// Only an open type may go further without it; in binary mode the type is a header, so
+	// everything else is refused here, in structured mode it is known only once the body is
+	// decoded. A token that fails verification is refused whatever the type.
+	a := s.authenticate(r)
+	if a.cred == credentialUnchecked {
+		s.refuseUnchecked(w, r, a)
+		return
+	}
+	binary := isBinary(r.Header)
+	if !a.admitted() && (len(s.openTypes) == 0 || binary && !s.openTypes[headerValue(r.Header, headerType)] ||
+		a.cred == credentialWrong && s.oidc != nil) {
+		s.refuseUnauthenticated(w, r, a)
+		return
+	}
+	if a.caller.ReadOnly && binary && WriteType(headerValue(r.Header, headerType)) {
+		s.refuseReadOnly(w, r, a, headerValue(r.Header, headerType))
 		return
 	}
 	if r.ContentLength > s.maxBodyBytes {
-		s.refuseTooLarge(w, r, cred)
+		s.refuseTooLarge(w, r, a)
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.maxBodyBytes)
@@ -215,16 +235,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var tooBig *http.MaxBytesError
 		switch {
 		case errors.As(err, &tooBig):
-			s.refuseTooLarge(w, r, cred)
-		case cred != credentialValid: // nothing about the request is told to an unknown caller
-			s.refuseUnauthenticated(w, r, cred)
+			s.refuseTooLarge(w, r, a)
+		case !a.admitted(): // nothing about the request is told to an unknown caller
+			s.refuseUnauthenticated(w, r, a)
 		default:
 			writeError(w, http.StatusBadRequest, "invalid_argument", "not a valid CloudEvent: "+err.Error())
 		}
 		return
 	}
-	if cred != credentialValid && !s.openTypes[ev.Type()] {
-		s.refuseUnauthenticated(w, r, cred)
+	if !a.admitted() && !s.openTypes[ev.Type()] {
+		s.refuseUnauthenticated(w, r, a)
+		return
+	}
+	if a.caller.ReadOnly && WriteType(ev.Type()) {
+		s.refuseReadOnly(w, r, a, ev.Type())
 		return
 	}
 	// A slot is taken once the body has arrived: a client sending its body slowly holds a
@@ -234,7 +258,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.release()
-	req := &Request{Event: ev, Base: s.logger, vouched: cred == credentialValid}
+	req := &Request{Event: ev, Base: s.logger, vouched: a.cred == credentialValid,
+		verified: a.cred == credentialVerified, caller: a.caller.Caller}
 	h, ok := s.routes[ev.Type()]
 	if !ok {
 		writeError(w, http.StatusBadRequest, "invalid_argument",
@@ -270,9 +295,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // refuseTooLarge answers 413, or 401 to a caller without the credential.
-func (s *Server) refuseTooLarge(w http.ResponseWriter, r *http.Request, cred credential) {
-	if cred != credentialValid {
-		s.refuseUnauthenticated(w, r, cred)
+func (s *Server) refuseTooLarge(w http.ResponseWriter, r *http.Request, a authn) {
+	if !a.admitted() {
+		s.refuseUnauthenticated(w, r, a)
 		return
 	}
 	writeError(w, http.StatusRequestEntityTooLarge, "too_large",
