@@ -167,8 +167,9 @@ bench-models: $(SERVE_STAMP) ## execution models on Ray: original actor-per-agen
 	if [ $$own = 1 ]; then scripts/ray-head.sh down; fi; exit $$rc
 
 .PHONY: build
-build: ## build every binary into ./bin (stamped with their commit; funcframework: the Functions Framework runner)
+build: ## build every binary into ./bin (stamped with their commit; funcframework: the Functions Framework runner; rexctl: the CLI)
 	for f in execute status list ingress; do GOFLAGS=-buildvcs=true $(GO) build -o $(BIN)/$$f ./functions/$$f/cmd || exit 1; done
 	GOFLAGS=-buildvcs=true $(GO) build -o $(BIN)/funcframework ./functions/framework/cmd
+	$(GO) build -o $(BIN)/rexctl ./functions/rexctl/cmd
 	$(GO) build -o $(BIN)/llm-standin ./shared/llmstub/cmd/llm-standin
 	$(GO) build -o $(BIN)/nats-local ./shared/natslocal/cmd/nats-local
