@@ -26,6 +26,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
@@ -430,5 +431,132 @@ func TestQueueProxyRevisionTimeout(t *testing.T) {
 	ok.release()
 	if code, err := ok.wait(t, 10*time.Second); err != nil || code != http.StatusOK {
 		t.Errorf("after the timeout: %d, %v", code, err)
+	}
+}
+
+// Readiness that does not cascade: the status function and the ingress, each behind
+// queue-proxy, on a NATS server of their own. NATS stopped: queue-proxy keeps reporting the
+// replica ready (Knative keeps routing to it), and a request is refused at once with the
+// reason: 503 from the function, UNAVAILABLE through the ingress. NATS back on the same
+// store: requests succeed again, the same processes (no restart). The latency bound is
+// asserted with CI margin (1 s); the figure measured is logged (the aim is 50 ms).
+func TestQueueProxyReadinessDoesNotCascade(t *testing.T) {
+	t.Parallel()
+	shared(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	store := filepath.Join(t.TempDir(), "nats")
+	srv, err := natslocal.Start(addr, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srvMu sync.Mutex
+	t.Cleanup(func() { srvMu.Lock(); defer srvMu.Unlock(); srv.Stop() })
+	ray := testenv.RayAddress(t)
+	out := []int{portOf(t, "nats://"+addr), portOf(t, ray)}
+	env := []string{"NATS_URL=nats://" + addr, "RAY_ADDRESS=" + ray, "RAY_AUTH_TOKEN_FILE=" + os.Getenv("RAY_AUTH_TOKEN_FILE"),
+		"LOG_LEVEL=warn", "INTERNAL_TOKEN=" + qpInternalToken}
+	st := testenv.ServeRevision(t, "status", filepath.Join(binDir, "status"), env, out)
+	const caller = "qp-cascade-0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(tokens, []byte("dashboard "+caller+" read\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Only GetDeliberationStatus is asked: every function URL is the status function's.
+	ing := testenv.ServeRevision(t, "ingress", filepath.Join(binDir, "ingress"), append(env,
+		"EXECUTE_URL="+st.URL, "STATUS_URL="+st.URL, "LIST_URL="+st.URL, "AUTH_TOKENS_FILE="+tokens,
+		"HEALTH_CACHE_TTL=100ms"), append(out, portOf(t, st.URL)))
+	conn, err := grpc.NewClient(strings.TrimPrefix(ing.URL, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := pb.NewRayExecutorServiceClient(conn)
+	c := functionClient()
+	// An id this system could have minted, so status reads NATS for it (and finds nothing).
+	id := domain.NewDeliberationID()
+	// answered: the status read from NATS (not_found), or the error.
+	answered := func(st string, err error) error {
+		if err == nil && st != string(domain.StatusNotFound) {
+			return fmt.Errorf("status %q, want %q", st, domain.StatusNotFound)
+		}
+		return err
+	}
+	viaFunction := func() (time.Duration, error) {
+		var resp pb.GetDeliberationStatusResponse
+		start := time.Now()
+		err := c.Call(context.Background(), st.URL, rpcevents.TypeGetDeliberationStatus,
+			&pb.GetDeliberationStatusRequest{DeliberationId: id}, rpcevents.CallOptions{}, &resp)
+		return time.Since(start), answered(resp.GetStatus(), err)
+	}
+	viaIngress := func() (time.Duration, error) {
+		start := time.Now()
+		resp, err := client.GetDeliberationStatus(bearer(caller), &pb.GetDeliberationStatusRequest{DeliberationId: id})
+		return time.Since(start), answered(resp.GetStatus(), err)
+	}
+	if _, err := viaFunction(); err != nil {
+		t.Fatalf("NATS up: %v", err)
+	}
+	if _, err := viaIngress(); err != nil {
+		t.Fatalf("NATS up, through the ingress: %v", err)
+	}
+
+	srvMu.Lock()
+	srv.Stop()
+	srvMu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := viaFunction(); errors.Is(err, domain.ErrUnavailable) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("NATS stopped 10 s ago: %v, want unavailable", err)
+		}
+	}
+	var worstFn, worstIngress time.Duration
+	for range 5 {
+		d, err := viaFunction()
+		if !errors.Is(err, domain.ErrUnavailable) || !strings.Contains(err.Error(), "NATS") {
+			t.Errorf("NATS down, through queue-proxy: %v, want 503 saying NATS is the trouble", err)
+		}
+		worstFn = max(worstFn, d)
+		d, err = viaIngress()
+		if status.Code(err) != codes.Unavailable || status.Convert(err).Message() == "" {
+			t.Errorf("NATS down, through the ingress's queue-proxy: %v, want UNAVAILABLE with a reason", err)
+		}
+		worstIngress = max(worstIngress, d)
+	}
+	t.Logf("NATS down: refused within %v through queue-proxy (503), %v through the ingress's (UNAVAILABLE); aim 50 ms", worstFn, worstIngress)
+	if worstFn > time.Second || worstIngress > time.Second {
+		t.Errorf("refusals took up to %v / %v: not fast", worstFn, worstIngress)
+	}
+	for _, s := range []*testenv.Served{st, ing} {
+		if !s.Ready() {
+			t.Errorf("%s: queue-proxy reports the replica not ready while NATS is down: readiness cascades", s.Revision.Service)
+		}
+		if code, _ := s.Probe("probe"); code != http.StatusOK {
+			t.Errorf("%s: network probe %d while NATS is down", s.Revision.Service, code)
+		}
+	}
+
+	srvMu.Lock()
+	srv, err = natslocal.Start(addr, store)
+	srvMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, ferr := viaFunction()
+		_, ierr := viaIngress()
+		if ferr == nil && ierr == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("NATS back 30 s ago: %v / %v, want the answers read from NATS again", ferr, ierr)
+		}
+	}
+	for _, p := range []*testenv.PodProcess{st.Container, st.QueueProxy, ing.Container, ing.QueueProxy} {
+		select {
+		case <-p.Exited():
+			t.Errorf("%s restarted (exited) during the outage", p.Name)
+		default:
+		}
 	}
 }

@@ -124,9 +124,13 @@ func Run(ctx context.Context, cfg config.Serving, h http.Handler, logger *slog.L
 // probe) is a readiness probe unless it asks for LivenessPath, and one with
 // "K-Network-Probe: probe" is Knative's network probe, answered like queue-proxy answers it
 // (its K-Network-Hash echoed) once ready. So a probe left without a path, which Kubernetes
-// sends to "/", never reaches the function as a request event.
+// sends to "/", never reaches the function as a request event. Those probes decide routing,
+// so they follow ready only until it first passes (readiness.go: readiness does not
+// cascade); a GET ReadinessPath without probe headers (the ingress's check for GetStatus)
+// asks ready every time.
 func Probes(h http.Handler, ready func(ctx context.Context) error) http.Handler {
-	readiness := func(w http.ResponseWriter, r *http.Request) {
+	started := startedOnce(ready)
+	readiness := func(w http.ResponseWriter, r *http.Request, ready func(ctx context.Context) error) {
 		if ready != nil {
 			rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
@@ -146,12 +150,14 @@ func Probes(h http.Handler, ready func(ctx context.Context) error) http.Handler 
 			if hash := r.Header.Get(network.HashHeaderName); hash != "" {
 				w.Header().Set(network.HashHeaderName, hash)
 			}
-			readiness(w, r)
+			readiness(w, r, started)
 		case r.URL.Path == LivenessPath:
 			w.WriteHeader(http.StatusOK)
 			_, _ = w.Write([]byte("ok\n"))
-		case r.URL.Path == ReadinessPath, probe && network.IsKubeletProbe(r):
-			readiness(w, r)
+		case probe && network.IsKubeletProbe(r):
+			readiness(w, r, started)
+		case r.URL.Path == ReadinessPath:
+			readiness(w, r, ready)
 		default:
 			h.ServeHTTP(w, r)
 		}
