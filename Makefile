@@ -51,11 +51,21 @@ $(BIN)/queue-proxy: knative/queueproxy/go.mod knative/queueproxy/go.sum
 .PHONY: queue-proxy
 queue-proxy: $(BIN)/queue-proxy ## build Knative's queue-proxy (pinned) into ./bin for the e2e tests
 
+# The tests' OTLP receiver (issue 14): the OpenTelemetry Collector's own OTLP receiver
+# (otlpreceiver v0.165.0) writing what it receives as JSON lines (shared/testenv/otlpsink.go
+# starts it), from a module of its own so the main module never takes the collector's
+# dependencies. About a minute cold; cached in ./bin.
+$(BIN)/otlp-sink: shared/testenv/otlpsink/go.mod shared/testenv/otlpsink/go.sum shared/testenv/otlpsink/main.go
+	cd shared/testenv/otlpsink && $(GO) build -trimpath -o $@ .
+
+.PHONY: otlp-sink
+otlp-sink: $(BIN)/otlp-sink ## build the tests' OTLP receiver (the collector's otlpreceiver, pinned) into ./bin
+
 $(BIN)/nats-local: $(shell find shared/natslocal -name '*.go') go.mod go.sum
 	$(GO) build -o $@ ./shared/natslocal/cmd/nats-local
 
 .PHONY: tools
-tools: $(BIN)/grpcurl $(BIN)/grpc-health-probe $(BIN)/nats-local $(BIN)/queue-proxy ## install grpcurl, grpc-health-probe; build the local NATS server and Knative's queue-proxy
+tools: $(BIN)/grpcurl $(BIN)/grpc-health-probe $(BIN)/nats-local $(BIN)/queue-proxy $(BIN)/otlp-sink ## install grpcurl, grpc-health-probe; build the local NATS server, Knative's queue-proxy and the OTLP receiver
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -92,6 +102,7 @@ lint: $(BIN)/staticcheck $(VENV_STAMP) ## go vet, staticcheck and gofmt (the e2e
 	$(BIN)/staticcheck -tags e2e,exclusive,bench ./e2e/
 	cd knative/validate && $(GO) vet ./...
 	cd knative/image && $(GO) vet ./...
+	cd shared/testenv/otlpsink && $(GO) vet ./...
 	scripts/lint-python.sh
 
 .PHONY: ray-up ray-down
