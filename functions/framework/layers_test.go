@@ -28,7 +28,7 @@ func deps(t *testing.T, pkg string) map[string]bool {
 // The layers of ARCHITECTURE.md's package table: the Ray client knows nothing of records,
 // events or the executor; the event catalogue knows nothing of NATS; the records and the
 // state machine know nothing of Ray; and no function binary links a test dependency (the
-// embedded NATS server, the LLM stand-in, testenv).
+// embedded NATS server, the LLM stand-in, testenv) nor the CLI's libraries.
 func TestPackageLayers(t *testing.T) {
 	rules := []struct {
 		pkg    string
@@ -44,8 +44,15 @@ func TestPackageLayers(t *testing.T) {
 		rules = append(rules, struct {
 			pkg    string
 			forbid []string
-		}{"functions/" + f + "/cmd", []string{"shared/natslocal", "shared/testenv", "shared/llmstub", "github.com/nats-io/nats-server/v2/server"}})
+		}{"functions/" + f + "/cmd", []string{"shared/natslocal", "shared/testenv", "shared/llmstub", "github.com/nats-io/nats-server/v2/server",
+			// the CLI's libraries stay in the CLI's binary
+			"functions/rexctl", "github.com/spf13/cobra", "github.com/charmbracelet/bubbletea", "github.com/charmbracelet/lipgloss"}})
 	}
+	// The CLI is a client of the ingress only: gRPC, never NATS or Ray.
+	rules = append(rules, struct {
+		pkg    string
+		forbid []string
+	}{"functions/rexctl/cmd", []string{"shared/natsbus", "shared/records", "shared/ray", "shared/executor", "github.com/nats-io/nats.go", "shared/testenv"}})
 	for _, r := range rules {
 		t.Run(r.pkg, func(t *testing.T) {
 			d := deps(t, "../../"+r.pkg)

@@ -247,7 +247,11 @@ func ms(v int64) string {
 	if v <= 0 {
 		return ""
 	}
-	return (time.Duration(v) * time.Millisecond).Round(100 * time.Millisecond).String()
+	d := time.Duration(v) * time.Millisecond
+	if d < time.Second {
+		return d.String()
+	}
+	return d.Round(100 * time.Millisecond).String()
 }
 
 func orKeep(v, old string) string {

@@ -343,8 +343,9 @@ var (
 
 // notDeployed are functions/<name>/cmd main packages that are not Knative deployables:
 // functions/framework runs execute, status and list under the Functions Framework
-// (funcframework, Google's buildpacks), never as a Knative Service.
-var notDeployed = map[string]bool{"framework": true}
+// (funcframework, Google's buildpacks), never as a Knative Service; functions/rexctl is the
+// CLI, a client of the ingress that people run.
+var notDeployed = map[string]bool{"framework": true, "rexctl": true}
 
 // binaries lists the deployables: functions/<name> with a main package in cmd/.
 func binaries(t *testing.T) []string {
