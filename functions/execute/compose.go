@@ -53,5 +53,10 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	h.SetAccess(cfg.Access)
 	f.Handler = h
 	go client.LogReachability(ctx, logger)
+	if err := f.Instrument(ctx, cfg.Telemetry, "execute"); err != nil {
+		f.Close()
+		return nil, err
+	}
+	f.OnClose(client.ObserveBreaker())
 	return f, nil
 }

@@ -10,12 +10,15 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // Config is everything the execute function reads from its environment.
 type Config struct {
 	Serving config.Serving
-	Ray     config.Ray
+	// Telemetry: OTEL_* and METRICS_PORT (shared/telemetry).
+	Telemetry telemetry.Config
+	Ray       config.Ray
 	// Limits: MAX_AGENTS, MAX_DESCRIPTION_BYTES, MAX_METADATA_BYTES,
 	// MAX_PROMPT_TEMPLATE_BYTES, MAX_TIMEOUT_SECONDS, MAX_RETRIES.
 	Limits domain.Limits
@@ -43,8 +46,9 @@ type Config struct {
 func LoadConfig(getenv func(string) string) (Config, error) {
 	r := config.NewReader(getenv)
 	cfg := Config{
-		Serving: config.ReadServing(r, 8081),
-		Ray:     config.ReadRay(r),
+		Serving:   config.ReadServing(r, 8081),
+		Telemetry: telemetry.Read(r, "ray-executor-execute"),
+		Ray:       config.ReadRay(r),
 		Limits: domain.Limits{
 			MaxAgents:              r.Int("MAX_AGENTS", 0),
 			MaxDescriptionBytes:    r.Int("MAX_DESCRIPTION_BYTES", 0),

@@ -3,12 +3,14 @@ package execute
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // NewHandler returns the function's HTTP handler: ExecuteDeliberation,
@@ -45,7 +47,15 @@ func NewHandler(svc *Service, source string, maxBodyBytes int64, logger *slog.Lo
 }
 
 func (s *Service) respond(ctx context.Context, r *rpcevents.Request, req domain.Request) (proto.Message, error) {
-	sub, err := s.Execute(ctx, req, r.IdempotencyKey(), r.Traceparent(), r.Caller(), r.Logger())
+	// The request's server span carries the trace on (the event's traceparent when no
+	// exporter is configured): the record and the work message hold it for the executor.
+	tp := telemetry.Traceparent(ctx)
+	if tp == "" {
+		tp = r.Traceparent()
+	}
+	start := time.Now()
+	sub, err := s.Execute(ctx, req, r.IdempotencyKey(), tp, r.Caller(), r.Logger())
+	observeSubmit(ctx, req.Kind, start, sub, err)
 	if err != nil {
 		return nil, err
 	}

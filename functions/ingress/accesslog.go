@@ -7,6 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -15,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // AccessLog writes one structured line per RPC: who called what, how it ended, how long
@@ -28,6 +32,8 @@ import (
 // next line saying how many were left out.
 type AccessLog struct {
 	logger     *slog.Logger
+	inflight   metric.Int64UpDownCounter
+	refused    metric.Int64Counter
 	tapLimit   *rate.Limiter
 	mu         sync.Mutex
 	suppressed int
@@ -39,18 +45,57 @@ const (
 )
 
 // NewAccessLog logs to logger.
+// Its metrics: rex.ingress.inflight (RPCs running, by method) and rex.ingress.refused
+// (calls refused, by reason and caller; callers are the configured names, so bounded).
 func NewAccessLog(logger *slog.Logger) *AccessLog {
-	return &AccessLog{logger: logger, tapLimit: rate.NewLimiter(tapRefusalsPerSecond, tapRefusalsBurst)}
+	m := otel.Meter("github.com/fleet-ai/ray-executor/functions/ingress")
+	inflight, err := m.Int64UpDownCounter("rex.ingress.inflight", metric.WithDescription("RPCs running at the ingress, by method"))
+	if err != nil {
+		otel.Handle(err)
+	}
+	refused, err := m.Int64Counter("rex.ingress.refused", metric.WithDescription("RPCs the ingress refused, by reason and caller"))
+	if err != nil {
+		otel.Handle(err)
+	}
+	return &AccessLog{logger: logger, tapLimit: rate.NewLimiter(tapRefusalsPerSecond, tapRefusalsBurst),
+		inflight: inflight, refused: refused}
+}
+
+// refusalReasons are the codes that mean the ingress (or a function) refused a call.
+var refusalReasons = map[codes.Code]string{
+	codes.Unauthenticated:    "unauthenticated",
+	codes.PermissionDenied:   "permission_denied",
+	codes.ResourceExhausted:  "limit",
+	codes.InvalidArgument:    "invalid",
+	codes.FailedPrecondition: "failed_precondition",
+	codes.Unavailable:        "unavailable",
+}
+
+// count records a refusal of a call that ended with err.
+func (a *AccessLog) count(ctx context.Context, err error) {
+	reason, ok := refusalReasons[status.Code(err)]
+	if !ok {
+		return
+	}
+	caller := anonymous
+	if c := CallerOf(ctx); c.Name != "" {
+		caller = c.Name
+	}
+	a.refused.Add(ctx, 1, metric.WithAttributes(attribute.String("reason", reason), attribute.String("caller", caller)))
 }
 
 // Unary logs each unary RPC; it goes first in the chain, so it sees every outcome.
 func (a *AccessLog) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
+	method := metric.WithAttributes(attribute.String("method", info.FullMethod))
+	a.inflight.Add(ctx, 1, method)
 	resp, err := handler(ctx, req)
+	a.inflight.Add(ctx, -1, method)
 	id := deliberationID(req)
 	if id == "" {
 		id = deliberationID(resp)
 	}
+	a.annotate(ctx, req, id, err)
 	a.log(ctx, info.FullMethod, err, time.Since(start), id)
 	return resp, err
 }
@@ -58,14 +103,37 @@ func (a *AccessLog) Unary(ctx context.Context, req any, info *grpc.UnaryServerIn
 // Stream logs each stream when it ends, with the deliberation its first message named.
 func (a *AccessLog) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
+	ctx := ss.Context()
+	method := metric.WithAttributes(attribute.String("method", info.FullMethod))
+	a.inflight.Add(ctx, 1, method)
 	rs := &recordingStream{ServerStream: ss}
 	err := handler(srv, rs)
-	a.log(ss.Context(), info.FullMethod, err, time.Since(start), rs.id)
+	a.inflight.Add(ctx, -1, method)
+	a.annotate(ctx, nil, rs.id, err)
+	a.log(ctx, info.FullMethod, err, time.Since(start), rs.id)
 	return err
+}
+
+// annotate puts what the log line says on the RPC's span too: ids, the caller, the code.
+func (a *AccessLog) annotate(ctx context.Context, req any, id string, err error) {
+	a.count(ctx, err)
+	caller := anonymous
+	if c := CallerOf(ctx); c.Name != "" {
+		caller = c.Name
+	}
+	attrs := []attribute.KeyValue{attribute.String("caller", caller), attribute.String("outcome", status.Code(err).String())}
+	if id != "" {
+		attrs = append(attrs, attribute.String("deliberation.id", id))
+	}
+	if t, ok := req.(interface{ GetTaskId() string }); ok && t.GetTaskId() != "" {
+		attrs = append(attrs, attribute.String("task.id", clip(t.GetTaskId(), 256)))
+	}
+	telemetry.Annotate(ctx, attrs...)
 }
 
 // Refused logs a call refused before it started (Guard.Tap), within the rate bound.
 func (a *AccessLog) Refused(ctx context.Context, method string, err error) {
+	a.count(ctx, err)
 	a.mu.Lock()
 	if !a.tapLimit.Allow() {
 		a.suppressed++

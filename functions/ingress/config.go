@@ -8,6 +8,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/natsbus"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // DefaultPort is the original service's gRPC port.
@@ -44,6 +45,8 @@ type Config struct {
 	Limits Limits
 	// Conns: MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS.
 	Conns ConnLimits
+	// Telemetry: OTEL_* and METRICS_PORT (shared/telemetry).
+	Telemetry telemetry.Config
 	// InternalToken (INTERNAL_TOKEN or INTERNAL_TOKEN_FILE) is the credential the functions
 	// require of their callers; empty when they rely on cluster-local visibility.
 	InternalToken string
@@ -60,7 +63,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	r := config.NewReader(getenv)
 	port := r.Int("GRPC_PORT", DefaultPort)
 	cfg := Config{
-		Serving: config.ReadServing(r, port),
+		Serving:   config.ReadServing(r, port),
+		Telemetry: telemetry.Read(r, "ray-executor-ingress"),
 		Routes: Routes{
 			Execute: r.String("EXECUTE_URL", "http://127.0.0.1:8081"),
 			Status:  r.String("STATUS_URL", "http://127.0.0.1:8082"),

@@ -18,6 +18,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // Metadata keys the ingress carries into the request event.
@@ -90,6 +91,16 @@ func (s *Server) GetActiveJobs(ctx context.Context, req *pb.GetActiveJobsRequest
 	return resp, s.call(ctx, s.Routes.List, rpcevents.TypeGetActiveJobs, req, resp)
 }
 
+// traceparentOf is the trace context a call carries on: its server span's (otelgrpc; the
+// caller's own, passed through, when no exporter is configured), else a valid traceparent
+// the caller sent.
+func traceparentOf(ctx context.Context) string {
+	if tp := telemetry.Traceparent(ctx); tp != "" {
+		return tp
+	}
+	return domain.CleanTraceparent(first(ctx, MetadataTraceparent))
+}
+
 // call sends one request event, bounded by the caller's deadline (or DefaultTimeout), with
 // the caller's idempotency key and trace context.
 func (s *Server) call(ctx context.Context, url, ceType string, req, resp proto.Message) error {
@@ -100,7 +111,7 @@ func (s *Server) call(ctx context.Context, url, ceType string, req, resp proto.M
 	}
 	opts := rpcevents.CallOptions{
 		IdempotencyKey: first(ctx, MetadataIdempotencyKey),
-		Traceparent:    domain.CleanTraceparent(first(ctx, MetadataTraceparent)),
+		Traceparent:    traceparentOf(ctx),
 		Caller:         CallerOf(ctx),
 	}
 	err := s.Caller.Call(ctx, url, ceType, req, opts, resp)

@@ -3,6 +3,7 @@ package list
 import (
 	"context"
 	"io"
+	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/executor"
 	"github.com/fleet-ai/ray-executor/shared/natsbus"
@@ -46,5 +47,11 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	h.SetAccess(cfg.Access)
 	f.Handler = h
 	go client.LogReachability(ctx, logger)
+	if err := f.Instrument(ctx, cfg.Telemetry, "list"); err != nil {
+		f.Close()
+		return nil, err
+	}
+	f.OnClose(client.ObserveBreaker())
+	f.OnClose(observeQueue(store, time.Now))
 	return f, nil
 }

@@ -9,12 +9,15 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // Config is everything the list function reads from its environment.
 type Config struct {
 	Serving config.Serving
-	Ray     config.Ray
+	// Telemetry: OTEL_* and METRICS_PORT (shared/telemetry).
+	Telemetry telemetry.Config
+	Ray       config.Ray
 	// MaxBodyBytes (MAX_BODY_BYTES) bounds a request event.
 	MaxBodyBytes int64
 	// Source (CE_SOURCE) names this function in reply events.
@@ -40,6 +43,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	r := config.NewReader(getenv)
 	cfg := Config{
 		Serving:           config.ReadServing(r, 8083),
+		Telemetry:         telemetry.Read(r, "ray-executor-list"),
 		Ray:               config.ReadRay(r),
 		MaxBodyBytes:      int64(r.Int("MAX_BODY_BYTES", 64<<10)),
 		Source:            r.String("CE_SOURCE", "ray-executor/list"),

@@ -42,5 +42,9 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	h := NewHandler(svc, cfg.Source, cfg.MaxBodyBytes, logger)
 	h.SetAccess(cfg.Access)
 	f.Handler = h
+	if err := f.Instrument(ctx, cfg.Telemetry, "status"); err != nil {
+		f.Close()
+		return nil, err
+	}
 	return f, nil
 }

@@ -5,11 +5,14 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/records"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // Config is everything the status function reads from its environment.
 type Config struct {
 	Serving config.Serving
+	// Telemetry: OTEL_* and METRICS_PORT (shared/telemetry).
+	Telemetry telemetry.Config
 	// CacheSize (RESULT_CACHE_SIZE) is how many finished deliberations are kept in memory,
 	// in at most CacheBytes (RESULT_CACHE_BYTES) of it.
 	CacheSize, CacheBytes int
@@ -34,6 +37,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	r := config.NewReader(getenv)
 	cfg := Config{
 		Serving:      config.ReadServing(r, 8082),
+		Telemetry:    telemetry.Read(r, "ray-executor-status"),
 		CacheSize:    r.Int("RESULT_CACHE_SIZE", 1024),
 		CacheBytes:   r.Int("RESULT_CACHE_BYTES", 1<<20),
 		MaxBodyBytes: int64(r.Int("MAX_BODY_BYTES", 64<<10)),

@@ -33,6 +33,30 @@ type Settings struct {
 	// executor. false: operators run it themselves (a KubeRay RayJob with the environment of
 	// Settings.Env), and the functions only report its heartbeat.
 	Deploy bool
+	// Telemetry is the executor's share of the standard OTEL_* variables: where it exports
+	// spans and metrics (OTEL_EXPORTER_OTLP_ENDPOINT, _TRACES_ENDPOINT, _METRICS_ENDPOINT,
+	// _PROTOCOL) and how often (OTEL_BSP_SCHEDULE_DELAY, OTEL_METRIC_EXPORT_INTERVAL).
+	// Never OTEL_EXPORTER_OTLP_HEADERS: they may hold a key, and a job's environment is
+	// readable from the Ray dashboard; give the Ray pods their own.
+	Telemetry map[string]string
+}
+
+// readTelemetry reads the OTEL_* variables passed on to the executor job (each name
+// literal: knative/validate reads them from this source).
+func readTelemetry(r *config.Reader) map[string]string {
+	out := map[string]string{}
+	put := func(name, v string) {
+		if v != "" {
+			out[name] = v
+		}
+	}
+	put("OTEL_EXPORTER_OTLP_ENDPOINT", r.String("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+	put("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", r.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""))
+	put("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", r.String("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", ""))
+	put("OTEL_EXPORTER_OTLP_PROTOCOL", r.String("OTEL_EXPORTER_OTLP_PROTOCOL", ""))
+	put("OTEL_BSP_SCHEDULE_DELAY", r.String("OTEL_BSP_SCHEDULE_DELAY", ""))
+	put("OTEL_METRIC_EXPORT_INTERVAL", r.String("OTEL_METRIC_EXPORT_INTERVAL", ""))
+	return out
 }
 
 // ReadSettings reads the EXECUTOR_* settings.
@@ -47,6 +71,7 @@ func ReadSettings(r *config.Reader, natsURL string) Settings {
 		NATSURL:            r.String("PAYLOAD_NATS_URL", natsURL),
 		Check:              r.Duration("EXECUTOR_CHECK_INTERVAL", 5*time.Second),
 		Deploy:             r.Bool("EXECUTOR_DEPLOY", true),
+		Telemetry:          readTelemetry(r),
 	}
 	switch {
 	case s.MinReplicas < 1:
@@ -89,7 +114,7 @@ func urlHasCredentials(urls string) bool {
 // EXECUTOR_* settings. Operator settings only, never caller text.
 func (s Settings) Env(ev natsbus.Config, rc records.Config) map[string]string {
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
-	return map[string]string{
+	env := map[string]string{
 		natsbus.PayloadURLEnv:          s.NATSURL,
 		natsbus.PayloadEventsStreamEnv: ev.EventsStream,
 		"NATS_RECORDS_BUCKET":          rc.Bucket,
@@ -102,6 +127,10 @@ func (s Settings) Env(ev natsbus.Config, rc records.Config) map[string]string {
 		"EXECUTOR_MAX_DELIVERIES":      strconv.Itoa(s.MaxDeliveries),
 		"EXECUTOR_REPLICA_NUM_CPUS":    f(s.ReplicaNumCPUs),
 	}
+	for k, v := range s.Telemetry {
+		env[k] = v
+	}
+	return env
 }
 
 // NewDeployer is the deployer every function that keeps the executor running builds: the

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,6 +20,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // Stream names and subjects (specs/nats.md).
@@ -260,10 +262,23 @@ func (b *Bus) PublishRaw(ctx context.Context, subject, msgID, contentType string
 	msg := nats.NewMsg(subject)
 	msg.Data = body
 	msg.Header.Set("Content-Type", contentType)
-	if _, err := b.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID)); err != nil {
+	end := telemetry.StartPublish(ctx, streamOf(subject), msg.Header)
+	_, err := b.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
+	end(err)
+	if err != nil {
 		return fmt.Errorf("events: publish %s: %v: %w", msgID, err, domain.ErrUnavailable)
 	}
 	return nil
+}
+
+// streamOf names a subject's destination for a span without its ids: its first two
+// tokens (ray_executor.deliberation, agent.response).
+func streamOf(subject string) string {
+	parts := strings.SplitN(subject, ".", 3)
+	if len(parts) < 2 {
+		return subject
+	}
+	return parts[0] + "." + parts[1]
 }
 
 // Stored is a lifecycle event as the stream holds it.

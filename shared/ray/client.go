@@ -32,6 +32,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // DefaultTimeout is the per-call timeout used when Config.Timeout is zero.
@@ -172,13 +173,18 @@ func parseAddress(addr string) (string, error) {
 // TLS settings with a larger idle pool per host, since all traffic goes to one dashboard.
 // It has no overall Timeout; every call is bounded by Config.Timeout through its context.
 func newHTTPClient() *http.Client {
+	return &http.Client{Transport: telemetry.HTTPTransport(newTransport())} // a client span per attempt
+}
+
+// newTransport is the connection pool under the default client.
+func newTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 64
 	t.MaxIdleConnsPerHost = 32
 	t.IdleConnTimeout = 90 * time.Second
 	t.ResponseHeaderTimeout = 0 // the per-call context deadline covers it
 	t.DisableKeepAlives = false
-	return &http.Client{Transport: t}
+	return t
 }
 
 // errCallTimeout is the context cause when our own per-call timeout (not the caller's
@@ -212,7 +218,9 @@ type response struct {
 //
 // The caller's cancellation always wins: it ends a wait between attempts at once and is
 // what do reports. A retry the breaker refuses ends the loop with the last real error.
-func (c *Client) do(ctx context.Context, r request, ok ...int) (response, error) {
+func (c *Client) do(ctx context.Context, r request, ok ...int) (resp response, err error) {
+	start := time.Now()
+	defer func() { observe(ctx, r, start, err) }()
 	var last error
 	for n := 0; ; n++ {
 		probe, err := c.breaker.allow(r.op)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
 	"github.com/fleet-ai/ray-executor/shared/domain"
 )
 
@@ -293,10 +295,10 @@ func TestNewDefaults(t *testing.T) {
 	if c.timeout != DefaultTimeout {
 		t.Errorf("got timeout %s, want %s", c.timeout, DefaultTimeout)
 	}
-	tr, ok := c.hc.Transport.(*http.Transport)
-	if !ok {
-		t.Fatalf("got transport %T, want *http.Transport", c.hc.Transport)
+	if _, ok := c.hc.Transport.(*otelhttp.Transport); !ok {
+		t.Fatalf("got transport %T, want the traced one", c.hc.Transport)
 	}
+	tr := newTransport()
 	if tr.MaxIdleConnsPerHost != 32 || tr.DisableKeepAlives {
 		t.Errorf("got MaxIdleConnsPerHost %d, keep-alives disabled %v; want 32, false", tr.MaxIdleConnsPerHost, tr.DisableKeepAlives)
 	}

@@ -19,9 +19,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // Default names (specs/records.md).
@@ -412,7 +414,10 @@ func (s *Store) Enqueue(ctx context.Context, id string, body []byte) error {
 	msg := nats.NewMsg(WorkSubjectPrefix + id)
 	msg.Data = body
 	msg.Header.Set("Content-Type", "application/json")
-	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
+	end := telemetry.StartPublish(ctx, "ray_executor.work", msg.Header, attribute.String("deliberation.id", id))
+	_, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
+	end(err)
+	if err != nil {
 		return unavailable("enqueue "+id, err)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package rpcevents
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
@@ -224,10 +225,14 @@ func (s *Server) acquire() bool {
 		s.inflight.Add(-1)
 		return false
 	}
+	inflightGauge.Add(context.Background(), 1)
 	return true
 }
 
-func (s *Server) release() { s.inflight.Add(-1) }
+func (s *Server) release() {
+	s.inflight.Add(-1)
+	inflightGauge.Add(context.Background(), -1)
+}
 
 // refuseBusy answers 429 at once: a caller told to come back in a second (Knative Eventing
 // retries 429 with backoff) costs this replica nothing, a queue would cost it memory and

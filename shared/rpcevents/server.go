@@ -340,6 +340,7 @@ type ErrorBody struct {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
+	countRefused(code)
 	var body ErrorBody
 	body.Error.Code = code
 	body.Error.Message = msg

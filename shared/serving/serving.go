@@ -22,6 +22,7 @@ import (
 	"knative.dev/pkg/signals"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 // Paths of the probe endpoints. The function itself answers on every other path.
@@ -49,6 +50,24 @@ type Function struct {
 	// Ready reports whether it can do useful work (its Ray dashboard answers).
 	Ready   func(ctx context.Context) error
 	closers []func()
+}
+
+// Instrument sets up the function's telemetry (shared/telemetry: OTLP export when
+// configured, the metrics port) and wraps its Handler so that every request event is a
+// server span joined to the caller's trace (the W3C traceparent header); Close flushes and
+// stops it. Call it once the Handler is set.
+func (f *Function) Instrument(ctx context.Context, cfg telemetry.Config, name string) error {
+	t, err := telemetry.Setup(ctx, cfg, f.Logger)
+	if err != nil {
+		return err
+	}
+	f.OnClose(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		t.Shutdown(ctx)
+	})
+	f.Handler = telemetry.HTTPHandler(f.Handler, name)
+	return nil
 }
 
 // OnClose adds fn to what Close runs (last added, first run).

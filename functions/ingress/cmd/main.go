@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/functions/ingress"
 	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/serving"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 )
 
 func main() { serving.Main("ingress", run) }
@@ -23,6 +25,15 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	logger := serving.NewLogger(stdout, cfg.Serving, "ingress")
+	tel, err := telemetry.Setup(ctx, cfg.Telemetry, logger)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tel.Shutdown(ctx)
+	}()
 	if cfg.Auth.Enabled() {
 		logger.Info("access control on", "token_callers", cfg.Auth.Tokens.Len(), "mutual_tls", cfg.Auth.MutualTLS(),
 			"open_health", cfg.Auth.OpenHealth, "open_reflection", cfg.Auth.OpenReflection)
@@ -41,7 +52,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		},
 	}
 	srv := &ingress.Server{
-		Caller:         &rpcevents.Client{HTTP: hc, Source: cfg.Source, Protobuf: true, Token: cfg.InternalToken},
+		// Calls to the functions are client spans whose context rides in traceparent; the
+		// health checks' readiness probes are not traced.
+		Caller: &rpcevents.Client{HTTP: &http.Client{Transport: telemetry.HTTPTransport(hc.Transport)}, Source: cfg.Source,
+			Protobuf: true, Token: cfg.InternalToken},
 		Routes:         cfg.Routes,
 		Health:         health,
 		DefaultTimeout: cfg.CallTimeout,

@@ -1,0 +1,153 @@
+package telemetry
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/fleet-ai/ray-executor/shared/config"
+)
+
+func read(env map[string]string) (Config, error) {
+	r := config.NewReader(func(k string) string { return env[k] })
+	c := Read(r, "ray-executor-test")
+	return c, r.Err()
+}
+
+func TestRead(t *testing.T) {
+	c, err := read(nil)
+	if err != nil || c.TracesEndpoint != "" || c.MetricsEndpoint != "" || c.MetricsPort != 0 || c.ServiceName != "ray-executor-test" {
+		t.Fatalf("nothing set: got %+v, %v; want no export and no port", c, err)
+	}
+	c, err = read(map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/", "OTEL_SERVICE_NAME": "mine",
+		"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://other:4318/v1/metrics", "OTEL_EXPORTER_OTLP_HEADERS": "api-key=k1, x=y"})
+	if err != nil || c.TracesEndpoint != "http://collector:4318/v1/traces" || c.MetricsEndpoint != "http://other:4318/v1/metrics" ||
+		c.ServiceName != "mine" || c.Headers["api-key"] != "k1" || c.Headers["x"] != "y" {
+		t.Errorf("http/protobuf: got %+v, %v", c, err)
+	}
+	c, err = read(map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+	if err != nil || c.TracesEndpoint != "http://collector:4317" {
+		t.Errorf("grpc takes the base as it is: got %+v, %v", c, err)
+	}
+	_, err = read(map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_METRIC_EXPORT_INTERVAL": "10",
+		"METRICS_PORT": "70000", "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
+		"OTEL_EXPORTER_OTLP_HEADERS": "secret-key-0123456789"})
+	for _, want := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_METRIC_EXPORT_INTERVAL", "METRICS_PORT", "must be an http:// or https:// URL",
+		"OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want it to name %q", err, want)
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "secret-key-0123456789") {
+		t.Errorf("a configuration error shows the headers' value: %v", err)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// The metrics port serves what the process records, as Prometheus text.
+func TestMetricsPort(t *testing.T) {
+	port := freePort(t)
+	tel, err := Setup(context.Background(), Config{ServiceName: "ray-executor-test", MetricsPort: port}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	c, err := otel.Meter("test").Int64Counter("rex.test.things", metric.WithDescription("things"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Add(context.Background(), 3)
+	resp, err := http.Get("http://" + tel.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "rex_test_things_total 3") ||
+		!strings.Contains(string(body), `service_name="ray-executor-test"`) {
+		t.Errorf("got %d:\n%s", resp.StatusCode, body)
+	}
+	if resp, err := http.Post("http://"+tel.MetricsAddr()+"/metrics", "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /metrics: %v %v, want 405", resp, err)
+	}
+}
+
+// spans records the spans of the global provider during a test.
+func spans(t *testing.T) *tracetest.SpanRecorder {
+	t.Helper()
+	rec := tracetest.NewSpanRecorder()
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	t.Cleanup(func() { otel.SetTracerProvider(prev) })
+	_, _ = Setup(context.Background(), Config{Disabled: true}, slog.New(slog.DiscardHandler)) // the propagator
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	return rec
+}
+
+// A request continues the trace of its traceparent header, else of its CloudEvent's
+// ce-traceparent; Traceparent is the server span's; a publish carries its own span on.
+func TestHTTPHandlerJoinsTheCallersTrace(t *testing.T) {
+	rec := spans(t)
+	var inside string
+	var header http.Header = http.Header{}
+	h := HTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inside = Traceparent(r.Context())
+		StartPublish(r.Context(), "ray_executor.work", header)(nil)
+	}), "execute")
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	for _, name := range []string{"traceparent", "ce-traceparent"} {
+		before := len(rec.Ended())
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, nil)
+		req.Header.Set(name, "00-"+trace+"-00f067aa0ba902b7-01")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		var ended []sdktrace.ReadOnlySpan
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if ended = rec.Ended(); len(ended) >= before+2 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if len(ended) < before+2 {
+			t.Fatalf("%s: %d spans ended, want the server's and the publish's", name, len(ended))
+		}
+		server, publish := ended[len(ended)-1], ended[len(ended)-2]
+		if server.SpanContext().TraceID().String() != trace || server.Parent().SpanID().String() != "00f067aa0ba902b7" {
+			t.Errorf("%s: the server span is %v with parent %v, want it in trace %s", name, server.SpanContext(), server.Parent(), trace)
+		}
+		if inside != "00-"+trace+"-"+server.SpanContext().SpanID().String()+"-01" {
+			t.Errorf("%s: Traceparent inside the request %q, want the server span's", name, inside)
+		}
+		if publish.Name() != "publish ray_executor.work" || publish.Parent().SpanID() != server.SpanContext().SpanID() ||
+			header.Get("traceparent") != "00-"+trace+"-"+publish.SpanContext().SpanID().String()+"-01" {
+			t.Errorf("%s: publish span %s (parent %v), header %q", name, publish.Name(), publish.Parent(), header.Get("traceparent"))
+		}
+	}
+	if Traceparent(context.Background()) != "" {
+		t.Error("a context without a span has a traceparent")
+	}
+}
