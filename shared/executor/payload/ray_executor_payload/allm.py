@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Optional
 
-from . import llm
+from . import llm, telemetry
 from .agents import AgentJob, failed_agent, log
 from .result import COMPLETED, AgentResult, completed_score, duration_ms, iso_utc
 
@@ -51,20 +51,44 @@ async def close_session() -> None:
 
 
 async def post_chat(call: llm.ChatCall, deadline: float, api_key: str = "",
-                    clock: Callable[[], float] = time.time) -> llm.Completion:
-    """One HTTP attempt, bounded by the time left until deadline (epoch seconds)."""
-    import aiohttp
-
+                    clock: Callable[[], float] = time.time, *, attempt: int = 1,
+                    tel: telemetry.Telemetry = telemetry.OFF) -> llm.Completion:
+    """One HTTP attempt, bounded by the time left until deadline (epoch seconds), in a
+    CLIENT span of its own when telemetry is on: the request's traceparent is then that
+    span's, else the call's (the caller's, as it came)."""
     parts = urllib.parse.urlsplit(call.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise llm.LLMError(llm.INTERNAL, f"refusing to call a non-http(s) URL {call.url[:100]!r}")
-    host = parts.hostname
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    with tel.llm_attempt(call.model, attempt, parts.hostname, port) as a:
+        try:
+            return await _post_chat(call, parts.hostname, deadline, api_key, clock, a)
+        except llm.LLMError as exc:
+            a.error_type = exc.error_type
+            raise
+        except asyncio.CancelledError:
+            a.error_type = "cancelled"
+            raise
+        except Exception:
+            a.error_type = llm.INTERNAL
+            raise
+
+
+async def _post_chat(call: llm.ChatCall, host: str, deadline: float, api_key: str,
+                     clock: Callable[[], float], a: telemetry.Attempt) -> llm.Completion:
+    import aiohttp
+
     started = clock()
     remaining = deadline - started
     if remaining <= 0:
         raise llm.LLMError(llm.TIMEOUT, "timed out after 0.0s calling %s (deadline reached)" % host, retryable=True)
     body = json.dumps(llm.request_body(call)).encode("utf-8")
     headers = llm.request_headers(call, api_key)
+    if a.traceparent:
+        headers["traceparent"] = a.traceparent
     s = await session()
     try:
         async with asyncio.timeout(remaining):
@@ -73,7 +97,7 @@ async def post_chat(call: llm.ChatCall, deadline: float, api_key: str = "",
                 if len(raw) > llm.MAX_RESPONSE_BYTES:
                     raise llm.LLMError(llm.INVALID_RESPONSE,
                                        f"response from {host} is larger than {llm.MAX_RESPONSE_BYTES} bytes")
-                status = resp.status
+                status = a.status = resp.status
                 retry_after_header = resp.headers.get("Retry-After")
     except llm.LLMError:
         raise
@@ -117,6 +141,7 @@ async def complete(
     clock: Callable[[], float] = time.time,
     rng: Callable[[], float] = random.random,
     on_retry: Optional[Callable[[int, llm.LLMError, float], None]] = None,
+    tel: telemetry.Telemetry = telemetry.OFF,
 ) -> llm.CallOutcome:
     """Up to 1 + max_retries attempts. Only retryable failures (connection errors, timeouts,
     HTTP 429 and 5xx) are retried, with backoff, and never past the deadline."""
@@ -129,7 +154,7 @@ async def complete(
             break
         attempts += 1
         try:
-            return llm.CallOutcome(await post_chat(call, deadline, api_key, clock), None, attempts)
+            return llm.CallOutcome(await post_chat(call, deadline, api_key, clock, attempt=attempt, tel=tel), None, attempts)
         except llm.LLMError as exc:
             last = exc
         if not last.retryable or attempt > max_retries:
@@ -146,7 +171,7 @@ async def complete(
     return llm.CallOutcome(None, last, attempts)
 
 
-async def run_agent(job: AgentJob, deliberation_id: str = "") -> AgentResult:
+async def run_agent(job: AgentJob, deliberation_id: str = "", tel: telemetry.Telemetry = telemetry.OFF) -> AgentResult:
     """One agent's LLM call, as an AgentResult. Never raises (cancellation aside): every
     failure becomes a failed AgentResult."""
     started = time.time()
@@ -158,7 +183,7 @@ async def run_agent(job: AgentJob, deliberation_id: str = "") -> AgentResult:
                      deliberation_id, job.agent_id, attempt, err.error_type, err.message, delay)
 
         outcome = await complete(job.call, job.deadline, job.max_retries, api_key,
-                                 backoff_base=job.backoff_base, backoff_cap=job.backoff_cap, on_retry=on_retry)
+                                 backoff_base=job.backoff_base, backoff_cap=job.backoff_cap, on_retry=on_retry, tel=tel)
         finished = time.time()
         if outcome.completion is None:
             err = outcome.error

@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Set
 
-from . import allm, llm, nats_events, records
+from . import allm, llm, nats_events, records, telemetry
 from .agents import AgentJob, failed_agent, grace_seconds, log, plan_jobs, setup_logging
-from .request import DeliberationRequest, RequestError, parse_request
+from .request import DeliberationRequest, RequestError, parse_request, valid_traceparent
 from .result import AgentResult, summarize
 
 RECORDS_BUCKET_ENV = "NATS_RECORDS_BUCKET"
@@ -85,6 +85,7 @@ class Settings:
     in_progress_seconds: float = IN_PROGRESS_SECONDS
     fetch_timeout: float = FETCH_TIMEOUT_SECONDS
     tick_seconds: float = TICK_SECONDS
+    telemetry: telemetry.Config = telemetry.Config()  # off
 
 
 def settings_from_env(environ: Mapping[str, str]) -> Settings:
@@ -135,6 +136,7 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
         submission_id=environ.get(SUBMISSION_ID_ENV, "").strip(),
         scale_down_delay=number(SCALE_DOWN_DELAY_ENV, 30.0, 0, integer=False),
         nats_lost_exit_seconds=number(NATS_LOST_EXIT_ENV, NATS_LOST_EXIT_SECONDS, 1, integer=False),
+        telemetry=telemetry.config_from_env(environ),
     )
     if s.min_replicas > s.max_replicas:
         problems.append(f"{MIN_REPLICAS_ENV} ({s.min_replicas}) must not exceed {MAX_REPLICAS_ENV} ({s.max_replicas})")
@@ -220,6 +222,8 @@ class Worker:
         self._holding: Set[str] = set()  # deliberation ids of the messages being handled
         self._running: Dict[str, asyncio.Task[Any]] = {}  # deliberation id -> its agents' task
         self._cancel: Set[str] = set()
+        self._runs: Dict[str, telemetry.Run] = {}  # deliberation id -> its span
+        self.tel: telemetry.Telemetry = telemetry.OFF
         self.handled = 0
 
     @property
@@ -229,6 +233,8 @@ class Worker:
     async def start(self) -> None:
         if self.nc is not None:
             return
+        if self.tel is telemetry.OFF:
+            self.tel = telemetry.setup(self.settings.telemetry)
         self.nc = await connect(self.settings.nats, f"ray-executor-{self.replica}")
         self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
         self.store = await records.Store.open(self.js, self.settings.names)
@@ -270,6 +276,8 @@ class Worker:
             except Exception as exc:  # noqa: BLE001
                 log.warning("nats close: %s", nats_events._describe(exc))
         await allm.close_session()
+        tel, self.tel = self.tel, telemetry.OFF
+        await asyncio.to_thread(tel.shutdown)  # exports what is left: a short run sees its spans
         self._stopped.set()
 
     async def _pull_loop(self) -> None:
@@ -344,6 +352,10 @@ class Worker:
         await self.store.after_terminal(record, rerun=rerun)
         _event("deliberation_ended", id=record["id"], state=record["state"], error_type=record.get("error_type", ""),
                replica=self.replica, rerun=rerun)
+        run = self._runs.get(str(record.get("id", "")))
+        if run is not None:
+            run.ended(record, rerun)
+            self.tel.deliberation_ended(run, rerun)
         return await self._ack(msg)
 
     async def _write_end(self, msg: Any, did: str, decide: Any) -> bool:
@@ -358,7 +370,6 @@ class Worker:
 
     async def _process(self, did: str, msg: Any) -> bool:
         assert self.store is not None
-        s = self.settings
         if not nats_events.valid_subject_token(did):
             log.warning("work message on %s: not a deliberation id; dropped", msg.subject[:200])
             return await self._ack(msg)
@@ -375,12 +386,29 @@ class Worker:
             _event("record_missing", id=did, replica=self.replica)
             return await self._ack(msg)
         rec, _ = got
+        # The deliberation's span joins the caller's trace: the work message's traceparent
+        # (the submitter's publish), else the one the record kept.
+        parent = (msg.headers or {}).get("traceparent", "")
+        if not valid_traceparent(parent):
+            parent = rec.get("traceparent", "") if valid_traceparent(rec.get("traceparent", "")) else ""
+        with self.tel.deliberation(did, str(rec.get("task_id", "")), str(rec.get("owner", "")), parent) as run:
+            self._runs[did] = run
+            try:
+                return await self._run(did, msg, rec, run)
+            finally:
+                self._runs.pop(did, None)
+
+    async def _run(self, did: str, msg: Any, rec: Dict[str, Any], run: telemetry.Run) -> bool:
+        """_process for a deliberation whose record was read."""
+        assert self.store is not None
+        s = self.settings
         if records.is_terminal(rec):
             return await self._end(msg, rec, rerun=True)
         now = time.time()
         if rec.get("cancel_requested"):
             return await self._write_end(msg, did, lambda r: records.cancelled(r, time.time()))
         deliveries = int(msg.metadata.num_delivered or 1)
+        run.attempt(deliveries)
         if deliveries > s.max_deliveries:
             return await self._write_end(
                 msg, did, lambda r: records.fail_lost(r, deliveries, s.max_deliveries, time.time()))
@@ -453,12 +481,14 @@ class Worker:
 
         async def one(index: int, job: AgentJob) -> AgentResult:
             t = time.time()
-            try:
-                res = await asyncio.wait_for(allm.run_agent(job, req.deliberation_id), max(0.0, give_up - t))
-            except asyncio.TimeoutError:
-                res = failed_agent(job, llm.TIMEOUT,
-                                   f"no result by the deadline (timeout_seconds={req.timeout_seconds} plus grace)",
-                                   t, time.time())
+            with self.tel.agent(job.agent_id, job.role, job.model) as span:
+                try:
+                    res = await asyncio.wait_for(allm.run_agent(job, req.deliberation_id, self.tel), max(0.0, give_up - t))
+                except asyncio.TimeoutError:
+                    res = failed_agent(job, llm.TIMEOUT,
+                                       f"no result by the deadline (timeout_seconds={req.timeout_seconds} plus grace)",
+                                       t, time.time())
+                self.tel.agent_result(span, res.status, res.error_type, res.attempts)
             for m in nats_events.agent_messages(req, index, res):
                 await self._publish(m)
             return res

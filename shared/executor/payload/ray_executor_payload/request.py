@@ -24,6 +24,13 @@ KINDS = ("deliberation", "backlog_review")
 _TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
+def valid_traceparent(tp: Any) -> bool:
+    """A W3C traceparent this executor joins: version-traceid-spanid-flags in lowercase hex,
+    neither id all zeros."""
+    return (isinstance(tp, str) and bool(_TRACEPARENT_RE.match(tp)) and tp[3:35] != "0" * 32
+            and tp[36:52] != "0" * 16 and not tp.startswith("ff"))
+
+
 class RequestError(ValueError):
     """The request is malformed. Carries what could still be read of the ids."""
 

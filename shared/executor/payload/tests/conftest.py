@@ -63,3 +63,18 @@ def optional_nats_server(_nats_session):
 
         warnings.warn(f"NATS checks skipped: {reason}")
     return server
+
+
+@pytest.fixture
+def otlp_sink():
+    """A real OTLP receiver (bin/otlp-sink, the OpenTelemetry Collector's) for one test. A
+    missing binary fails the test, in CI and out of it: `make otlp-sink` builds it."""
+    import otlp_sink as sink_mod
+
+    s = sink_mod.start()
+    if s is None:
+        pytest.fail(sink_mod.missing_binary_message(sink_mod.binary_path()), pytrace=False)
+    try:
+        yield s
+    finally:
+        s.stop()

@@ -151,7 +151,7 @@ async def _refused_to_the_executor(address):
     return allowed
 
 
-def test_the_driver_runs_replica_actors_on_ray_as_its_own_nats_user_and_rolls(nats_server, stub, tmp_path):
+def test_the_driver_runs_replica_actors_on_ray_as_its_own_nats_user_and_rolls(nats_server, stub, tmp_path, otlp_sink):
     stub.set("m-ray", llm_stub.ok("from a replica"))
     stub.set("m-slow", llm_stub.sleep(60))
     own = NatsServer(nats_server.binary, str(tmp_path), config=USERS_CONF, env=PASSWORDS,
@@ -164,8 +164,12 @@ def test_the_driver_runs_replica_actors_on_ray_as_its_own_nats_user_and_rolls(na
         "RAY_EXECUTOR_NATS_PASSWORD": EXECUTOR_USER[1],
         "EXECUTOR_VERSION": "test", "EXECUTOR_SUBMISSION_ID": submission,
         "EXECUTOR_MIN_REPLICAS": "1", "EXECUTOR_MAX_REPLICAS": "2", "EXECUTOR_REPLICA_CONCURRENCY": "8",
+        # Traces and metrics from the Replica actors (processes of their own) to a real receiver.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_sink.http_endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
     }
     batch = [delib(stub.url, [agent("r1", "m-ray"), agent("r2", "m-ray")]) for _ in range(3)]
+    caller = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
     slow = delib(stub.url, [agent("r1", "m-slow")])
     driver = None
     try:
@@ -183,8 +187,11 @@ def test_the_driver_runs_replica_actors_on_ray_as_its_own_nats_user_and_rolls(na
                     assert driver.wait(0) is None, driver.logs()[-4000:]
                     assert time.monotonic() < end, "no executor heartbeat within 120 s:\n" + driver.logs()[-4000:]
                     await asyncio.sleep(0.5)
-                for data in batch:
-                    await e.submit(data)
+                for i, data in enumerate(batch):
+                    rec = records.new_record(data["deliberation_id"], task_id=data["task_id"], num_agents=2,
+                                             timeout_seconds=data["timeout_seconds"])
+                    rec["traceparent"], rec["owner"] = (caller, "alice") if i == 0 else ("", "")
+                    await e.submit(data, record=rec)
                 for data in batch:
                     rec = await e.wait_state(data["deliberation_id"], records.TERMINAL_STATES, timeout=120)
                     assert rec["state"] == "completed", rec
@@ -226,6 +233,21 @@ def test_the_driver_runs_replica_actors_on_ray_as_its_own_nats_user_and_rolls(na
             driver.stop()
         own.stop()
     assert len([r for r in stub.requests if r.model == "m-ray"]) == 6
+    # The first deliberation's spans, from a replica: one trace from the caller's traceparent
+    # to the LLM requests, which carried their llm.chat spans' context.
+    trace_id = caller[3:35]
+    spans = [s for s in otlp_sink.wait(otlp_sink.spans, lambda got: len([s for s in got if s["trace_id"] == trace_id]) >= 5)
+             if s["trace_id"] == trace_id]
+    (d,) = [s for s in spans if s["name"] == "deliberation"]
+    assert d["parent_span_id"] == caller[36:52] and d["service.name"] == "ray-executor-executor", d
+    assert (d["attributes"]["deliberation.id"], d["attributes"]["caller"], d["attributes"]["deliberation.outcome"]) == (
+        batch[0]["deliberation_id"], "alice", "completed")
+    agent_ids = {s["span_id"] for s in spans if s["name"] == "agent" and s["parent_span_id"] == d["span_id"]}
+    llm_ids = {s["span_id"] for s in spans if s["name"] == "llm.chat" and s["parent_span_id"] in agent_ids}
+    assert len(agent_ids) == 2 and len(llm_ids) == 2, spans
+    assert {r.headers["traceparent"][36:52] for r in stub.requests if trace_id in r.headers.get("traceparent", "")} == llm_ids
+    otlp_sink.wait(otlp_sink.metrics, lambda m: any(p["name"] == "rex.executor.deliberation.duration"
+                                                    and p["attributes"] == {"outcome": "completed"} for p in m))
 
 
 def test_a_driver_whose_nats_is_gone_exits_non_zero(nats_server, tmp_path):
