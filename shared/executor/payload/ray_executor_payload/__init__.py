@@ -10,9 +10,11 @@ Modules: executor (the driver, its Replica actors and their Worker), records (th
 its state machine, the store, the counters and the terminal event), request (the work
 message's request), prompts, agents (an agent's job and failed result, logging), allm (the
 asyncio LLM client and retries), llm (the client's pure parts, and a synchronous post_chat
-for the benchmarks), result (the outcome), nats_events (the NATS settings, the lifecycle
+for the benchmarks), result (the outcome), telemetry (spans and metrics), nats_events (the NATS settings, the lifecycle
 events and compatible agent responses, specs/nats.md).
-Only the standard library, ray, nats-py and aiohttp are used.
+Only the standard library, ray, nats-py and aiohttp are used, and OpenTelemetry's SDK and
+OTLP exporters (telemetry: spans and metrics) when an OTLP endpoint is set and they are
+installed.
 """
 
 __version__ = "1"
