@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 )
@@ -49,13 +48,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // record from a local NATS server (one KV read per request); the knee sets
 // containerConcurrency and the autoscaling target.
 func TestFunctionCapacityReport(t *testing.T) {
-	nats := scratchNATS(t)
-	_, store := storeAt(t, nats, true)
-	id := domain.NewDeliberationID()
-	rec := domain.NewRecord(id, domain.Request{Kind: domain.KindDeliberation, TaskID: "t", Role: "r"}, "0123456789abcdef0123456789abcdef", "", "", time.Now())
-	if err := store.Create(context.Background(), rec); err != nil {
-		t.Fatal(err)
-	}
+	nats, id := scratchRecord(t)
 	port := freePort(t)
 	cmd := exec.Command(filepath.Join(binDir, "status"))
 	cmd.Env = []string{fmt.Sprintf("PORT=%d", port), "NATS_URL=" + nats,

@@ -39,13 +39,7 @@ import (
 // Knobs: BENCH_SECONDS (3), BENCH_ROUNDS (3), BENCH_CONCURRENCY (32).
 func TestQueueProxyChainReport(t *testing.T) {
 	secs, rounds, conc := benchKnob("BENCH_SECONDS", 3), benchKnob("BENCH_ROUNDS", 3), benchKnob("BENCH_CONCURRENCY", 32)
-	nats := scratchNATS(t)
-	_, store := storeAt(t, nats, true)
-	id := domain.NewDeliberationID()
-	rec := domain.NewRecord(id, domain.Request{Kind: domain.KindDeliberation, TaskID: "t", Role: "r"}, "0123456789abcdef0123456789abcdef", "", "", time.Now())
-	if err := store.Create(context.Background(), rec); err != nil {
-		t.Fatal(err)
-	}
+	nats, id := scratchRecord(t)
 	ray := slowRay(t, 0)
 	const caller = "bench-caller-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 	tokens := filepath.Join(t.TempDir(), "tokens")
@@ -122,6 +116,20 @@ func TestQueueProxyChainReport(t *testing.T) {
 		fmt.Printf("| %d | %.0f | %.1f ms | %.1f ms | %.0f | %.1f ms | %.1f ms |\n", n, d.rps, ms(d.p50), ms(d.p99), q.rps, ms(q.p50), ms(q.p99))
 	}
 	fmt.Printf("\ncontainerConcurrency in knative/status.yaml: %d\n", testenv.LoadRevision(t, "status").ContainerConcurrency)
+}
+
+// scratchRecord starts a NATS server of its own with the records provisioned and one
+// deliberation's record in it, for the benchmarks that read it back.
+func scratchRecord(t *testing.T) (natsURL, id string) {
+	t.Helper()
+	nats := scratchNATS(t)
+	_, store := storeAt(t, nats, true)
+	id = domain.NewDeliberationID()
+	rec := domain.NewRecord(id, domain.Request{Kind: domain.KindDeliberation, TaskID: "t", Role: "r"}, "0123456789abcdef0123456789abcdef", "", "", time.Now())
+	if err := store.Create(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	return nats, id
 }
 
 func benchKnob(name string, def int) int {

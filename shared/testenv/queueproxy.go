@@ -398,22 +398,23 @@ func (p *Pod) Addr(port int) string { return p.addrs[port] }
 type PodProcess struct {
 	Name string
 	Cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *SyncBuffer
 	done chan struct{}
 }
 
-type lockedBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for a child process's output and a test reading it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *SyncBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *SyncBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
@@ -429,7 +430,7 @@ func (p *Pod) Start(t testing.TB, name, bin string, env []string) *PodProcess {
 	} else {
 		args = []string{"--target", strconv.Itoa(p.holder.Process.Pid), "--user", "--net", "--preserve-credentials"}
 	}
-	pp := &PodProcess{Name: p.Name + "/" + name, out: &lockedBuffer{}, done: make(chan struct{})}
+	pp := &PodProcess{Name: p.Name + "/" + name, out: &SyncBuffer{}, done: make(chan struct{})}
 	pp.Cmd = exec.Command("nsenter", append(args, "--", bin)...) // nsenter execs bin: the pid is bin's
 	pp.Cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	pp.Cmd.Stdout, pp.Cmd.Stderr = pp.out, pp.out
