@@ -1,6 +1,8 @@
 package rexctl
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -19,25 +21,36 @@ import (
 const maxProposalRunes = 2000
 
 // jsonOptions render a response as --output json does: protobuf JSON with the proto's own
-// field names (as request files use them).
-var jsonOptions = protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}
+// field names (as request files use them), re-spaced by encoding/json so that the output is
+// stable (protojson varies its spacing on purpose).
+var jsonOptions = protojson.MarshalOptions{UseProtoNames: true}
 
+// writeJSON is one message, indented.
 func writeJSON(w io.Writer, m proto.Message) error {
-	b, err := jsonOptions.Marshal(m)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
+	return writeJSONAs(w, m, true)
 }
 
 // writeJSONLine is one message on one line (watch's stream of events).
 func writeJSONLine(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	return writeJSONAs(w, m, false)
+}
+
+func writeJSONAs(w io.Writer, m proto.Message, indent bool) error {
+	b, err := jsonOptions.Marshal(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
+	var buf bytes.Buffer
+	if indent {
+		err = json.Indent(&buf, b, "", "  ")
+	} else {
+		err = json.Compact(&buf, b)
+	}
+	if err != nil {
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err = w.Write(buf.Bytes())
 	return err
 }
 
@@ -163,9 +176,13 @@ func (a *App) printHealth(resp *pb.GetStatusResponse) error {
 		fmt.Fprintf(w, "  %s\t%s\t%s\n", clean(c.GetName(), 32), clean(c.GetStatus(), 32), clean(c.GetMessage(), 300))
 	}
 	if s := resp.GetStats(); s != nil {
-		fmt.Fprintf(w, "deliberations\ttotal %d\tpending %d  running %d  completed %d  failed %d  cancelled %d  mean %s\n",
+		line := fmt.Sprintf("deliberations\ttotal %d\tpending %d  running %d  completed %d  failed %d  cancelled %d",
 			s.GetTotalDeliberations(), s.GetPendingDeliberations(), s.GetActiveDeliberations(), s.GetCompletedDeliberations(),
-			s.GetFailedDeliberations(), s.GetCancelledDeliberations(), ms(int64(s.GetAverageExecutionTimeMs())))
+			s.GetFailedDeliberations(), s.GetCancelledDeliberations())
+		if mean := ms(int64(s.GetAverageExecutionTimeMs())); mean != "" {
+			line += "  mean " + mean
+		}
+		fmt.Fprintln(w, line)
 	}
 	return w.Flush()
 }

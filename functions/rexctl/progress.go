@@ -192,11 +192,14 @@ func (p *progress) result() error {
 	return nil
 }
 
+// eventTimeFormat is RFC 3339 in UTC with milliseconds, a fixed width.
+const eventTimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
 // plainLine is one event as a line of text (watch when stdout is not a terminal).
 func plainLine(ev *pb.LifecycleEvent, d eventData) string {
 	var b strings.Builder
 	if ev.GetTime() != nil {
-		b.WriteString(ev.GetTime().AsTime().UTC().Format(time.RFC3339Nano))
+		b.WriteString(ev.GetTime().AsTime().UTC().Format(eventTimeFormat))
 		b.WriteByte(' ')
 	}
 	kind := clean(ev.GetKind(), 32)

@@ -393,17 +393,33 @@ func (a *App) watch(ctx context.Context, c pb.RayExecutorServiceClient, id strin
 	if err != nil {
 		return err
 	}
+	// The first event, or the refusal (NOT_FOUND, a credential), comes before any display.
+	first, err := stream.Recv()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
 	p := newProgress(id, known)
+	events := func(fn func(*pb.LifecycleEvent) error) error {
+		if first.GetEvent() != nil {
+			if err := fn(first.GetEvent()); err != nil {
+				return err
+			}
+		}
+		if first == nil {
+			return nil // the stream had already ended
+		}
+		return receive(stream, fn)
+	}
 	switch {
 	case a.output == outputJSON:
-		err = receive(stream, func(ev *pb.LifecycleEvent) error {
+		err = events(func(ev *pb.LifecycleEvent) error {
 			p.apply(ev)
 			return writeJSONLine(a.Stdout, ev)
 		})
 	case !a.plain && a.IsTerminal(a.Stdout):
-		err = a.watchLive(ctx, cancel, stream, p)
+		err = a.watchLive(ctx, cancel, events, p)
 	default:
-		err = receive(stream, func(ev *pb.LifecycleEvent) error {
+		err = events(func(ev *pb.LifecycleEvent) error {
 			_, werr := fmt.Fprintln(a.Stdout, plainLine(ev, p.apply(ev)))
 			return werr
 		})
@@ -438,7 +454,7 @@ func receive(stream grpc.ServerStreamingClient[pb.WatchDeliberationResponse], fn
 }
 
 // watchLive runs the bubbletea display while a goroutine feeds it the stream.
-func (a *App) watchLive(ctx context.Context, cancel context.CancelFunc, stream grpc.ServerStreamingClient[pb.WatchDeliberationResponse], p *progress) error {
+func (a *App) watchLive(ctx context.Context, cancel context.CancelFunc, events func(func(*pb.LifecycleEvent) error) error, p *progress) error {
 	m := &watchModel{p: p, st: newStyles(liveRenderer(a.Stdout, a.Getenv)), now: a.Now}
 	var input io.Reader
 	if a.IsTerminal(a.Stdin) {
@@ -446,7 +462,7 @@ func (a *App) watchLive(ctx context.Context, cancel context.CancelFunc, stream g
 	}
 	prog := newLiveProgram(m, input, a.Stdout)
 	go func() {
-		err := receive(stream, func(ev *pb.LifecycleEvent) error {
+		err := events(func(ev *pb.LifecycleEvent) error {
 			prog.Send(eventMsg{ev: ev})
 			return nil
 		})

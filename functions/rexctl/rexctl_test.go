@@ -467,9 +467,9 @@ func TestWatchPlainLinesAndOutcomes(t *testing.T) {
 		if len(lines) != len(d.events) {
 			t.Fatalf("%q: %d lines for %d events:\n%s", c.outcome, len(lines), len(d.events), out)
 		}
-		if lines[0] != "2026-01-02T03:04:00Z submitted delib-1 task=t1 agents=3" ||
-			lines[2] != "2026-01-02T03:04:03Z agent_completed delib-1 index=0 agent=a1 model=m1 score=0.80 tokens=12 duration=2s" ||
-			lines[3] != `2026-01-02T03:04:04Z agent_failed delib-1 index=2 agent=a3 model=m3 duration=3s error_type=timeout error="timed out [2J"` {
+		if lines[0] != "2026-01-02T03:04:00.000Z submitted delib-1 task=t1 agents=3" ||
+			lines[2] != "2026-01-02T03:04:03.000Z agent_completed delib-1 index=0 agent=a1 model=m1 score=0.80 tokens=12 duration=2s" ||
+			lines[3] != `2026-01-02T03:04:04.000Z agent_failed delib-1 index=2 agent=a3 model=m3 duration=3s error_type=timeout error="timed out [2J"` {
 			t.Errorf("%q: lines\n%s", c.outcome, out)
 		}
 		if c.outcome == "" && !strings.Contains(errOut, "the watch ended before the deliberation did") {
@@ -509,7 +509,7 @@ func TestSubmitWaitEndsWithTheOutcome(t *testing.T) {
 	d := &ingressDouble{events: history("failed")}
 	addr := serve(t, d)
 	code, out, errOut := run(t, map[string]string{EnvAddress: addr}, "", "submit", "--agents", "3", "--task-id", "t1", "--wait", "-q")
-	if code != ExitFailed || !strings.HasPrefix(out, "delib-1\n2026-01-02T03:04:00Z submitted") {
+	if code != ExitFailed || !strings.HasPrefix(out, "delib-1\n2026-01-02T03:04:00.000Z submitted") {
 		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }
@@ -541,7 +541,7 @@ func TestLiveDisplayShowsAgentsAndElapsedTime(t *testing.T) {
 	}
 	now = now.Add(time.Hour) // the elapsed time stops at the end
 	view = m.View()
-	for _, want := range []string{"completed in 00:06", "3/3 agents finished", "done 2  failed 1"} {
+	for _, want := range []string{"completed in 6s", "3/3 agents finished", "done 2  failed 1"} {
 		if !strings.Contains(view, want) {
 			t.Errorf("final view lacks %q:\n%s", want, view)
 		}
@@ -588,4 +588,17 @@ func fmtAll(v any) string {
 		b.WriteString(fmt.Sprintf(f, v))
 	}
 	return b.String()
+}
+
+// On a terminal a refused watch says so before any display is drawn.
+func TestWatchRefusedBeforeTheDisplay(t *testing.T) {
+	d := &ingressDouble{err: status.Error(codes.NotFound, "deliberation delib-9 does not exist")}
+	addr := serve(t, d)
+	var out, errOut bytes.Buffer
+	a := &App{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errOut, Getenv: func(k string) string { return map[string]string{EnvAddress: addr}[k] },
+		IsTerminal: func(any) bool { return true }}
+	if code := Main(context.Background(), a, []string{"watch", "delib-9"}); code != ExitNotFound || out.Len() != 0 ||
+		errOut.String() != "rexctl: NOT_FOUND: deliberation delib-9 does not exist\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out.String(), errOut.String())
+	}
 }

@@ -134,7 +134,7 @@ func (m *watchModel) View() string {
 	}
 	switch {
 	case p.outcome != "":
-		end := fmt.Sprintf("%s in %s", p.outcome, clock(p.elapsed(m.now())))
+		end := fmt.Sprintf("%s in %s", p.outcome, span(p.elapsed(m.now())))
 		if p.detail != "" {
 			end += ": " + clean(p.detail, 200)
 		}
@@ -178,6 +178,17 @@ func bar(n, total, width int) string {
 		filled = n * width / total
 	}
 	return "[" + strings.Repeat("#", filled) + strings.Repeat(".", width-filled) + "]"
+}
+
+// span renders a finished deliberation's time: 412ms, 12.3s, 3m4s.
+func span(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
 }
 
 // clock renders a duration as mm:ss (h:mm:ss past an hour).
