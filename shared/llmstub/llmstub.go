@@ -36,6 +36,9 @@ type Call struct {
 	MaxTokens   int
 	Format      map[string]any
 	Received    time.Time
+	// Traceparent is the W3C trace context the request carried ("" when none): the trace
+	// tests check that the LLM call is part of the deliberation's trace.
+	Traceparent string
 }
 
 // Message is one chat message.
@@ -104,7 +107,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.calls = append(s.calls, Call{Model: req.Model, Messages: req.Messages, Temperature: req.Temperature,
-		MaxTokens: req.MaxTokens, Format: req.ResponseFormat, Received: time.Now()})
+		MaxTokens: req.MaxTokens, Format: req.ResponseFormat, Received: time.Now(), Traceparent: r.Header.Get("traceparent")})
 	b := s.behaviors[req.Model]
 	s.perModel[req.Model]++
 	n := s.perModel[req.Model]

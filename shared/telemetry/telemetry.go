@@ -54,7 +54,6 @@ type Config struct {
 	// Headers (OTEL_EXPORTER_OTLP_HEADERS, a secret: it may carry a collector's API key;
 	// also from OTEL_EXPORTER_OTLP_HEADERS_FILE), sent with every export.
 	Headers map[string]string
-	// Insecure allows an http:// endpoint without TLS (the scheme decides, as the spec says).
 	// ExportInterval (OTEL_METRIC_EXPORT_INTERVAL, milliseconds; default 60000).
 	ExportInterval time.Duration
 	// MetricsPort (METRICS_PORT) serves GET /metrics as Prometheus text; 0 turns it off.
@@ -91,8 +90,8 @@ func Read(r *config.Reader, service string) Config {
 	if c.Protocol != "http/protobuf" && c.Protocol != "grpc" {
 		r.Fail("OTEL_EXPORTER_OTLP_PROTOCOL=%q: this build exports over http/protobuf or grpc", c.Protocol)
 	}
-	if c.ExportInterval < time.Second {
-		r.Fail("OTEL_METRIC_EXPORT_INTERVAL must be at least 1000 (milliseconds)")
+	if c.ExportInterval < 100*time.Millisecond {
+		r.Fail("OTEL_METRIC_EXPORT_INTERVAL must be at least 100 (milliseconds)")
 	}
 	if c.MetricsPort < 0 || c.MetricsPort > 65535 {
 		r.Fail("METRICS_PORT must be a port number, or 0 for none")
@@ -257,7 +256,7 @@ func (t *Telemetry) Shutdown(ctx context.Context) {
 // A binary-mode CloudEvent without a W3C traceparent header continues the trace its
 // CloudEvents distributed-tracing extension (ce-traceparent) names.
 func HTTPHandler(h http.Handler, name string) http.Handler {
-	traced := otelhttp.NewHandler(h, name)
+	traced := otelhttp.NewHandler(h, name, otelhttp.WithSpanNameFormatter(func(op string, _ *http.Request) string { return op }))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("traceparent") == "" {
 			if tp := r.Header.Get("ce-traceparent"); tp != "" {

@@ -1,0 +1,201 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/fleet-ai/ray-executor/shared/domain"
+	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/natslocal"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
+)
+
+// One deliberation, one connected trace (issue 14): the whole stack exports to a real OTLP
+// receiver (bin/otlp-sink, the Collector's own receiver), and the trace a caller starts runs
+// from the ingress's RPC through the function, the work queue and the executor on Ray to
+// the LLM request, whose traceparent the stand-in records. Every process also serves its
+// metrics as Prometheus text on its metrics port, and the executor's reach the receiver.
+func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
+	t.Parallel()
+	sink := testenv.StartOTLPSink(t)
+	stub, llmURL := llm(t)
+	srv, err := natslocal.Start(fmt.Sprintf("127.0.0.1:%d", freePort(t)), filepath.Join(t.TempDir(), "nats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	t.Cleanup(func() {
+		if err := stopExecutors(srv.URL()); err != nil {
+			t.Errorf("stopping the executor of %s: %v", srv.URL(), err)
+		}
+	})
+	const internal = "internal-telemetry-0123456789abcdef"
+	const alice = "alice-telemetry-0123456789abcdef"
+	ports := map[string]int{}
+	startTraced := func(name string, extra ...string) *proc {
+		ports[name] = freePort(t)
+		env := append([]string{"NATS_URL=" + srv.URL(), "INTERNAL_TOKEN=" + internal, fmt.Sprintf("METRICS_PORT=%d", ports[name])}, sink.Env()...)
+		return start(t, name, append(env, extra...)...)
+	}
+	s := &system{execute: startTraced("execute"), status: startTraced("status"), list: startTraced("list", "RECONCILE_INTERVAL=5s"),
+		ray: rayClient(t), natsURL: srv.URL()}
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(tokens, []byte("alice "+alice+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ports["ingress"] = freePort(t)
+	addr, _ := startGuardedIngressFor(t, s, srv.URL(), append([]string{"AUTH_TOKENS_FILE=" + tokens, "INTERNAL_TOKEN=" + internal,
+		fmt.Sprintf("METRICS_PORT=%d", ports["ingress"])}, sink.Env()...)...)
+	client := pb.NewRayExecutorServiceClient(dialIngress(t, addr, insecure.NewCredentials()))
+
+	// The caller starts the trace.
+	const traceID, root = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
+	ctx := metadata.AppendToOutgoingContext(bearer(alice), "traceparent", "00-"+traceID+"-"+root+"-01")
+	const secret = "PROMPT-THAT-MUST-NOT-BE-TRACED"
+	req := request(uniqueTask(t), llmURL+"/v1", "m1")
+	req.TaskDescription = secret
+	resp, err := client.ExecuteDeliberation(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetDeliberationId()
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		st, err := client.GetDeliberationStatus(bearer(alice), &pb.GetDeliberationStatusRequest{DeliberationId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if domain.Status(st.GetStatus()).Terminal() {
+			if st.GetStatus() != "completed" {
+				t.Fatalf("the deliberation ended %s", st.GetStatus())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the deliberation is still %s", st.GetStatus())
+		}
+	}
+
+	// The LLM request carried a traceparent of the caller's trace.
+	var llmParent string
+	for _, c := range stub.Calls() {
+		if c.Model == "m1" && strings.Contains(c.Traceparent, traceID) {
+			llmParent = strings.Split(c.Traceparent, "-")[2]
+		}
+	}
+	if llmParent == "" {
+		t.Fatalf("no LLM request carried the trace %s: %+v", traceID, stub.Calls())
+	}
+	// The receiver holds the span the LLM request names, and its ancestors lead back,
+	// through the executor, the work queue and execute, to the ingress's RPC and the caller.
+	spans := sink.WaitSpans(t, func(all []testenv.Span) bool {
+		return chain(all, traceID, llmParent, root) != nil
+	}, 60*time.Second)
+	path := chain(spans, traceID, llmParent, root)
+	services := map[string]bool{}
+	var names []string
+	for _, sp := range path {
+		services[sp.ServiceName] = true
+		names = append(names, sp.ServiceName+":"+sp.Name)
+	}
+	for _, want := range []string{"ray-executor-ingress", "ray-executor-execute", "ray-executor-executor"} {
+		if !services[want] {
+			t.Errorf("the path from the LLM request to the caller passes no span of %s: %v", want, names)
+		}
+	}
+	t.Logf("LLM request → caller: %s", strings.Join(names, " → "))
+	// Spans say which deliberation, whose, and how it ended; none holds the prompt.
+	var annotated bool
+	for _, sp := range sink.SpansOfTrace(traceID) {
+		for k, v := range sp.Attributes {
+			if strings.Contains(v, secret) {
+				t.Errorf("span %s:%s attribute %s holds the prompt", sp.ServiceName, sp.Name, k)
+			}
+		}
+		if sp.ServiceName == "ray-executor-ingress" && sp.Kind == "Server" {
+			annotated = sp.Attributes["deliberation.id"] == id && sp.Attributes["caller"] == "alice" && sp.Attributes["outcome"] == "OK"
+		}
+	}
+	if !annotated {
+		t.Error("the ingress's server span does not name the deliberation, the caller and the outcome")
+	}
+
+	// Each process's metrics port serves Prometheus text with its own metrics.
+	wantMetrics := map[string][]string{
+		"ingress": {"rex_ingress_refused_total", "rex_ingress_inflight", "rpc_server_call_duration_seconds"},
+		"execute": {`rex_deliberations_submitted_total{kind="deliberation",outcome="accepted"`, "rex_submit_duration_seconds", "rex_function_inflight", "rex_ray_request_duration_seconds"},
+		"status":  {"rex_function_inflight", "http_server_request_duration_seconds"},
+		"list":    {"rex_work_queue_waiting", "rex_work_queue_oldest_age_seconds", "rex_executor_replicas", "rex_ray_breaker_state"},
+	}
+	// A refusal to count: a call without a token.
+	_, _ = client.GetActiveJobs(context.Background(), &pb.GetActiveJobsRequest{})
+	for name, wants := range wantMetrics {
+		text := scrape(t, ports[name])
+		for _, w := range wants {
+			if !strings.Contains(text, w) {
+				t.Errorf("%s's /metrics has no %s", name, w)
+			}
+		}
+		if strings.Contains(text, id) || strings.Contains(text, secret) {
+			t.Errorf("%s's /metrics names a deliberation or its prompt: ids are never labels", name)
+		}
+	}
+	// The executor's own metrics reach the receiver over OTLP.
+	sink.WaitMetrics(t, func(all []testenv.MetricPoint) bool {
+		for _, m := range all {
+			if m.ServiceName == "ray-executor-executor" && strings.Contains(m.Name, "llm") {
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second)
+}
+
+// chain walks from span id up its parents within trace to the caller's span root, and
+// returns the spans on the way (nil when the chain breaks before it gets there).
+func chain(spans []testenv.Span, trace, id, root string) []testenv.Span {
+	byID := map[string]testenv.Span{}
+	for _, sp := range spans {
+		if sp.TraceID == trace {
+			byID[sp.SpanID] = sp
+		}
+	}
+	var out []testenv.Span
+	for range 64 {
+		sp, ok := byID[id]
+		if !ok {
+			return nil
+		}
+		out = append(out, sp)
+		if sp.ParentSpanID == root {
+			return out
+		}
+		id = sp.ParentSpanID
+	}
+	return nil
+}
+
+func scrape(t *testing.T, port int) string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		t.Fatalf("scraping :%d: %v", port, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scraping :%d: %d %s", port, resp.StatusCode, b)
+	}
+	return string(b)
+}
