@@ -332,6 +332,18 @@ func (s *tmuxServer) exited(name string) (bool, int) {
 	return dead == 1, code
 }
 
+// waitExit waits until the session's program has ended, and returns its exit status.
+func (s *tmuxServer) waitExit(name, when string) int {
+	s.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if dead, code := s.exited(name); dead {
+			return code
+		}
+	}
+	s.t.Fatalf("the program in %s did not exit %s:\n%s", name, when, s.screen(name))
+	return -1
+}
+
 // waitScreen polls the session's screen until ok accepts it, and returns it.
 func (s *tmuxServer) waitScreen(name string, within time.Duration, what string, ok func(string) bool) string {
 	s.t.Helper()
@@ -388,16 +400,8 @@ func TestRexctlWatchInTmux(t *testing.T) {
 	if row := lineWith(final, "agent-2"); !strings.Contains(row, "done") || !strings.Contains(row, "slow") {
 		t.Errorf("agent-2's final row %q: want done", row)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if dead, code := tm.exited("watch"); dead {
-			if code != 0 {
-				t.Errorf("watch of a completed deliberation exited %d in the terminal", code)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("watch did not exit after the deliberation completed:\n%s", tm.screen("watch"))
-		}
+	if code := tm.waitExit("watch", "after the deliberation completed"); code != 0 {
+		t.Errorf("watch of a completed deliberation exited %d in the terminal", code)
 	}
 
 	// q leaves the watch (exit 130); the deliberation goes on, and is then cancelled.
@@ -406,16 +410,8 @@ func TestRexctlWatchInTmux(t *testing.T) {
 	tm.waitScreen("quit", 90*time.Second, "the agent running", func(s string) bool { return strings.Contains(s, "running 1") })
 	tm.cmd("send-keys", "-t", "quit", "q")
 	tm.waitScreen("quit", 10*time.Second, "that watching stopped", func(s string) bool { return strings.Contains(s, "stopped watching") })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if dead, code := tm.exited("quit"); dead {
-			if code != 130 {
-				t.Errorf("q: exit %d, want 130", code)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("q did not end the watch:\n%s", tm.screen("quit"))
-		}
+	if code := tm.waitExit("quit", "after q"); code != 130 {
+		t.Errorf("q: exit %d, want 130", code)
 	}
 	var st pb.GetDeliberationStatusResponse
 	r := c.run("status", hung, "-o", "json").want(t, 0, "status after q")

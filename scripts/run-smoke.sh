@@ -3,9 +3,9 @@
 # scripts/stale-ray-home.sh, so on a machine where Ray was used before). It waits for the
 # system to come up, checks that the local Ray head has token authentication on (an
 # unauthenticated job submission is refused) and that the token was never printed, runs
-# one deliberation through the gRPC ingress to `completed`, then stops `make run` with
-# Ctrl-C (SIGINT) and checks that the Ray head went with it. Needs the ports `make run`
-# uses (8265, 8081-8083, 50056, 4222, 8000) free.
+# one deliberation through the gRPC ingress to `completed` and one with bin/rexctl (the
+# CLI), then stops `make run` with Ctrl-C (SIGINT) and checks that the Ray head went with
+# it. Needs the ports `make run` uses (8265, 8081-8083, 50056, 4222, 8000) free.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -57,6 +57,13 @@ for _ in $(seq 1 240); do
 done
 [ "$st" = completed ] || fail "deliberation $id ended '$st', want completed"
 echo "run-smoke: $id completed"
+
+# The CLI as a script uses it against make run: submit, watch to the end (event lines: stdout
+# is no terminal), exit 0.
+cli_out=$(bin/rexctl submit --task-id smoke-2 -d "Pick a queue for the audit log" --role architect --story-id s1 \
+  --vllm-url http://127.0.0.1:8000 --model m --agents 2 --wait --wait-timeout 120s 2>&1) || fail "rexctl submit --wait exited $?: $cli_out"
+printf '%s\n' "$cli_out" | grep -q ' completed delib-' || fail "rexctl's watch did not end completed: $cli_out"
+echo "run-smoke: rexctl submitted a deliberation and watched it to completed"
 
 token=$(cat .run/ray-auth-token)
 if grep -rqF "$token" "$out" .run/*.log .ray-head.log 2>/dev/null; then fail "the Ray token was printed"; fi

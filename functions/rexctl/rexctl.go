@@ -167,6 +167,19 @@ func (a *App) unary(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, a.conn.timeout)
 }
 
+// unaryCall dials the ingress and makes one call, bounded by --timeout.
+func unaryCall[T any](a *App, ctx context.Context, call func(context.Context, pb.RayExecutorServiceClient) (T, error)) (T, error) {
+	c, closeConn, err := a.client()
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	defer closeConn()
+	ctx, cancel := a.unary(ctx)
+	defer cancel()
+	return call(ctx, c)
+}
+
 func (a *App) submitCommand() *cobra.Command {
 	var o submitOptions
 	cmd := &cobra.Command{
@@ -255,14 +268,9 @@ func (a *App) statusCommand() *cobra.Command {
 		Short: "A deliberation's status and, once it ended, every agent's result (exit 3 if not found)",
 		Args:  exactlyOneID,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, closeConn, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
-			ctx, cancel := a.unary(cmd.Context())
-			defer cancel()
-			resp, err := c.GetDeliberationStatus(ctx, &pb.GetDeliberationStatusRequest{DeliberationId: args[0]})
+			resp, err := unaryCall(a, cmd.Context(), func(ctx context.Context, c pb.RayExecutorServiceClient) (*pb.GetDeliberationStatusResponse, error) {
+				return c.GetDeliberationStatus(ctx, &pb.GetDeliberationStatusRequest{DeliberationId: args[0]})
+			})
 			if err != nil {
 				return err
 			}
@@ -285,14 +293,9 @@ func (a *App) listCommand() *cobra.Command {
 		Short: "The deliberations pending or running (yours, or all for an admin)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, closeConn, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
-			ctx, cancel := a.unary(cmd.Context())
-			defer cancel()
-			resp, err := c.GetActiveJobs(ctx, &pb.GetActiveJobsRequest{})
+			resp, err := unaryCall(a, cmd.Context(), func(ctx context.Context, c pb.RayExecutorServiceClient) (*pb.GetActiveJobsResponse, error) {
+				return c.GetActiveJobs(ctx, &pb.GetActiveJobsRequest{})
+			})
 			if err != nil {
 				return err
 			}
@@ -311,14 +314,9 @@ func (a *App) cancelCommand() *cobra.Command {
 			if len(reason) > 1024 {
 				return usagef("--reason is longer than 1024 bytes")
 			}
-			c, closeConn, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
-			ctx, cancel := a.unary(cmd.Context())
-			defer cancel()
-			resp, err := c.CancelDeliberation(ctx, &pb.CancelDeliberationRequest{DeliberationId: args[0], Reason: reason})
+			resp, err := unaryCall(a, cmd.Context(), func(ctx context.Context, c pb.RayExecutorServiceClient) (*pb.CancelDeliberationResponse, error) {
+				return c.CancelDeliberation(ctx, &pb.CancelDeliberationRequest{DeliberationId: args[0], Reason: reason})
+			})
 			if err != nil {
 				return err
 			}
@@ -336,14 +334,9 @@ func (a *App) healthCommand() *cobra.Command {
 		Short: "The gateway's health and statistics (GetStatus); exit 7 unless healthy",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, closeConn, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
-			ctx, cancel := a.unary(cmd.Context())
-			defer cancel()
-			resp, err := c.GetStatus(ctx, &pb.GetStatusRequest{IncludeStats: stats})
+			resp, err := unaryCall(a, cmd.Context(), func(ctx context.Context, c pb.RayExecutorServiceClient) (*pb.GetStatusResponse, error) {
+				return c.GetStatus(ctx, &pb.GetStatusRequest{IncludeStats: stats})
+			})
 			if err != nil {
 				return err
 			}
