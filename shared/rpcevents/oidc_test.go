@@ -1,7 +1,6 @@
 package rpcevents_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -50,24 +49,12 @@ func (c *fakeClock) advance(d time.Duration) {
 type oidcServer struct {
 	url      string
 	clock    *fakeClock
-	logs     *lockedBuffer
+	logs     *testenv.SyncBuffer
 	mu       sync.Mutex
 	calls    int
 	callers  []domain.Caller
 	bodyRead atomic.Int64 // requests whose body the server read
 }
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // bodySpy marks its request's body as read on the first Read.
 type bodySpy struct {
@@ -104,7 +91,7 @@ func startOIDCServer(t *testing.T, env map[string]string) *oidcServer {
 	if err := r.Err(); err != nil {
 		t.Fatal(err)
 	}
-	o := &oidcServer{clock: &fakeClock{t: time.Now()}, logs: &lockedBuffer{}}
+	o := &oidcServer{clock: &fakeClock{t: time.Now()}, logs: &testenv.SyncBuffer{}}
 	a.OIDC.Now = o.clock.now
 	s := rpcevents.NewServer(serverSource, slog.New(slog.NewJSONHandler(o.logs, nil)), 0)
 	record := func(r *rpcevents.Request) {
