@@ -147,8 +147,8 @@ fuzz: ## run each fuzz target for FUZZTIME (50000 inputs each; crashers land in 
 # TestExecutorReport and TestLargePromptMemoryReport need a Ray head: with RAY_ADDRESS set
 # they use it (RAY_AUTH_TOKEN(_FILE) as for the functions) and leave it running; without,
 # the local head is started, and stopped after only if this target started it.
-bench: $(VENV_STAMP) tools ## benchmarks: cold starts, capacity, the chain through Knative's queue-proxy, Ray client overhead, FF-Go vs shared/serving CPU, records at scale, large-prompt memory, the standing executor vs the original's model (BENCHMARKS.md)
-	$(GO) test -tags 'e2e bench' -count=1 -run 'TestColdStartReport|TestFunctionCapacityReport|TestQueueProxyChainReport' -v ./e2e/
+bench: $(VENV_STAMP) tools ## benchmarks: cold starts, capacity, the chain through Knative's queue-proxy, the chain traced, Ray client overhead, FF-Go vs shared/serving CPU, records at scale, large-prompt memory, the standing executor vs the original's model (BENCHMARKS.md)
+	$(GO) test -tags 'e2e bench' -count=1 -run 'TestColdStartReport|TestFunctionCapacityReport|TestQueueProxyChainReport|TestTelemetryChainReport' -v ./e2e/
 	$(GO) test -count=1 -run '^$$' -bench 'JobOverhead' ./shared/ray/
 	$(GO) test -tags bench -count=1 -run '^TestFrameworkCPUReport$$' -v ./functions/framework/
 	$(GO) test -tags 'e2e bench' -count=1 -timeout 30m -run '^TestRecordsScaleReport$$' -v ./e2e/

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"time"
 
 	"github.com/fleet-ai/ray-executor/functions/ingress"
@@ -52,10 +51,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		},
 	}
 	srv := &ingress.Server{
-		// Calls to the functions are client spans whose context rides in traceparent; the
-		// health checks' readiness probes are not traced.
-		Caller: &rpcevents.Client{HTTP: &http.Client{Transport: telemetry.HTTPTransport(hc.Transport)}, Source: cfg.Source,
-			Protobuf: true, Token: cfg.InternalToken},
+		// A call to a function carries the RPC's server span in the event's traceparent
+		// (ce-traceparent), which the function's server span continues; no client span of its
+		// own: it would cost a third of the chain's tracing and say nothing the two do not.
+		Caller: &rpcevents.Client{HTTP: hc, Source: cfg.Source, Protobuf: true, Token: cfg.InternalToken},
 		Routes:         cfg.Routes,
 		Health:         health,
 		DefaultTimeout: cfg.CallTimeout,
