@@ -154,8 +154,8 @@ func TestSubmitFromFlagsSendsTokenAndIdempotencyKey(t *testing.T) {
 	code, out, errOut := run(t, map[string]string{EnvAddress: addr, EnvTokenFile: tokenFile}, "",
 		"submit", "--task-id", "t1", "-d", "Pick a database", "--role", "architect", "--vllm-url", "http://llm", "--model", "m",
 		"--agents", "2", "--agent", "id=x", "--idempotency-key", "key-1", "--timeout-seconds", "60", "--metadata", "task_type=X")
-	if code != ExitUsage || !strings.Contains(errOut, "--agent or --agents, not both") {
-		t.Fatalf("--agent with --agents: code %d, stderr %q; want %d naming both", code, errOut, ExitUsage)
+	if code != ExitUsage || out != "" || !strings.Contains(errOut, "--agent or --agents, not both") || d.submit != nil {
+		t.Fatalf("--agent with --agents: code %d, stdout %q, stderr %q; want %d naming both, nothing sent", code, out, errOut, ExitUsage)
 	}
 	code, out, errOut = run(t, map[string]string{EnvAddress: addr, EnvTokenFile: tokenFile}, "",
 		"submit", "--task-id", "t1", "-d", "Pick a database", "--role", "architect", "--vllm-url", "http://llm", "--model", "m",
