@@ -4,11 +4,13 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
+	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
@@ -64,7 +67,10 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 	const traceID, root = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
 	ctx := metadata.AppendToOutgoingContext(bearer(alice), "traceparent", "00-"+traceID+"-"+root+"-01")
 	const secret = "PROMPT-THAT-MUST-NOT-BE-TRACED"
-	req := request(uniqueTask(t), llmURL+"/v1", "m1")
+	// A second agent whose LLM refuses: the deliberation still completes, and the executor
+	// counts the failed attempts.
+	stub.Script("m-refuses", llmstub.Behavior{Status: http.StatusBadRequest})
+	req := request(uniqueTask(t), llmURL+"/v1", "m1", "m-refuses")
 	req.TaskDescription = secret
 	resp, err := client.ExecuteDeliberation(ctx, req)
 	if err != nil {
@@ -135,11 +141,17 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 	wantMetrics := map[string][]string{
 		"ingress": {"rex_ingress_refused_total", "rex_ingress_inflight", "rpc_server_call_duration_seconds"},
 		"execute": {`rex_deliberations_submitted_total{kind="deliberation",outcome="accepted"`, "rex_submit_duration_seconds", "rex_function_inflight", "rex_ray_request_duration_seconds"},
-		"status":  {"rex_function_inflight", "http_server_request_duration_seconds"},
+		"status":  {"rex_function_inflight", "http_server_request_duration_seconds", `rex_function_refused_total{reason="unauthenticated"`},
 		"list":    {"rex_work_queue_waiting", "rex_work_queue_oldest_age_seconds", "rex_executor_replicas", "rex_ray_breaker_state"},
 	}
-	// A refusal to count: a call without a token.
+	// Refusals to count: a call without a token at the ingress, a request event without the
+	// internal credential at a function.
 	_, _ = client.GetActiveJobs(context.Background(), &pb.GetActiveJobsRequest{})
+	if resp, err := http.Post(s.status.url, "application/cloudevents+json", strings.NewReader("{}")); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("an event without the internal credential: %v %v, want 401", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	for name, wants := range wantMetrics {
 		text := scrape(t, ports[name])
 		for _, w := range wants {
@@ -152,14 +164,74 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 		}
 	}
 	// The executor's own metrics reach the receiver over OTLP.
-	sink.WaitMetrics(t, func(all []testenv.MetricPoint) bool {
+	points := sink.WaitMetrics(t, func(all []testenv.MetricPoint) bool {
+		seen := 0
 		for _, m := range all {
-			if m.ServiceName == "ray-executor-executor" && strings.Contains(m.Name, "llm") {
-				return true
+			if m.ServiceName == "ray-executor-executor" && m.Name == "rex.executor.deliberation.duration" {
+				seen++
+			}
+			if m.ServiceName == "ray-executor-executor" && m.Name == "rex.executor.llm.errors" {
+				seen++
 			}
 		}
-		return false
+		return seen >= 2
 	}, 60*time.Second)
+
+	// Every metric the Grafana dashboard charts exists: served on a metrics port, or (the
+	// executor's) received over OTLP, by the name Prometheus gives it.
+	served := map[string]bool{}
+	for _, name := range []string{"ingress", "execute", "status", "list"} {
+		for _, line := range strings.Split(scrape(t, ports[name]), "\n") {
+			if f := strings.FieldsFunc(line, func(r rune) bool { return r == '{' || r == ' ' }); len(f) > 0 && !strings.HasPrefix(line, "#") {
+				served[f[0]] = true
+			}
+		}
+	}
+	for _, m := range points {
+		served[promName(m)] = true
+	}
+	dash, err := os.ReadFile(filepath.Join("..", "knative", "grafana-dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var board struct {
+		Panels []struct {
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(dash, &board); err != nil {
+		t.Fatal(err)
+	}
+	var charted []string
+	for _, p := range board.Panels {
+		for _, q := range p.Targets {
+			expr := regexp.MustCompile(`by \([^)]*\)`).ReplaceAllString(q.Expr, "") // label names, not metrics
+			charted = append(charted, regexp.MustCompile(`\b(?:rex|rpc|http)_[a-z_]+`).FindAllString(expr, -1)...)
+		}
+	}
+	if len(charted) < 15 {
+		t.Fatalf("the dashboard charts %d metrics: %v", len(charted), charted)
+	}
+	for _, name := range charted {
+		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_count"), "_sum")
+		if !served[name] && !served[base] && !served[base+"_bucket"] {
+			t.Errorf("the dashboard charts %s, which no process serves or exports", name)
+		}
+	}
+}
+
+// promName is the name Prometheus gives an OTLP metric (the collector's translation, as
+// the Go binaries' own exporter does it): dots to underscores, the unit's suffix, _total
+// for a monotonic sum.
+func promName(m testenv.MetricPoint) string {
+	n := strings.ReplaceAll(m.Name, ".", "_")
+	if m.Unit == "s" {
+		n += "_seconds"
+	}
+	if m.Type == "Sum" && m.Monotonic {
+		n += "_total"
+	}
+	return n
 }
 
 // chain walks from span id up its parents within trace to the caller's span root, and

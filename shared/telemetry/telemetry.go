@@ -152,7 +152,10 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	if err != nil {
 		res = resource.Default()
 	}
-	prom, err := otelprom.New(otelprom.WithRegisterer(t.registry), otelprom.WithoutScopeInfo())
+	// service_name on every series, so that one dashboard tells the binaries apart whatever
+	// the scrape configuration names its jobs.
+	prom, err := otelprom.New(otelprom.WithRegisterer(t.registry), otelprom.WithoutScopeInfo(),
+		otelprom.WithResourceAsConstantLabels(attribute.NewAllowKeysFilter("service.name")))
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: prometheus exporter: %w", err)
 	}

@@ -83,8 +83,7 @@ func TestMetricsPort(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || !strings.Contains(string(body), "rex_test_things_total 3") ||
-		!strings.Contains(string(body), `service_name="ray-executor-test"`) {
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `rex_test_things_total{service_name="ray-executor-test"} 3`) {
 		t.Errorf("got %d:\n%s", resp.StatusCode, body)
 	}
 	if resp, err := http.Post("http://"+tel.MetricsAddr()+"/metrics", "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
