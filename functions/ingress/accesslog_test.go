@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // accessLines are the access log's lines ("msg":"rpc") of a JSON log.
@@ -36,7 +37,7 @@ func accessLines(t *testing.T, out string) []map[string]any {
 // One line per RPC, with who, what, how it ended, how long, which deliberation and which
 // trace; every refusal with its reason; never a token or a prompt.
 func TestAccessLogLinePerRPC(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	caller := &fakeCaller{CallFn: func(_ context.Context, _ string, _ string, _ proto.Message, _ rpcevents.CallOptions, resp proto.Message) error {
 		if r, ok := resp.(*pb.ExecuteDeliberationResponse); ok {
 			r.DeliberationId = "delib-from-the-function"
@@ -102,7 +103,7 @@ func TestAccessLogLinePerRPC(t *testing.T) {
 // A flood of calls without a credential is logged at a bounded rate, the next line saying
 // how many were left out.
 func TestAccessLogBoundsRefusalFloods(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	srv := &Server{Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
 	addr := guarded(t, Config{Auth: AuthConfig{Tokens: mustTokens(t, testTokens)}}, srv)
 	client := pb.NewRayExecutorServiceClient(connect(t, addr, nil))

@@ -1,13 +1,11 @@
 package ingress
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,25 +13,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
-
-// syncBuffer is a log sink the server's goroutines may write while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A peer holding its share of connections (idle ones, as a slow-loris client holds them)
 // cannot open another; another peer can, until the replica's total is reached; a closed
@@ -44,7 +26,7 @@ func TestConnectionsAreCappedPerPeerAndInAll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	ln := LimitConns(raw, ConnLimits{PerPeer: 2, Total: 3}, slog.New(slog.NewTextHandler(&logs, nil)))
 	gs := grpc.NewServer()
 	healthpb.RegisterHealthServer(gs, health.NewServer())
