@@ -41,6 +41,17 @@ def missing_binary_message(path: str) -> str:
     )
 
 
+def stop_process(proc: "subprocess.Popen[Any]", grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after grace seconds; returns once the process has ended."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,13 +158,7 @@ class NatsServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     # --- nats-py helpers, synchronous ------------------------------------------------

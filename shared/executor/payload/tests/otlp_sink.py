@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from nats_server import stop_process
+
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.abspath(os.path.join(TESTS_DIR, "..", "..", "..", ".."))
 
@@ -85,13 +87,7 @@ class OTLPSink:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         if self.proc.stdout:
             self.proc.stdout.close()
         self.stderr.close()

@@ -21,7 +21,7 @@ import uuid
 import llm_stub
 from executor_env import Env, delib
 from helpers import agent
-from nats_server import USERS_CONF, NatsServer
+from nats_server import USERS_CONF, NatsServer, stop_process
 from ray_executor_payload import records
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -98,13 +98,7 @@ class _Local:
         return self.log.read()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 30)
         self.log.close()
         shutil.rmtree(self.temp, ignore_errors=True)
 
@@ -206,6 +200,11 @@ def test_the_driver_runs_replica_actors_on_ray_as_its_own_nats_user_and_rolls(na
                         break
                     await asyncio.sleep(0.1)
                 assert hb and hb[0]["submission_id"] == submission and hb[0]["replicas"] >= 1, hb
+                # The counter is counted after the record is written (then the ack): wait for it.
+                for _ in range(100):
+                    if await e.counter("completed") == 3:
+                        break
+                    await asyncio.sleep(0.1)
                 assert await e.counter("completed") == 3
                 # A running deliberation hears its cancel on the executor's subscription.
                 did = slow["deliberation_id"]
