@@ -54,7 +54,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		// A call to a function carries the RPC's server span in the event's traceparent
 		// (ce-traceparent), which the function's server span continues; no client span of its
 		// own: it would cost a third of the chain's tracing and say nothing the two do not.
-		Caller: &rpcevents.Client{HTTP: hc, Source: cfg.Source, Protobuf: true, Token: cfg.InternalToken},
+		Caller:         &rpcevents.Client{HTTP: hc, Source: cfg.Source, Protobuf: true, Token: cfg.InternalToken},
 		Routes:         cfg.Routes,
 		Health:         health,
 		DefaultTimeout: cfg.CallTimeout,
