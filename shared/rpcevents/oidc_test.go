@@ -484,3 +484,40 @@ func TestReadAccessOIDC(t *testing.T) {
 		t.Errorf("got %+v", a.OIDC)
 	}
 }
+
+// What a verified Eventing OIDC token costs a request beside the internal credential (the
+// baseline, in the same run), keys cached: one GetDeliberationStatus event through the real
+// server each: `go test -run '^$' -bench 'OIDCVsInternal' ./shared/rpcevents/`.
+func BenchmarkOIDCVsInternalToken(b *testing.B) {
+	iss := testenv.NewOIDCIssuer(b)
+	env := oidcEnv(iss)
+	r := config.NewReader(func(k string) string { return env[k] })
+	a := rpcevents.ReadAccess(r)
+	if err := r.Err(); err != nil {
+		b.Fatal(err)
+	}
+	s, _ := newServer(0, nil)
+	s.SetAccess(a)
+	serve := func(b *testing.B, token string) {
+		req := httptest.NewRequest(http.MethodPost, "/", nil)
+		for k, v := range ceHeaders(rpcevents.TypeGetDeliberationStatus) {
+			req.Header.Set(k, v)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		for b.Loop() {
+			req.Body = io.NopCloser(strings.NewReader(`{"deliberation_id":"delib-1"}`))
+			w := httptest.NewRecorder()
+			s.ServeHTTP(w, req)
+			if w.Code != http.StatusOK {
+				b.Fatalf("status %d: %s", w.Code, w.Body)
+			}
+		}
+	}
+	tok := iss.Token(b, brokerSub, oidcAudience)
+	b.Run("internal", func(b *testing.B) { serve(b, testToken) })
+	b.Run("oidc", func(b *testing.B) { serve(b, tok) })
+	if k := iss.JWKSHits(); k != 1 {
+		b.Errorf("key requests: got %d, want 1 for every request of the run", k)
+	}
+}
