@@ -19,6 +19,7 @@ import (
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // The CLI (functions/rexctl) as a person and a script use it: the built binary as a
@@ -429,4 +430,36 @@ func lineWith(screen, s string) string {
 		}
 	}
 	return ""
+}
+
+// The CLI's TLS options against an ingress that requires client certificates: the CA and a
+// client certificate get in (from flags or the environment); no certificate, no TLS, or a
+// server it cannot verify is UNAVAILABLE, exit 7.
+func TestRexctlMutualTLS(t *testing.T) {
+	t.Parallel()
+	ca := testenv.NewCA(t, "rexctl-e2e-ca")
+	serverCert, serverKey := ca.Issue(t, "ingress", []string{"ingress.test"}, true)
+	clientCert, clientKey := ca.Issue(t, "alice", nil, false)
+	addr, _ := startGuardedIngress(t, "TLS_CERT_FILE="+serverCert, "TLS_KEY_FILE="+serverKey, "TLS_CLIENT_CA_FILE="+ca.CertFile)
+	c := &cli{t: t, bin: rexctlBinary(t), env: []string{"REX_ADDRESS=" + addr}}
+	certFlags := []string{"--ca-file", ca.CertFile, "--cert-file", clientCert, "--key-file", clientKey}
+
+	r := c.run(append([]string{"list"}, certFlags...)...).want(t, 0, "list with the CA and a client certificate")
+	if !strings.HasPrefix(r.stdout, "DELIBERATION") && r.stdout != "no active deliberations\n" {
+		t.Errorf("list over mutual TLS: %q", r.stdout)
+	}
+	r = c.run(append([]string{"health", "--server-name", "ingress.test", "-o", "json"}, certFlags...)...)
+	var health pb.GetStatusResponse
+	if err := protojson.Unmarshal([]byte(r.stdout), &health); err != nil || health.GetVersion() == "" ||
+		r.code != map[bool]int{true: 0, false: 7}[health.GetStatus() == "healthy"] {
+		t.Errorf("health over mutual TLS with --server-name: exit %d, %v, %s%s", r.code, err, r.stdout, r.stderr)
+	}
+	c.runWith([]string{"REX_CA_FILE=" + ca.CertFile, "REX_CERT_FILE=" + clientCert, "REX_KEY_FILE=" + clientKey}, "list").
+		want(t, 0, "list with the TLS files from the environment")
+	c.run("list", "--insecure-skip-verify", "--cert-file", clientCert, "--key-file", clientKey).want(t, 0, "list without verifying the server")
+
+	c.run("list", "--ca-file", ca.CertFile, "--timeout", "5s").want(t, 7, "no client certificate")
+	c.run("list", "--timeout", "5s").want(t, 7, "plaintext to a TLS ingress")
+	c.run("list", "--tls", "--cert-file", clientCert, "--key-file", clientKey, "--timeout", "5s").want(t, 7, "a server certificate the system does not trust")
+	c.run(append([]string{"list", "--server-name", "other.test", "--timeout", "5s"}, certFlags...)...).want(t, 7, "a server name the certificate does not carry")
 }
