@@ -277,7 +277,10 @@ class Worker:
                 log.warning("nats close: %s", nats_events._describe(exc))
         await allm.close_session()
         tel, self.tel = self.tel, telemetry.OFF
-        await asyncio.to_thread(tel.shutdown)  # exports what is left: a short run sees its spans
+        try:  # exports what is left (a short run sees its spans), bounded: a collector that is down must not hold the drain
+            await asyncio.wait_for(asyncio.to_thread(tel.shutdown), self.settings.telemetry.shutdown_seconds)
+        except asyncio.TimeoutError:
+            log.warning("telemetry: the last export did not finish in time; spans or metrics may be lost")
         self._stopped.set()
 
     async def _pull_loop(self) -> None:

@@ -3,7 +3,8 @@
 Off unless an OTLP endpoint is set (the standard variables: OTEL_EXPORTER_OTLP_ENDPOINT, or
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / _METRICS_ENDPOINT per signal; OTEL_EXPORTER_OTLP_PROTOCOL
 http/protobuf, the default, or grpc; OTEL_SERVICE_NAME, default ray-executor-executor;
-OTEL_BSP_SCHEDULE_DELAY and OTEL_METRIC_EXPORT_INTERVAL in milliseconds; OTEL_SDK_DISABLED).
+OTEL_BSP_SCHEDULE_DELAY, OTEL_METRIC_EXPORT_INTERVAL and OTEL_EXPORTER_OTLP_TIMEOUT in
+milliseconds; OTEL_SDK_DISABLED).
 Each process that runs deliberations (a Replica actor, or the driver with in-process
 workers) sets up its own providers from the environment it inherits; nothing is global, so
 a test may run several. When the opentelemetry packages are missing on the Ray cluster the
@@ -48,7 +49,7 @@ OTHER_MODEL = "other"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 DEFAULT_BSP_SCHEDULE_DELAY_MS = 5000
 DEFAULT_METRIC_EXPORT_INTERVAL_MS = 60000
-SHUTDOWN_TIMEOUT_MS = 10000
+DEFAULT_EXPORT_TIMEOUT_MS = 10000
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,16 @@ class Config:
     service_name: str = DEFAULT_SERVICE_NAME
     schedule_delay_ms: int = DEFAULT_BSP_SCHEDULE_DELAY_MS
     export_interval_ms: int = DEFAULT_METRIC_EXPORT_INTERVAL_MS
+    export_timeout_ms: int = DEFAULT_EXPORT_TIMEOUT_MS  # each export, retries included
 
     @property
     def enabled(self) -> bool:
         return bool(self.traces_endpoint or self.metrics_endpoint)
+
+    @property
+    def shutdown_seconds(self) -> float:
+        """The most the last exports at shutdown take (spans, then metrics)."""
+        return 2 * self.export_timeout_ms / 1000 + 2
 
 
 def _millis(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -105,6 +112,7 @@ def config_from_env(environ: Mapping[str, str]) -> Config:
         service_name=str(environ.get("OTEL_SERVICE_NAME", "") or "").strip() or DEFAULT_SERVICE_NAME,
         schedule_delay_ms=_millis(environ, "OTEL_BSP_SCHEDULE_DELAY", DEFAULT_BSP_SCHEDULE_DELAY_MS, 1),
         export_interval_ms=_millis(environ, "OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_METRIC_EXPORT_INTERVAL_MS, 100),
+        export_timeout_ms=_millis(environ, "OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_EXPORT_TIMEOUT_MS, 100),
     )
     if cfg.enabled and protocol not in (HTTP_PROTOBUF, GRPC):
         log.warning("telemetry: OTEL_EXPORTER_OTLP_PROTOCOL=%r is not supported (http/protobuf or grpc): "
@@ -215,6 +223,7 @@ class _OTel(Telemetry):
         resource = Resource.create({"service.name": cfg.service_name})
         self._tp: Any = None
         self._mp: Any = None
+        self._flush_ms = cfg.export_timeout_ms
         self._model_label = BoundedLabel(MAX_MODELS)
         try:
             if cfg.traces_endpoint:
@@ -330,7 +339,7 @@ class _OTel(Telemetry):
             if provider is None:
                 continue
             try:
-                provider.force_flush(SHUTDOWN_TIMEOUT_MS)
+                provider.force_flush(self._flush_ms)
                 provider.shutdown()
             except Exception as exc:  # noqa: BLE001 - exiting anyway
                 log.warning("telemetry: flush at shutdown failed: %s", type(exc).__name__)
@@ -341,20 +350,20 @@ def _span_exporter(cfg: Config) -> Any:
     if cfg.protocol == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GRPCSpanExporter
 
-        return GRPCSpanExporter(endpoint=cfg.traces_endpoint)
+        return GRPCSpanExporter(endpoint=cfg.traces_endpoint, timeout=cfg.export_timeout_ms / 1000)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter(endpoint=cfg.traces_endpoint)
+    return OTLPSpanExporter(endpoint=cfg.traces_endpoint, timeout=cfg.export_timeout_ms / 1000)
 
 
 def _metric_exporter(cfg: Config) -> Any:
     if cfg.protocol == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GRPCMetricExporter
 
-        return GRPCMetricExporter(endpoint=cfg.metrics_endpoint)
+        return GRPCMetricExporter(endpoint=cfg.metrics_endpoint, timeout=cfg.export_timeout_ms / 1000)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-    return OTLPMetricExporter(endpoint=cfg.metrics_endpoint)
+    return OTLPMetricExporter(endpoint=cfg.metrics_endpoint, timeout=cfg.export_timeout_ms / 1000)
 
 
 def setup(cfg: Config) -> Telemetry:

@@ -234,7 +234,7 @@ def test_config_from_the_standard_variables(payload_log):
     c = telemetry.config_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"})
     assert (c.traces_endpoint, c.metrics_endpoint, c.protocol) == (
         "http://collector:4318/v1/traces", "http://collector:4318/v1/metrics", "http/protobuf")
-    assert (c.schedule_delay_ms, c.export_interval_ms) == (5000, 60000)
+    assert (c.schedule_delay_ms, c.export_interval_ms, c.export_timeout_ms) == (5000, 60000, 10000)
     c = telemetry.config_from_env({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://t.example/x",
                                    "OTEL_BSP_SCHEDULE_DELAY": "250", "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
     assert (c.traces_endpoint, c.metrics_endpoint, c.schedule_delay_ms, c.export_interval_ms) == (
@@ -257,3 +257,23 @@ def test_the_model_label_is_bounded():
     assert set(names[telemetry.MAX_MODELS:]) == {telemetry.OTHER_MODEL}
     assert label("model-3") == "model-3" and label("x" * 500) == telemetry.OTHER_MODEL
     assert telemetry.BoundedLabel(2)("y" * 500) == "y" * 100
+
+
+def test_a_collector_that_is_down_neither_fails_deliberations_nor_holds_the_drain(nats_server, stub):
+    import nats_server as ns
+
+    stub.set("m-ok", llm_stub.ok())
+    data = delib(stub.url, [agent("f1", "m-ok")])
+    cfg = tel_config(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{ns.closed_port()}", OTEL_EXPORTER_OTLP_TIMEOUT="1000")
+    assert cfg.export_timeout_ms == 1000 and cfg.shutdown_seconds == 4
+
+    async def go():
+        await Env.reset(nats_server.url)
+        t0 = time.monotonic()
+        rec, _ = await run_one(nats_server.url, data, cfg)
+        return rec, time.monotonic() - t0
+
+    rec, took = asyncio.run(go())
+    assert rec["state"] == "completed"
+    assert took < cfg.shutdown_seconds + 5, took
+    assert stub.requests[0].headers.get("traceparent", "").startswith("00-")  # its own span's, though never exported
