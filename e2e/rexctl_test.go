@@ -360,7 +360,7 @@ func (s *tmuxServer) waitScreen(name string, within time.Duration, what string, 
 
 // A person runs `rexctl watch` in a terminal (tmux, 100x20): the screen shows each agent's
 // progress live, the elapsed time, and the final state, which stays on the screen after it
-// exits 0; a second watch is left with q, exit 130, the deliberation going on.
+// exits 0; a second watch is left with Ctrl-C, exit 130, the deliberation going on.
 func TestRexctlWatchInTmux(t *testing.T) {
 	t.Parallel()
 	tm := newTmux(t)
@@ -405,19 +405,19 @@ func TestRexctlWatchInTmux(t *testing.T) {
 		t.Errorf("watch of a completed deliberation exited %d in the terminal", code)
 	}
 
-	// q leaves the watch (exit 130); the deliberation goes on, and is then cancelled.
+	// Ctrl-C leaves the watch (exit 130); the deliberation goes on, and is then cancelled.
 	hung := strings.TrimSpace(c.run(append(submitArgs(t, url, "hang"), "-q")...).want(t, 0, "submit").stdout)
 	tm.run("quit", 100, 20, c.env, c.bin, "watch", hung)
 	tm.waitScreen("quit", 90*time.Second, "the agent running", func(s string) bool { return strings.Contains(s, "running 1") })
-	tm.cmd("send-keys", "-t", "quit", "q")
+	tm.cmd("send-keys", "-t", "quit", "C-c")
 	tm.waitScreen("quit", 10*time.Second, "that watching stopped", func(s string) bool { return strings.Contains(s, "stopped watching") })
-	if code := tm.waitExit("quit", "after q"); code != 130 {
-		t.Errorf("q: exit %d, want 130", code)
+	if code := tm.waitExit("quit", "after Ctrl-C"); code != 130 {
+		t.Errorf("Ctrl-C: exit %d, want 130", code)
 	}
 	var st pb.GetDeliberationStatusResponse
-	r := c.run("status", hung, "-o", "json").want(t, 0, "status after q")
+	r := c.run("status", hung, "-o", "json").want(t, 0, "status after Ctrl-C")
 	if err := protojson.Unmarshal([]byte(r.stdout), &st); err != nil || st.GetStatus() != "running" {
-		t.Errorf("after q the deliberation should go on running: %v %s", err, r.stdout)
+		t.Errorf("after Ctrl-C the deliberation should go on running: %v %s", err, r.stdout)
 	}
 	c.run("cancel", hung).want(t, 0, "cancel")
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	tea "github.com/charmbracelet/bubbletea"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -600,5 +601,18 @@ func TestWatchRefusedBeforeTheDisplay(t *testing.T) {
 	if code := Main(context.Background(), a, []string{"watch", "delib-9"}); code != ExitNotFound || out.Len() != 0 ||
 		errOut.String() != "rexctl: NOT_FOUND: deliberation delib-9 does not exist\n" {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, out.String(), errOut.String())
+	}
+}
+
+// q (and Esc, Ctrl-C) stops watching: the display quits and says the deliberation goes on.
+func TestLiveDisplayQuitsOnQ(t *testing.T) {
+	for _, key := range []tea.KeyMsg{{Type: tea.KeyRunes, Runes: []rune("q")}, {Type: tea.KeyEsc}, {Type: tea.KeyCtrlC}} {
+		m := &watchModel{p: newProgress("d", nil), st: newStyles(liveRenderer(&bytes.Buffer{}, func(string) string { return "" })), now: time.Now}
+		if _, cmd := m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("x")}); cmd != nil || m.interrupted {
+			t.Fatalf("x stopped the watch")
+		}
+		if _, cmd := m.Update(key); cmd == nil || !m.interrupted || !strings.Contains(m.View(), "stopped watching (the deliberation goes on)") {
+			t.Errorf("%s: interrupted %v, view:\n%s", key, m.interrupted, m.View())
+		}
 	}
 }
