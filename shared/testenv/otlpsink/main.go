@@ -257,11 +257,19 @@ func pointLines(md pmetric.Metrics) []any {
 		for _, sm := range rm.ScopeMetrics().All() {
 			for _, m := range sm.Metrics().All() {
 				base := MetricPoint{Name: m.Name(), ServiceName: service, Scope: sm.Scope().Name(), Type: m.Type().String(), Unit: m.Unit()}
+				// point is base for one data point; counted adds a count and a sum to it.
+				point := func(ts pcommon.Timestamp, attrs pcommon.Map) MetricPoint {
+					p := base
+					p.TimeUnixNano, p.Attributes = uint64(ts), flatten(attrs)
+					return p
+				}
+				counted := func(p MetricPoint, count uint64, sum float64) MetricPoint {
+					p.Count, p.Sum = &count, &sum
+					return p
+				}
 				number := func(dps pmetric.NumberDataPointSlice) {
 					for _, dp := range dps.All() {
-						p := base
-						p.TimeUnixNano = uint64(dp.Timestamp())
-						p.Attributes = flatten(dp.Attributes())
+						p := point(dp.Timestamp(), dp.Attributes())
 						v := dp.DoubleValue()
 						if dp.ValueType() == pmetric.NumberDataPointValueTypeInt {
 							v = float64(dp.IntValue())
@@ -280,33 +288,18 @@ func pointLines(md pmetric.Metrics) []any {
 				case pmetric.MetricTypeHistogram:
 					base.Temporality = m.Histogram().AggregationTemporality().String()
 					for _, dp := range m.Histogram().DataPoints().All() {
-						p := base
-						p.TimeUnixNano = uint64(dp.Timestamp())
-						p.Attributes = flatten(dp.Attributes())
-						count, sum := dp.Count(), dp.Sum()
-						p.Count, p.Sum = &count, &sum
-						p.BucketCounts = dp.BucketCounts().AsRaw()
-						p.ExplicitBounds = dp.ExplicitBounds().AsRaw()
+						p := counted(point(dp.Timestamp(), dp.Attributes()), dp.Count(), dp.Sum())
+						p.BucketCounts, p.ExplicitBounds = dp.BucketCounts().AsRaw(), dp.ExplicitBounds().AsRaw()
 						out = append(out, p)
 					}
 				case pmetric.MetricTypeExponentialHistogram:
 					base.Temporality = m.ExponentialHistogram().AggregationTemporality().String()
 					for _, dp := range m.ExponentialHistogram().DataPoints().All() {
-						p := base
-						p.TimeUnixNano = uint64(dp.Timestamp())
-						p.Attributes = flatten(dp.Attributes())
-						count, sum := dp.Count(), dp.Sum()
-						p.Count, p.Sum = &count, &sum
-						out = append(out, p)
+						out = append(out, counted(point(dp.Timestamp(), dp.Attributes()), dp.Count(), dp.Sum()))
 					}
 				case pmetric.MetricTypeSummary:
 					for _, dp := range m.Summary().DataPoints().All() {
-						p := base
-						p.TimeUnixNano = uint64(dp.Timestamp())
-						p.Attributes = flatten(dp.Attributes())
-						count, sum := dp.Count(), dp.Sum()
-						p.Count, p.Sum = &count, &sum
-						out = append(out, p)
+						out = append(out, counted(point(dp.Timestamp(), dp.Attributes()), dp.Count(), dp.Sum()))
 					}
 				}
 			}
