@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
@@ -190,10 +191,17 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 	for _, m := range points {
 		served[promName(m)] = true
 	}
-	dash, err := os.ReadFile(filepath.Join("..", "knative", "grafana-dashboard.json"))
+	raw, err := os.ReadFile(filepath.Join("..", "knative", "grafana-dashboard.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	if err := yaml.Unmarshal(raw, &cm); err != nil {
+		t.Fatal(err)
+	}
+	dash := []byte(cm.Data["ray-executor.json"])
 	var board struct {
 		Panels []struct {
 			Targets []struct{ Expr string }
