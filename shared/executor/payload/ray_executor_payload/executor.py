@@ -390,8 +390,9 @@ class Worker:
             return await self._ack(msg)
         rec, _ = got
         # The deliberation's span joins the caller's trace: the work message's traceparent
-        # (the submitter's publish), else the one the record kept.
-        parent = (msg.headers or {}).get("traceparent", "")
+        # (the submitter's publish; Go's propagator writes it as "Traceparent"), else the one
+        # the record kept.
+        parent = next((v for k, v in (msg.headers or {}).items() if k.lower() == "traceparent"), "")
         if not valid_traceparent(parent):
             parent = rec.get("traceparent", "") if valid_traceparent(rec.get("traceparent", "")) else ""
         with self.tel.deliberation(did, str(rec.get("task_id", "")), str(rec.get("owner", "")), parent) as run:

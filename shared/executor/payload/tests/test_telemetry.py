@@ -56,7 +56,7 @@ async def run_one(url, data, tel_cfg, record_traceparent="", header_traceparent=
         await env.store.put_active(rec)
         headers = {"Nats-Msg-Id": did}
         if header_traceparent:
-            headers["traceparent"] = header_traceparent
+            headers["Traceparent"] = header_traceparent  # as Go's propagator (http.Header) writes it
         await env.js.publish(records.WORK_SUBJECT_PREFIX + did, json.dumps(data).encode(), headers=headers)
         w = worker(url, telemetry=tel_cfg)
         await w.start()
