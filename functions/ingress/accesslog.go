@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -207,8 +208,12 @@ func deliberationID(m any) string {
 	return ""
 }
 
-// traceID is the trace id of the call's W3C traceparent, when it sent a valid one.
+// traceID is the call's trace: its server span's (otelgrpc; a new trace when the caller
+// sent none and tracing is on), else that of the W3C traceparent the caller sent.
 func traceID(ctx context.Context) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		return sc.TraceID().String()
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get(MetadataTraceparent)
 	if len(vals) == 0 {
