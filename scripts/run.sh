@@ -74,10 +74,13 @@ if [ -z "${INTERNAL_TOKEN:-}" ] && [ -z "${INTERNAL_TOKEN_FILE:-}" ]; then
   export INTERNAL_TOKEN_FILE="$root/.run/internal-token"
 fi
 
-start() { # name port
-  PORT="$2" "bin/$1" > ".run/$1.log" 2>&1 &
+start() { # name port; metrics on the next port from 9460
+  PORT="$2" METRICS_PORT="${METRICS_PORT_BASE:-9460}" "bin/$1" > ".run/$1.log" 2>&1 &
   pids+=($!)
+  METRICS_PORT_BASE=$(( ${METRICS_PORT_BASE:-9460} + 1 ))
 }
+# Each process serves Prometheus text on its own metrics port (9460-9463); with
+# OTEL_EXPORTER_OTLP_ENDPOINT set in the environment, traces and metrics go there too.
 start execute 8081
 start status 8082
 RECONCILE_INTERVAL=30s start list 8083
@@ -112,6 +115,8 @@ echo "run: the executor runs on the Ray head: ${executor##*\"message\": \"}" | s
 
 cat <<TXT
 run: up. gRPC on 127.0.0.1:50056, functions on :8081-8083, NATS on :4222, logs in .run/.
+run: metrics (Prometheus text): curl 127.0.0.1:9460/metrics (execute), :9461 (status), :9462 (list), :9463 (ingress).
+run: the CLI: bin/rexctl --help (REX_ADDRESS=127.0.0.1:50056).
 run: the functions want -H "Authorization: Bearer \$(cat .run/internal-token)" (unless you set INTERNAL_TOKEN).
 run: LLM endpoint for requests: $LLM_URL
 run: try it (README.md, "Quick start"):
