@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // fakeGCS is a stub of the dashboard's package endpoints that counts requests.
@@ -65,28 +66,15 @@ func (f *fakeGCS) set(fn func(*fakeGCS)) {
 	fn(f)
 }
 
-// fakeClock is a settable clock for Packager.now.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func newTestPackager(t *testing.T, freshFor time.Duration) (*Packager, *fakeGCS, *fakeClock) {
+func newTestPackager(t *testing.T, freshFor time.Duration) (*Packager, *fakeGCS, *testenv.Clock) {
 	t.Helper()
 	const name = "_ray_pkg_0011223344556677.zip"
 	gcs := &fakeGCS{}
 	// Retries and the breaker off: the counts below are the Packager's own requests.
 	c := stub(t, Config{Timeout: 5 * time.Second, Retries: -1, BreakerFailures: -1}, gcs.handler(t, "/api/packages/gcs/"+name))
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	clock := testenv.NewClock(time.Unix(1_800_000_000, 0))
 	p := NewPackager(c, name, []byte("PK-zip-bytes"), freshFor)
-	p.now = clock.now
+	p.now = clock.Now
 	return p, gcs, clock
 }
 
@@ -135,14 +123,14 @@ func TestPackagerSharesOneCheck(t *testing.T) {
 	})
 
 	// Fresh: no request.
-	clock.advance(59 * time.Second)
+	clock.Advance(59 * time.Second)
 	if _, err := p.WorkingDir(context.Background()); err != nil {
 		t.Fatalf("fresh call: got %v, want nil", err)
 	}
 	expectCounts(t, "fresh cached result", gcs, 1, 1)
 
 	// Stale: one GET, the package is there, no PUT.
-	clock.advance(2 * time.Second)
+	clock.Advance(2 * time.Second)
 	if _, err := p.WorkingDir(context.Background()); err != nil {
 		t.Fatalf("stale call: got %v, want nil", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // sentinelCount counts the sentinels err wraps; the package promises exactly one.
@@ -381,11 +382,11 @@ func TestBackoffJitterBounded(t *testing.T) {
 
 // breakerClient returns a Client with a breaker of threshold failures and a settable clock,
 // and no retries, so each call is one attempt.
-func breakerClient(t testing.TB, s *script, failures int) (*Client, *fakeClock) {
+func breakerClient(t testing.TB, s *script, failures int) (*Client, *testenv.Clock) {
 	t.Helper()
 	c := scripted(t, Config{Retries: -1, BreakerFailures: failures, BreakerCooldown: 5 * time.Second}, s)
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
-	c.breaker.now = clock.now
+	clock := testenv.NewClock(time.Unix(1_800_000_000, 0))
+	c.breaker.now = clock.Now
 	return c, clock
 }
 
@@ -500,13 +501,13 @@ func TestBreakerHalfOpen(t *testing.T) {
 	}
 	expect("opened", BreakerOpen, 2)
 
-	clock.advance(4 * time.Second)
+	clock.Advance(4 * time.Second)
 	if _, err := c.Job(ctx, "j"); !strings.Contains(err.Error(), "next probe in 1s") {
 		t.Errorf("during the cooldown: got %v, want it to say the probe is 1s away", err)
 	}
 	expect("during the cooldown", BreakerOpen, 2)
 
-	clock.advance(time.Second)
+	clock.Advance(time.Second)
 	expect("cooldown over", BreakerHalfOpen, 2)
 	if _, err := c.Job(ctx, "j"); !strings.Contains(err.Error(), "HTTP 503") {
 		t.Errorf("failed probe: got %v, want the 503", err)
@@ -517,7 +518,7 @@ func TestBreakerHalfOpen(t *testing.T) {
 	}
 	expect("re-opened", BreakerOpen, 3)
 
-	clock.advance(5 * time.Second)
+	clock.Advance(5 * time.Second)
 	down.Store(false)
 	if _, err := c.Job(ctx, "j"); err != nil {
 		t.Errorf("successful probe: got %v, want nil", err)
@@ -553,7 +554,7 @@ func TestBreakerOneProbe(t *testing.T) {
 	ctx := context.Background()
 	c.Job(ctx, "j")
 	c.Job(ctx, "j")
-	clock.advance(5 * time.Second)
+	clock.Advance(5 * time.Second)
 	down.Store(false)
 	gated.Store(true)
 
@@ -795,12 +796,12 @@ func TestPackagerRechecksAfterRayWentAway(t *testing.T) {
 			}
 			pkg(w, r)
 		}})
-		clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+		clock := testenv.NewClock(time.Unix(1_800_000_000, 0))
 		if c.breaker != nil {
-			c.breaker.now = clock.now
+			c.breaker.now = clock.Now
 		}
 		p := NewPackager(c, name, []byte("PK-zip-bytes"), time.Hour)
-		p.now = clock.now
+		p.now = clock.Now
 		ctx := context.Background()
 		if _, err := p.WorkingDir(ctx); err != nil {
 			t.Fatalf("first WorkingDir: got %v, want nil", err)
@@ -826,7 +827,7 @@ func TestPackagerRechecksAfterRayWentAway(t *testing.T) {
 				t.Errorf("WorkingDir with the breaker open: got %v, want ErrUnavailable saying Ray is unreachable", err)
 			}
 			expectCounts(t, "breaker open", gcs, 1, 1)
-			clock.advance(DefaultBreakerCooldown)
+			clock.Advance(DefaultBreakerCooldown)
 		}
 
 		down.Store(false)

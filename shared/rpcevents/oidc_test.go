@@ -32,23 +32,10 @@ const (
 	strangerSub  = "system:serviceaccount:default:curious-pod"
 )
 
-// fakeClock is the verifier's clock: token expiry and the key refresh interval.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // oidcServer is a real rpcevents server behind real HTTP, verifying iss's tokens.
 type oidcServer struct {
 	url      string
-	clock    *fakeClock
+	clock    *testenv.Clock
 	logs     *testenv.SyncBuffer
 	mu       sync.Mutex
 	calls    int
@@ -91,8 +78,8 @@ func startOIDCServer(t *testing.T, env map[string]string) *oidcServer {
 	if err := r.Err(); err != nil {
 		t.Fatal(err)
 	}
-	o := &oidcServer{clock: &fakeClock{t: time.Now()}, logs: &testenv.SyncBuffer{}}
-	a.OIDC.Now = o.clock.now
+	o := &oidcServer{clock: testenv.NewClock(time.Now()), logs: &testenv.SyncBuffer{}}
+	a.OIDC.Now = o.clock.Now
 	s := rpcevents.NewServer(serverSource, slog.New(slog.NewJSONHandler(o.logs, nil)), 0)
 	record := func(r *rpcevents.Request) {
 		o.mu.Lock()
@@ -221,7 +208,7 @@ func TestOIDCRefusals(t *testing.T) {
 			o := startOIDCServer(t, oidcEnv(iss))
 			tok := tt.token()
 			for _, ceType := range []string{rpcevents.TypeExecuteDeliberation, rpcevents.TypeReconcile} {
-				o.clock.advance(11 * time.Second) // past the key refresh interval: an unknown kid is looked up each time
+				o.clock.Advance(11 * time.Second) // past the key refresh interval: an unknown kid is looked up each time
 				resp, body := o.post(t, ceType, validRequestJSON, tok)
 				eb := errorBody(t, resp, body, http.StatusUnauthorized, "unauthenticated")
 				if got := resp.Header.Get("WWW-Authenticate"); got != `Bearer error="invalid_token"` {
@@ -334,7 +321,7 @@ func TestOIDCKeysAreCachedAndRotationIsPickedUp(t *testing.T) {
 	if resp.Header.Get("Retry-After") == "" {
 		t.Error("503 for an unknown kid within the refresh interval: no Retry-After")
 	}
-	o.clock.advance(11 * time.Second)
+	o.clock.Advance(11 * time.Second)
 	for i := 0; i < 5; i++ {
 		resp, body = o.post(t, rpcevents.TypeGetDeliberationStatus, `{"deliberation_id":"delib-1"}`, rotated)
 		checkOK(t, resp, body, statusReplyType)
@@ -345,7 +332,7 @@ func TestOIDCKeysAreCachedAndRotationIsPickedUp(t *testing.T) {
 
 	// Made-up kids: the first after the interval fetches once (401: not the issuer's),
 	// the rest wait for the interval (503) without asking the issuer.
-	o.clock.advance(11 * time.Second)
+	o.clock.Advance(11 * time.Second)
 	for i := 0; i < 10; i++ {
 		madeUp := iss.SignWith(t, other, "made-up-"+string(rune('a'+i)), testenv.Claims{Subject: brokerSub, Audience: []string{oidcAudience}})
 		resp, body = o.post(t, rpcevents.TypeGetDeliberationStatus, `{"deliberation_id":"delib-1"}`, madeUp)
