@@ -39,18 +39,10 @@ import (
 // Knobs: BENCH_SECONDS (3), BENCH_ROUNDS (3), BENCH_CONCURRENCY (32).
 func TestQueueProxyChainReport(t *testing.T) {
 	secs, rounds, conc := benchKnob("BENCH_SECONDS", 3), benchKnob("BENCH_ROUNDS", 3), benchKnob("BENCH_CONCURRENCY", 32)
-	nats, id := scratchRecord(t)
-	ray := slowRay(t, 0)
-	const caller = "bench-caller-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
-	tokens := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(tokens, []byte("bench "+caller+" read\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	env := []string{"NATS_URL=" + nats, "RAY_ADDRESS=" + ray, "LOG_LEVEL=warn", "INTERNAL_TOKEN=" + qpInternalToken}
+	b := newBenchChain(t)
+	nats, id, ray, env, caller := b.nats, b.id, b.ray, b.env, benchCaller
 	out := []int{portOf(t, nats), portOf(t, ray)}
-	ingressEnv := func(statusURL string) []string {
-		return append(append([]string{}, env...), "EXECUTE_URL="+statusURL, "STATUS_URL="+statusURL, "LIST_URL="+statusURL, "AUTH_TOKENS_FILE="+tokens)
-	}
+	ingressEnv := func(statusURL string) []string { return b.ingressEnv(statusURL) }
 
 	// (a) direct.
 	stA := benchProcess(t, "status", env)
@@ -116,6 +108,34 @@ func TestQueueProxyChainReport(t *testing.T) {
 		fmt.Printf("| %d | %.0f | %.1f ms | %.1f ms | %.0f | %.1f ms | %.1f ms |\n", n, d.rps, ms(d.p50), ms(d.p99), q.rps, ms(q.p50), ms(q.p99))
 	}
 	fmt.Printf("\ncontainerConcurrency in knative/status.yaml: %d\n", testenv.LoadRevision(t, "status").ContainerConcurrency)
+}
+
+// benchChain is what the chain benchmarks share: a NATS server of their own holding one
+// deliberation's record (id), a Ray stand-in answering at once, a tokens file naming the
+// read caller benchCaller, and the functions' environment.
+type benchChain struct {
+	nats, id, ray, tokens string
+	env                   []string
+}
+
+const benchCaller = "bench-caller-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+
+func newBenchChain(t *testing.T) benchChain {
+	t.Helper()
+	b := benchChain{ray: slowRay(t, 0), tokens: filepath.Join(t.TempDir(), "tokens")}
+	b.nats, b.id = scratchRecord(t)
+	if err := os.WriteFile(b.tokens, []byte("bench "+benchCaller+" read\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.env = []string{"NATS_URL=" + b.nats, "RAY_ADDRESS=" + b.ray, "LOG_LEVEL=warn", "INTERNAL_TOKEN=" + qpInternalToken}
+	return b
+}
+
+// ingressEnv is the ingress's environment, every RPC routed to the status function at
+// statusURL, with extra.
+func (b benchChain) ingressEnv(statusURL string, extra ...string) []string {
+	return append(append(append([]string{}, b.env...), extra...),
+		"EXECUTE_URL="+statusURL, "STATUS_URL="+statusURL, "LIST_URL="+statusURL, "AUTH_TOKENS_FILE="+b.tokens)
 }
 
 // scratchRecord starts a NATS server of its own with the records provisioned and one

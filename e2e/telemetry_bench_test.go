@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -23,22 +21,15 @@ import (
 // traced (the ingress's RPC, its call to the function, the function's request) and exported
 // over OTLP to the tests' receiver (bin/otlp-sink), with metrics exported every 500 ms and
 // served on a metrics port that is scraped once a second. Issue 14's target: (b) within 10%
-// of (a)'s throughput. (c) and (d) say what sampling buys: 1 request in 10 traced, none. Knobs: BENCH_SECONDS (3), BENCH_ROUNDS (5), BENCH_CONCURRENCY (32).
+// of (a)'s throughput. (c) and (d) say what sampling buys: 1 request in 10 traced, none.
+// Knobs: BENCH_SECONDS (3), BENCH_ROUNDS (5), BENCH_CONCURRENCY (32).
 func TestTelemetryChainReport(t *testing.T) {
 	secs, rounds, conc := benchKnob("BENCH_SECONDS", 3), benchKnob("BENCH_ROUNDS", 5), benchKnob("BENCH_CONCURRENCY", 32)
-	nats, id := scratchRecord(t)
-	ray := slowRay(t, 0)
+	b := newBenchChain(t)
 	sink := testenv.StartOTLPSink(t)
-	const caller = "bench-caller-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
-	tokens := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(tokens, []byte("bench "+caller+" read\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	env := []string{"NATS_URL=" + nats, "RAY_ADDRESS=" + ray, "LOG_LEVEL=warn", "INTERNAL_TOKEN=" + qpInternalToken}
 	stack := func(extra func() []string) string {
-		st := benchProcess(t, "status", append(append([]string{}, env...), extra()...))
-		return benchProcess(t, "ingress", append(append([]string{}, env...), append(extra(), "EXECUTE_URL=http://"+st,
-			"STATUS_URL=http://"+st, "LIST_URL=http://"+st, "AUTH_TOKENS_FILE="+tokens)...))
+		st := benchProcess(t, "status", append(append([]string{}, b.env...), extra()...))
+		return benchProcess(t, "ingress", b.ingressEnv("http://"+st, extra()...))
 	}
 	var metricsPorts []int
 	traced := func(sampler ...string) func() []string {
@@ -72,7 +63,7 @@ func TestTelemetryChainReport(t *testing.T) {
 	results := make([][]loadResult, len(setups))
 	for r := 0; r < rounds; r++ {
 		for i, s := range setups {
-			results[i] = append(results[i], chainLoad(t, s.addr, caller, id, conc, time.Duration(secs)*time.Second))
+			results[i] = append(results[i], chainLoad(t, s.addr, benchCaller, b.id, conc, time.Duration(secs)*time.Second))
 		}
 		fmt.Printf("round %d: RPS (a) %.0f (b) %.0f (c) %.0f (d) %.0f\n", r+1, results[0][r].rps, results[1][r].rps, results[2][r].rps, results[3][r].rps)
 	}
