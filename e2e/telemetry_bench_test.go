@@ -16,9 +16,9 @@ import (
 
 // TestTelemetryChainReport measures what tracing and metrics cost the chain (a gRPC
 // GetDeliberationStatus through the ingress to the status function, which reads the record
-// from NATS), both binaries as plain processes, two ways interleaved round by round: (a)
+// from NATS), both binaries as plain processes, four ways interleaved round by round: (a)
 // telemetry off (no OTLP endpoint, no metrics port), as before issue 14; (b) every request
-// traced (the ingress's RPC, its call to the function, the function's request) and exported
+// traced (the ingress's RPC span and the function's request span) and exported
 // over OTLP to the tests' receiver (bin/otlp-sink), with metrics exported every 500 ms and
 // served on a metrics port that is scraped once a second. Issue 14's target: (b) within 10%
 // of (a)'s throughput. (c) and (d) say what sampling buys: 1 request in 10 traced, none.
