@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -327,10 +328,15 @@ func (s *tmuxServer) run(name string, width, height int, env []string, program s
 func (s *tmuxServer) screen(name string) string { return s.cmd("capture-pane", "-p", "-t", name) }
 
 // exited reports whether the session's program ended, and its exit status.
+// tmux may mark a pane dead when its terminal closes, before it has reaped the program and
+// knows its status: until the status is there, the program has not ended for the test.
 func (s *tmuxServer) exited(name string) (bool, int) {
-	var dead, code int
-	fmt.Sscanf(strings.TrimSpace(s.cmd("display-message", "-p", "-t", name, "#{pane_dead} #{pane_dead_status}")), "%d %d", &dead, &code)
-	return dead == 1, code
+	f := strings.Fields(s.cmd("display-message", "-p", "-t", name, "#{pane_dead} #{pane_dead_status}"))
+	if len(f) != 2 || f[0] != "1" {
+		return false, 0
+	}
+	code, err := strconv.Atoi(f[1])
+	return err == nil, code
 }
 
 // waitExit waits until the session's program has ended, and returns its exit status.
