@@ -292,7 +292,7 @@ func newTmux(t *testing.T) *tmuxServer {
 	}
 	s := &tmuxServer{t: t, bin: tmuxBinary(t), socket: filepath.Join(dir, "s")}
 	conf := filepath.Join(dir, "tmux.conf")
-	// remain-on-exit keeps a pane whose program ended, with its last screen and exit status.
+	// remain-on-exit keeps a pane whose program ended, with its last screen.
 	if err := os.WriteFile(conf, []byte("set -g remain-on-exit on\nset -g status off\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -315,39 +315,48 @@ func (s *tmuxServer) cmd(args ...string) string {
 	return string(out)
 }
 
-// run starts program with args in a new session name of width x height, with env.
+// run starts program with args in a new session name of width x height, with env. The
+// program's exit status is written to a file when it ends: tmux's own #{pane_dead_status}
+// is sometimes never filled in (seen with tmux 3.3a: the pane dead, the status empty for
+// good). The script is a fixed literal; program and args reach it as positional parameters
+// ("$@"), never as shell text.
 func (s *tmuxServer) run(name string, width, height int, env []string, program string, args ...string) {
 	s.t.Helper()
 	a := []string{"new-session", "-d", "-s", name, "-x", fmt.Sprint(width), "-y", fmt.Sprint(height)}
 	for _, e := range env {
 		a = append(a, "-e", e)
 	}
-	s.cmd(append(append(a, program), args...)...)
+	status := s.statusFile(name)
+	a = append(a, "sh", "-c", `"$@"; echo $? > "$0.tmp" && mv "$0.tmp" "$0"`, status, program)
+	s.cmd(append(a, args...)...)
+}
+
+// statusFile is where the program of session name leaves its exit status.
+func (s *tmuxServer) statusFile(name string) string {
+	return filepath.Join(filepath.Dir(s.socket), name+".status")
 }
 
 func (s *tmuxServer) screen(name string) string { return s.cmd("capture-pane", "-p", "-t", name) }
 
 // exited reports whether the session's program ended, and its exit status.
-// tmux may mark a pane dead when its terminal closes, before it has reaped the program and
-// knows its status: until the status is there, the program has not ended for the test.
 func (s *tmuxServer) exited(name string) (bool, int) {
-	f := strings.Fields(s.cmd("display-message", "-p", "-t", name, "#{pane_dead} #{pane_dead_status}"))
-	if len(f) != 2 || f[0] != "1" {
+	b, err := os.ReadFile(s.statusFile(name))
+	if err != nil {
 		return false, 0
 	}
-	code, err := strconv.Atoi(f[1])
+	code, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	return err == nil, code
 }
 
 // waitExit waits until the session's program has ended, and returns its exit status.
 func (s *tmuxServer) waitExit(name, when string) int {
 	s.t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if dead, code := s.exited(name); dead {
 			return code
 		}
 	}
-	s.t.Fatalf("the program in %s did not exit %s:\n%s", name, when, s.screen(name))
+	s.t.Fatalf("the program in %s did not exit %s within 30 s:\n%s", name, when, s.screen(name))
 	return -1
 }
 
