@@ -229,7 +229,8 @@ func (c *Client) Jobs(ctx context.Context) ([]JobDetails, error) {
 }
 
 // Stop asks Ray to stop the job. It returns true when a stop was requested, false when
-// the job had already finished. It is retried like a GET: stopping twice is harmless (a
+// the job had already finished. Ray answers true while the job's supervisor actor lives,
+// which can be a moment after the status reads STOPPED. It is retried like a GET: stopping twice is harmless (a
 // retry after a lost answer may report false). Stopping is asynchronous: poll Job until the status is
 // terminal (STOPPED). Errors: domain.ErrInvalid for an empty id (no request is made);
 // domain.ErrNotFound for an unknown job; domain.ErrUnavailable,
