@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
@@ -35,6 +36,7 @@ type AccessLog struct {
 	logger     *slog.Logger
 	inflight   metric.Int64UpDownCounter
 	refused    metric.Int64Counter
+	duration   metric.Float64Histogram
 	tapLimit   *rate.Limiter
 	mu         sync.Mutex
 	suppressed int
@@ -45,9 +47,14 @@ const (
 	tapRefusalsBurst     = 50
 )
 
-// NewAccessLog logs to logger.
-// Its metrics: rex.ingress.inflight (RPCs running, by method) and rex.ingress.refused
-// (calls refused, by reason and caller; callers are the configured names, so bounded).
+// NewAccessLog logs to logger. Make it after telemetry.Setup.
+// Its metrics: rex.ingress.inflight (RPCs running, by method), rex.ingress.refused (calls
+// refused, by reason and caller; callers are the configured names, so bounded) and
+// rpc.server.call.duration (by rpc.method and rpc.response.status_code, the semantic
+// conventions' names). It also makes each RPC's server span (health checks have none),
+// joined to the trace the caller's traceparent metadata names: a span and a histogram
+// with the attributes the access log has anyway, where otelgrpc's stats handler, which
+// did it before, cost the chain more (BENCHMARKS.md "Tracing and metrics on the chain").
 func NewAccessLog(logger *slog.Logger) *AccessLog {
 	m := otel.Meter("github.com/fleet-ai/ray-executor/functions/ingress")
 	inflight, err := m.Int64UpDownCounter("rex.ingress.inflight", metric.WithDescription("RPCs running at the ingress, by method"))
@@ -59,7 +66,71 @@ func NewAccessLog(logger *slog.Logger) *AccessLog {
 		otel.Handle(err)
 	}
 	return &AccessLog{logger: logger, tapLimit: rate.NewLimiter(tapRefusalsPerSecond, tapRefusalsBurst),
-		inflight: inflight, refused: refused}
+		inflight: inflight, refused: refused,
+		duration: telemetry.DurationHistogram("rpc.server.call.duration", "duration of the RPCs the ingress served")}
+}
+
+// rpcSets are the duration's attribute sets: methods are the served ones (grpc-go calls no
+// interceptor for an unknown method) and codes gRPC's.
+var rpcSets = &telemetry.AttributeSets{NameKey: "rpc.method", CodeKey: "rpc.response.status_code"}
+
+// start begins the RPC's server span, unless it is a health check.
+func (a *AccessLog) start(ctx context.Context, fullMethod string) (context.Context, trace.Span) {
+	if isHealth(fullMethod) {
+		return ctx, nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	name := strings.TrimPrefix(fullMethod, "/")
+	return telemetry.StartServer(ctx, name, mdCarrier(md), attribute.String("rpc.system.name", "grpc"), attribute.String("rpc.method", name))
+}
+
+// end ends the span (an error for the codes that mean the server failed, as the semantic
+// conventions have it) and records the duration.
+func (a *AccessLog) end(ctx context.Context, span trace.Span, fullMethod string, err error, d time.Duration) {
+	if span == nil {
+		return
+	}
+	code := status.Code(err)
+	canonical := canonicalCodes[code]
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("rpc.response.status_code", canonical))
+		switch code {
+		case codes.Unknown, codes.DeadlineExceeded, codes.Unimplemented, codes.Internal, codes.Unavailable, codes.DataLoss:
+			span.SetStatus(otelcodes.Error, canonical)
+		}
+		span.End()
+	}
+	a.duration.Record(ctx, d.Seconds(), metric.WithAttributeSet(rpcSets.GetString(strings.TrimPrefix(fullMethod, "/"), canonical)))
+}
+
+// canonicalCodes are gRPC's codes as the semantic conventions spell them.
+var canonicalCodes = map[codes.Code]string{
+	codes.OK: "OK", codes.Canceled: "CANCELLED", codes.Unknown: "UNKNOWN", codes.InvalidArgument: "INVALID_ARGUMENT",
+	codes.DeadlineExceeded: "DEADLINE_EXCEEDED", codes.NotFound: "NOT_FOUND", codes.AlreadyExists: "ALREADY_EXISTS",
+	codes.PermissionDenied: "PERMISSION_DENIED", codes.ResourceExhausted: "RESOURCE_EXHAUSTED",
+	codes.FailedPrecondition: "FAILED_PRECONDITION", codes.Aborted: "ABORTED", codes.OutOfRange: "OUT_OF_RANGE",
+	codes.Unimplemented: "UNIMPLEMENTED", codes.Internal: "INTERNAL", codes.Unavailable: "UNAVAILABLE",
+	codes.DataLoss: "DATA_LOSS", codes.Unauthenticated: "UNAUTHENTICATED",
+}
+
+// mdCarrier reads trace context from incoming gRPC metadata (keys are lower case there).
+type mdCarrier metadata.MD
+
+func (c mdCarrier) Get(key string) string {
+	if v := metadata.MD(c).Get(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (c mdCarrier) Set(key, value string) { metadata.MD(c).Set(key, value) }
+
+func (c mdCarrier) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
 }
 
 // refusalReasons are the codes that mean the ingress (or a function) refused a call.
@@ -88,6 +159,7 @@ func (a *AccessLog) count(ctx context.Context, err error) {
 // Unary logs each unary RPC; it goes first in the chain, so it sees every outcome.
 func (a *AccessLog) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
+	ctx, span := a.start(ctx, info.FullMethod)
 	method := metric.WithAttributes(attribute.String("method", info.FullMethod))
 	a.inflight.Add(ctx, 1, method)
 	resp, err := handler(ctx, req)
@@ -97,21 +169,25 @@ func (a *AccessLog) Unary(ctx context.Context, req any, info *grpc.UnaryServerIn
 		id = deliberationID(resp)
 	}
 	a.annotate(ctx, req, id, err)
-	a.log(ctx, info.FullMethod, err, time.Since(start), id)
+	d := time.Since(start)
+	a.end(ctx, span, info.FullMethod, err, d)
+	a.log(ctx, info.FullMethod, err, d, id)
 	return resp, err
 }
 
 // Stream logs each stream when it ends, with the deliberation its first message named.
 func (a *AccessLog) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
-	ctx := ss.Context()
+	ctx, span := a.start(ss.Context(), info.FullMethod)
 	method := metric.WithAttributes(attribute.String("method", info.FullMethod))
 	a.inflight.Add(ctx, 1, method)
-	rs := &recordingStream{ServerStream: ss}
+	rs := &recordingStream{ServerStream: ss, ctx: ctx}
 	err := handler(srv, rs)
 	a.inflight.Add(ctx, -1, method)
 	a.annotate(ctx, nil, rs.id, err)
-	a.log(ctx, info.FullMethod, err, time.Since(start), rs.id)
+	d := time.Since(start)
+	a.end(ctx, span, info.FullMethod, err, d)
+	a.log(ctx, info.FullMethod, err, d, rs.id)
 	return err
 }
 
@@ -208,7 +284,7 @@ func deliberationID(m any) string {
 	return ""
 }
 
-// traceID is the call's trace: its server span's (otelgrpc; a new trace when the caller
+// traceID is the call's trace: its server span's (AccessLog.start; a new trace when the caller
 // sent none and tracing is on), else that of the W3C traceparent the caller sent.
 func traceID(ctx context.Context) string {
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
@@ -233,11 +309,15 @@ func clip(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// recordingStream remembers the deliberation id of the first message received.
+// recordingStream remembers the deliberation id of the first message received, and
+// carries the stream's context with its server span.
 type recordingStream struct {
 	grpc.ServerStream
-	id string
+	ctx context.Context
+	id  string
 }
+
+func (s *recordingStream) Context() context.Context { return s.ctx }
 
 func (s *recordingStream) RecvMsg(m any) error {
 	err := s.ServerStream.RecvMsg(m)

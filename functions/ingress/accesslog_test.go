@@ -7,12 +7,18 @@ import (
 	"strings"
 	"testing"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleet-ai/ray-executor/shared/domain"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
@@ -128,5 +134,67 @@ func TestAccessLogBoundsRefusalFloods(t *testing.T) {
 	all := accessLines(t, logs.String())
 	if last := all[len(all)-1]; last["refusals_not_logged"] != float64(10) {
 		t.Errorf("the line after the flood: %v, want refusals_not_logged 10", last)
+	}
+}
+
+// Each RPC but a health check is a server span joined to the caller's traceparent, with the
+// method, the canonical status code, and an error status for the codes that mean the server
+// failed; the span's context is what the call carries on to the function.
+func TestAccessLogServerSpans(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	prevProp := otel.GetTextMapPropagator()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+	// Back to no SDK (the global provider, once set, cannot be unset): the other tests'
+	// calls make no spans.
+	t.Cleanup(func() { otel.SetTracerProvider(noop.NewTracerProvider()); otel.SetTextMapPropagator(prevProp) })
+
+	var carried []string
+	caller := &fakeCaller{CallFn: func(_ context.Context, _ string, ceType string, _ proto.Message, opts rpcevents.CallOptions, _ proto.Message) error {
+		carried = append(carried, opts.Traceparent)
+		if ceType == rpcevents.TypeCancelDeliberation {
+			return domain.ErrUnavailable
+		}
+		return nil
+	}}
+	srv := &Server{Caller: caller, Logger: slog.New(slog.DiscardHandler)}
+	addr := guarded(t, Config{Auth: AuthConfig{Tokens: mustTokens(t, testTokens), OpenHealth: true}}, srv)
+	conn := connect(t, addr, nil)
+	client := pb.NewRayExecutorServiceClient(conn)
+	const trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	ctx := metadata.AppendToOutgoingContext(withToken(writerToken), "traceparent", "00-"+trace+"-"+parent+"-01")
+	if _, err := client.GetDeliberationStatus(ctx, &pb.GetDeliberationStatusRequest{DeliberationId: "delib-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CancelDeliberation(withToken(writerToken), &pb.CancelDeliberationRequest{DeliberationId: "delib-2"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("cancel: %v, want Unavailable", err)
+	}
+	if _, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	ended := rec.Ended()
+	if len(ended) != 2 {
+		t.Fatalf("%d spans, want 2 (none for the health check)", len(ended))
+	}
+	attr := func(i int, k string) string {
+		for _, kv := range ended[i].Attributes() {
+			if string(kv.Key) == k {
+				return kv.Value.String()
+			}
+		}
+		return ""
+	}
+	status0, status1 := ended[0], ended[1]
+	if status0.Name() != "fleet.ray_executor.v1.RayExecutorService/GetDeliberationStatus" || status0.SpanKind().String() != "server" ||
+		status0.SpanContext().TraceID().String() != trace || status0.Parent().SpanID().String() != parent ||
+		attr(0, "rpc.response.status_code") != "OK" || attr(0, "deliberation.id") != "delib-1" || status0.Status().Code.String() == "Error" {
+		t.Errorf("status span: %s %v parent %v attrs %v status %v", status0.Name(), status0.SpanContext(), status0.Parent(), status0.Attributes(), status0.Status())
+	}
+	if status1.Parent().IsValid() || attr(1, "rpc.response.status_code") != "UNAVAILABLE" || status1.Status().Code.String() != "Error" {
+		t.Errorf("cancel span: parent %v attrs %v status %v, want a new trace, UNAVAILABLE, an error", status1.Parent(), status1.Attributes(), status1.Status())
+	}
+	if len(carried) != 2 || carried[0] != "00-"+trace+"-"+status0.SpanContext().SpanID().String()+"-01" ||
+		carried[1] != "00-"+status1.SpanContext().TraceID().String()+"-"+status1.SpanContext().SpanID().String()+"-01" {
+		t.Errorf("traceparents carried on: %q, want the server spans'", carried)
 	}
 }

@@ -8,13 +8,11 @@ import (
 	"runtime"
 	"time"
 
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/tap"
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
@@ -65,12 +63,8 @@ func ServerOptions(cfg Config, access *AccessLog) []grpc.ServerOption {
 		// Credentials are checked from the headers before the message is read (Guard.Tap), so
 		// only a caller let in learns that its message did not decode (decodeUnary, first so
 		// that it always forgets the failure it answers), then the caller's limits. The access
-		// log is outermost: it sees every outcome, refusals included.
+		// log is outermost: it sees every outcome, refusals included, and makes the server span.
 		grpc.InTapHandle(tapped),
-		// A server span per RPC, joined to the caller's traceparent; health checks are not traced.
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithFilter(func(info *stats.RPCTagInfo) bool {
-			return !isHealth(info.FullMethodName)
-		}))),
 		grpc.ChainUnaryInterceptor(access.Unary, decodeUnary, guard.Unary),
 		grpc.ChainStreamInterceptor(access.Stream, decodeStream, guard.Stream),
 	}

@@ -91,7 +91,7 @@ func (s *Server) GetActiveJobs(ctx context.Context, req *pb.GetActiveJobsRequest
 	return resp, s.call(ctx, s.Routes.List, rpcevents.TypeGetActiveJobs, req, resp)
 }
 
-// traceparentOf is the trace context a call carries on: its server span's (otelgrpc; the
+// traceparentOf is the trace context a call carries on: its server span's (AccessLog.start; the
 // caller's own, passed through, when no exporter is configured), else a valid traceparent
 // the caller sent.
 func traceparentOf(ctx context.Context) string {

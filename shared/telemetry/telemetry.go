@@ -20,7 +20,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -251,32 +250,6 @@ func (t *Telemetry) Shutdown(ctx context.Context) {
 			t.logger.Warn("telemetry: flushing metrics", "error", err.Error())
 		}
 	}
-}
-
-// HTTPHandler wraps h so that each request is a server span named name, joined to the
-// trace its traceparent header names; probes never reach it (shared/serving answers them
-// first).
-// A binary-mode CloudEvent without a W3C traceparent header continues the trace its
-// CloudEvents distributed-tracing extension (ce-traceparent) names.
-func HTTPHandler(h http.Handler, name string) http.Handler {
-	traced := otelhttp.NewHandler(h, name, otelhttp.WithSpanNameFormatter(func(op string, _ *http.Request) string { return op }))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("traceparent") == "" {
-			if tp := r.Header.Get("ce-traceparent"); tp != "" {
-				r.Header.Set("traceparent", tp)
-			}
-		}
-		traced.ServeHTTP(w, r)
-	})
-}
-
-// HTTPTransport wraps rt so that each request is a client span whose context goes out in
-// the traceparent header.
-func HTTPTransport(rt http.RoundTripper) http.RoundTripper {
-	if rt == nil {
-		rt = http.DefaultTransport
-	}
-	return otelhttp.NewTransport(rt)
 }
 
 // tracer makes the spans this module starts itself (from the provider Setup installed).

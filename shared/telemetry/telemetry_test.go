@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -148,5 +149,97 @@ func TestHTTPHandlerJoinsTheCallersTrace(t *testing.T) {
 	}
 	if Traceparent(context.Background()) != "" {
 		t.Error("a context without a span has a traceparent")
+	}
+}
+
+// Each request is a server span with its method and status code (an error from 500 on),
+// and its duration is counted by method (bounded: "_OTHER" for any other) and code.
+func TestHTTPHandlerSpansAndDurations(t *testing.T) {
+	port := freePort(t)
+	tel, err := Setup(context.Background(), Config{ServiceName: "ray-executor-test", MetricsPort: port}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	rec := tracetest.NewSpanRecorder()
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	t.Cleanup(func() { otel.SetTracerProvider(prev) })
+
+	h := HTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/fail":
+			http.Error(w, "down", http.StatusServiceUnavailable)
+		case "/created":
+			w.WriteHeader(http.StatusCreated)
+			w.WriteHeader(http.StatusOK) // ignored by net/http, and here
+		case "/nothing":
+		}
+	}), "status")
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for _, c := range []struct{ method, path string }{{"POST", "/fail"}, {"POST", "/created"}, {"BREW", "/created"}, {"GET", "/nothing"}} {
+		req, _ := http.NewRequest(c.method, srv.URL+c.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	want := []struct {
+		method string
+		code   int64
+		failed bool
+	}{{"POST", 503, true}, {"POST", 201, false}, {"_OTHER", 201, false}, {"GET", 200, false}}
+	ended := rec.Ended()
+	if len(ended) != len(want) {
+		t.Fatalf("%d spans ended, want %d", len(ended), len(want))
+	}
+	for i, sp := range ended {
+		attrs := map[string]any{}
+		for _, kv := range sp.Attributes() {
+			attrs[string(kv.Key)] = kv.Value.AsInterface()
+		}
+		if sp.Name() != "status" || sp.SpanKind().String() != "server" || attrs["http.request.method"] != want[i].method ||
+			attrs["http.response.status_code"] != want[i].code || (sp.Status().Code.String() == "Error") != want[i].failed {
+			t.Errorf("span %d: %s %s %v %v, want %+v", i, sp.Name(), sp.SpanKind(), attrs, sp.Status(), want[i])
+		}
+	}
+	resp, err := http.Get("http://" + tel.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, w := range []string{`http_request_method="POST",http_response_status_code="503"`, `http_request_method="POST",http_response_status_code="201"`,
+		`http_request_method="_OTHER",http_response_status_code="201"`, `http_request_method="GET",http_response_status_code="200"`} {
+		found := false
+		for _, line := range strings.Split(string(body), "\n") {
+			found = found || (strings.HasPrefix(line, "http_server_request_duration_seconds_count{") && strings.Contains(line, w) && strings.HasSuffix(line, " 1"))
+		}
+		if !found {
+			t.Errorf("no count of 1 for %s in:\n%s", w, body)
+		}
+	}
+}
+
+// The attribute sets kept are bounded; past the bound the name is "_OTHER".
+func TestAttributeSetsBounded(t *testing.T) {
+	s := &AttributeSets{NameKey: "rpc.method", CodeKey: "rpc.response.status_code"}
+	for i := 0; i < MaxAttributeSets+10; i++ {
+		set := s.GetString(fmt.Sprintf("m%d", i), "OK")
+		v, _ := set.Value("rpc.method")
+		if want := fmt.Sprintf("m%d", i); i >= MaxAttributeSets {
+			want = "_OTHER"
+			if v.AsString() != want {
+				t.Fatalf("set %d: method %q, want %q", i, v.AsString(), want)
+			}
+		} else if v.AsString() != want {
+			t.Fatalf("set %d: method %q, want %q", i, v.AsString(), want)
+		}
+	}
+	kept := s.GetString("m3", "OK")
+	if v, _ := kept.Value("rpc.method"); v.AsString() != "m3" {
+		t.Errorf("a kept set changed: %q", v.AsString())
 	}
 }
