@@ -181,7 +181,40 @@ func benchProcess(t *testing.T, name string, env []string) string {
 	})
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	waitAccept(t, addr)
+	benchPIDs.Store(addr, cmd.Process.Pid)
 	return addr
+}
+
+// benchPIDs maps each benchProcess's address to its process id, for cpuSeconds.
+var benchPIDs sync.Map
+
+// cpuSeconds is the CPU time (user and system) the processes have used so far, from
+// /proc/PID/stat; addrs are benchProcess addresses, pids process ids.
+func cpuSeconds(t *testing.T, addrs []string, pids ...int) float64 {
+	t.Helper()
+	for _, a := range addrs {
+		pid, ok := benchPIDs.Load(a)
+		if !ok {
+			t.Fatalf("no process known at %s", a)
+		}
+		pids = append(pids, pid.(int))
+	}
+	var total float64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The command name (field 2) is in parentheses and may hold spaces: count after it.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		utime, err1 := strconv.ParseFloat(f[11], 64)
+		stime, err2 := strconv.ParseFloat(f[12], 64)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("/proc/%d/stat: %q", pid, b)
+		}
+		total += (utime + stime) / 100 // USER_HZ is 100 on Linux
+	}
+	return total
 }
 
 func waitAccept(t *testing.T, addr string) {

@@ -161,6 +161,9 @@ func (s *OTLPSink) GRPCEndpoint() string { return "http://" + s.grpc }
 // OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf (or http/json).
 func (s *OTLPSink) HTTPEndpoint() string { return "http://" + s.http }
 
+// PID is the receiver's process id (to account the CPU it uses).
+func (s *OTLPSink) PID() int { return s.cmd.Process.Pid }
+
 // Env is the standard environment that points a process's OTLP exporters at the sink over
 // HTTP (protobuf), with a short batch delay so that a short test sees its spans.
 func (s *OTLPSink) Env() []string {
