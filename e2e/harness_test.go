@@ -143,6 +143,11 @@ func stopExecutors(url string) error {
 		dcancel()
 		b.Close()
 	}
+	if len(ids) == 0 {
+		// Nothing was ever deployed for this server (the benchmarks that need no Ray): no
+		// executor to stop, and no Ray head to ask (make bench runs those without one).
+		return nil
+	}
 	jobs, err := executorJobs(ctx, rc, url)
 	if err != nil {
 		return err
