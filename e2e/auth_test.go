@@ -37,7 +37,7 @@ func startGuardedIngress(t *testing.T, env ...string) (string, *proc) {
 // startGuardedIngressFor is startGuardedIngress in front of system s, whose NATS is nats.
 func startGuardedIngressFor(t *testing.T, s *system, nats string, env ...string) (string, *proc) {
 	t.Helper()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(filepath.Join(binDir, "ingress"))
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",

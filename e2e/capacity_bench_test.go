@@ -17,6 +17,7 @@ import (
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // TestColdStartReport measures how soon each binary's readiness probe succeeds after exec
@@ -49,7 +50,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // containerConcurrency and the autoscaling target.
 func TestFunctionCapacityReport(t *testing.T) {
 	nats, id := scratchRecord(t)
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	cmd := exec.Command(filepath.Join(binDir, "status"))
 	cmd.Env = []string{fmt.Sprintf("PORT=%d", port), "NATS_URL=" + nats,
 		"GOMAXPROCS=1", "LOG_LEVEL=warn", "PATH=" + os.Getenv("PATH")}

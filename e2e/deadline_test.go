@@ -19,6 +19,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // Deadlines are the gateway's promise, kept with no executor at all (none deployed, as
@@ -31,7 +32,7 @@ import (
 func TestDeadlinesHoldWithNoExecutor(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	srv, err := natslocal.Start(fmt.Sprintf("127.0.0.1:%d", freePort(t)), filepath.Join(dir, "nats"))
+	srv, err := natslocal.Start(fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), filepath.Join(dir, "nats"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 func readBus(t *testing.T, url string) *natsbus.Bus {
@@ -189,7 +190,7 @@ func TestLifecycleEventsAndCompatibleResponses(t *testing.T) {
 func TestNATSDownRefusesFastAndTheRetryCompletes(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	srv, err := natslocal.Start(addr, filepath.Join(dir, "nats"))
 	if err != nil {

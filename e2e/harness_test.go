@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -189,16 +188,6 @@ type proc struct {
 
 type syncBuffer = testenv.SyncBuffer
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // start runs function name with env (PORT and RAY_ADDRESS are filled in) and waits until
 // its readiness probe answers.
 func start(t testing.TB, name string, env ...string) *proc {
@@ -222,7 +211,7 @@ func start(t testing.TB, name string, env ...string) *proc {
 // launch runs function name like start, without waiting for it to be ready.
 func launch(t testing.TB, name string, env ...string) *proc {
 	t.Helper()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	cmd := exec.Command(filepath.Join(binDir, name))
 	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
@@ -305,7 +294,7 @@ func shared(t *testing.T) *system {
 // startShared is start without per-test cleanup: the processes end with the test binary.
 func startShared(t *testing.T, name string, env ...string) *proc {
 	t.Helper()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	cmd := exec.Command(filepath.Join(binDir, name))
 	cmd.Env = append(append([]string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port),
 		"RAY_ADDRESS=" + testenv.RayAddress(t), "RAY_AUTH_TOKEN_FILE=" + os.Getenv("RAY_AUTH_TOKEN_FILE"), "LOG_LEVEL=warn", "NATS_URL=" + natsURL,

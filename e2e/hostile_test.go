@@ -60,7 +60,7 @@ func TestHostileCallersAgainstTheStack(t *testing.T) {
 	stub, llmURL := llm(t)
 	stub.Script("m-slow", llmstub.Behavior{Delay: 6 * time.Second})
 	stub.Script("m1", llmstub.Behavior{})
-	srv, err := natslocal.Start(fmt.Sprintf("127.0.0.1:%d", freePort(t)), filepath.Join(t.TempDir(), "nats"))
+	srv, err := natslocal.Start(fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), filepath.Join(t.TempDir(), "nats"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // startIngress runs the ingress binary in front of the given functions.
@@ -32,7 +33,7 @@ func startIngress(t *testing.T, execute, status, list string, env ...string) (pb
 // startIngressProc is startIngress, also giving the ingress's process.
 func startIngressProc(t *testing.T, execute, status, list string, env ...string) (pb.RayExecutorServiceClient, string, *proc) {
 	t.Helper()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(filepath.Join(binDir, "ingress"))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",

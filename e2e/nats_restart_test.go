@@ -16,6 +16,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // NATS restarted during a burst, on the same store (a NATS pod restarted on its volume):
@@ -29,7 +30,7 @@ import (
 func TestNATSRestartedDuringABurst(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	store := filepath.Join(dir, "nats")
 	srv, err := natslocal.Start(addr, store)
 	if err != nil {

@@ -163,7 +163,7 @@ func benchKnob(name string, def int) int {
 // its address once it accepts connections.
 func benchProcess(t *testing.T, name string, env []string) string {
 	t.Helper()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	cmd := exec.Command(filepath.Join(binDir, name))
 	cmd.Env = append(append([]string{"PATH=" + os.Getenv("PATH")}, env...), "PORT="+strconv.Itoa(port), "HOST=127.0.0.1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -188,8 +188,8 @@ func benchProcess(t *testing.T, name string, env []string) string {
 // benchPIDs maps each benchProcess's address to its process id, for cpuSeconds.
 var benchPIDs sync.Map
 
-// cpuSeconds is the CPU time (user and system) the processes have used so far, from
-// /proc/PID/stat; addrs are benchProcess addresses, pids process ids.
+// cpuSeconds is the CPU time (user and system) the processes have used so far, in seconds;
+// addrs are benchProcess addresses, pids process ids.
 func cpuSeconds(t *testing.T, addrs []string, pids ...int) float64 {
 	t.Helper()
 	for _, a := range addrs {
@@ -199,22 +199,11 @@ func cpuSeconds(t *testing.T, addrs []string, pids ...int) float64 {
 		}
 		pids = append(pids, pid.(int))
 	}
-	var total float64
+	var total time.Duration
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The command name (field 2) is in parentheses and may hold spaces: count after it.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		utime, err1 := strconv.ParseFloat(f[11], 64)
-		stime, err2 := strconv.ParseFloat(f[12], 64)
-		if err1 != nil || err2 != nil {
-			t.Fatalf("/proc/%d/stat: %q", pid, b)
-		}
-		total += (utime + stime) / 100 // USER_HZ is 100 on Linux
+		total += testenv.ProcCPU(t, pid)
 	}
-	return total
+	return total.Seconds()
 }
 
 func waitAccept(t *testing.T, addr string) {

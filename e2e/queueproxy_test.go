@@ -443,7 +443,7 @@ func TestQueueProxyRevisionTimeout(t *testing.T) {
 func TestQueueProxyReadinessDoesNotCascade(t *testing.T) {
 	t.Parallel()
 	shared(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	store := filepath.Join(t.TempDir(), "nats")
 	srv, err := natslocal.Start(addr, store)
 	if err != nil {

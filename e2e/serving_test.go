@@ -20,6 +20,7 @@ import (
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/rpcevents"
+	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
 // slowRay is a Ray dashboard that answers every request (the version probe included) after
@@ -90,7 +91,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 			_, _ = w.Write([]byte(`{"jobs":[{"job_id":"delib-x"}]}`))
 		}))
 		t.Cleanup(slowFn.Close)
-		port := freePort(t)
+		port := testenv.FreePort(t)
 		cmd := exec.Command(filepath.Join(binDir, "ingress"))
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",
 			"LIST_URL=" + slowFn.URL, "NATS_URL=" + scratchNATS(t)}

@@ -47,7 +47,7 @@ func TestTelemetryChainReport(t *testing.T) {
 	var metricsPorts []int
 	traced := func(sampler ...string) func() []string {
 		return func() []string {
-			p := freePort(t)
+			p := testenv.FreePort(t)
 			metricsPorts = append(metricsPorts, p)
 			// The span batcher as deployed (the SDK's defaults: knative/ sets no OTEL_BSP_*),
 			// not the tests' short delay.

@@ -35,7 +35,7 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 	t.Parallel()
 	sink := testenv.StartOTLPSink(t)
 	stub, llmURL := llm(t)
-	srv, err := natslocal.Start(fmt.Sprintf("127.0.0.1:%d", freePort(t)), filepath.Join(t.TempDir(), "nats"))
+	srv, err := natslocal.Start(fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), filepath.Join(t.TempDir(), "nats"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 	const alice = "alice-telemetry-0123456789abcdef"
 	ports := map[string]int{}
 	startTraced := func(name string, extra ...string) *proc {
-		ports[name] = freePort(t)
+		ports[name] = testenv.FreePort(t)
 		env := append([]string{"NATS_URL=" + srv.URL(), "INTERNAL_TOKEN=" + internal, fmt.Sprintf("METRICS_PORT=%d", ports[name])}, sink.Env()...)
 		return start(t, name, append(env, extra...)...)
 	}
@@ -59,7 +59,7 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 	if err := os.WriteFile(tokens, []byte("alice "+alice+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ports["ingress"] = freePort(t)
+	ports["ingress"] = testenv.FreePort(t)
 	addr, _ := startGuardedIngressFor(t, s, srv.URL(), append([]string{"AUTH_TOKENS_FILE=" + tokens, "INTERNAL_TOKEN=" + internal,
 		fmt.Sprintf("METRICS_PORT=%d", ports["ingress"])}, sink.Env()...)...)
 	client := pb.NewRayExecutorServiceClient(dialIngress(t, addr, insecure.NewCredentials()))

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -22,23 +21,6 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 )
 
-// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat (100 on Linux).
-const clockTicks = 100
-
-// cpuOf returns the CPU time (user + system, all threads) process pid has used so far.
-func cpuOf(t *testing.T, pid int) time.Duration {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The command name (field 2) may hold spaces; count fields after its closing ")".
-	fields := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+2:])
-	utime, _ := strconv.ParseInt(fields[11], 10, 64) // field 14
-	stime, _ := strconv.ParseInt(fields[12], 10, 64) // field 15
-	return time.Duration(utime+stime) * time.Second / clockTicks
-}
-
 // server is one process serving the status function.
 type server struct {
 	name string
@@ -48,7 +30,7 @@ type server struct {
 
 func startServer(t *testing.T, name, bin string, env ...string) *server {
 	t.Helper()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	cmd := exec.Command(bin)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "HOST=127.0.0.1",
 		"LOG_LEVEL=warn", "GOMAXPROCS=1"}, env...)
@@ -110,13 +92,18 @@ func TestFrameworkCPUReport(t *testing.T) {
 	rounds := envInt("BENCH_ROUNDS", 5)
 	conc := envInt("BENCH_CONCURRENCY", 8)
 	natsURL := "NATS_URL=" + testenv.NATS(t).Config().URL
-	knativeBin := filepath.Join(filepath.Dir(binary), "status")
-	if out, err := exec.Command("go", "build", "-o", knativeBin, "../status/cmd").CombinedOutput(); err != nil {
-		t.Fatalf("building the status binary: %v\n%s", err, out)
+	// Built here: the package's TestMain, which builds the framework binary for the other
+	// tests, is in the ray-tagged file, and make bench builds this file with bench alone.
+	dir := t.TempDir()
+	knativeBin, frameworkBin := filepath.Join(dir, "status"), filepath.Join(dir, "funcframework")
+	for bin, pkg := range map[string]string{knativeBin: "../status/cmd", frameworkBin: "./cmd"} {
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			t.Fatalf("building %s: %v\n%s", pkg, err, out)
+		}
 	}
 	servers := []*server{
 		startServer(t, "shared/serving (Knative image)", knativeBin, natsURL),
-		startServer(t, "functions-framework-go (funcframework)", binary, natsURL, "FUNCTION_TARGET=status"),
+		startServer(t, "functions-framework-go (funcframework)", frameworkBin, natsURL, "FUNCTION_TARGET=status"),
 	}
 	for _, s := range servers { // warm up: connections, caches, the heap
 		load(t, s.url, 2000, conc)
@@ -125,9 +112,9 @@ func TestFrameworkCPUReport(t *testing.T) {
 	rps := map[string][]float64{}
 	for r := 0; r < rounds; r++ {
 		for _, s := range servers {
-			before := cpuOf(t, s.cmd.Process.Pid)
+			before := testenv.ProcCPU(t, s.cmd.Process.Pid)
 			elapsed := load(t, s.url, n, conc)
-			cpu := cpuOf(t, s.cmd.Process.Pid) - before
+			cpu := testenv.ProcCPU(t, s.cmd.Process.Pid) - before
 			perReq[s.name] = append(perReq[s.name], float64(cpu.Microseconds())/float64(n))
 			rps[s.name] = append(rps[s.name], float64(n)/elapsed.Seconds())
 		}

@@ -14,7 +14,6 @@ import (
 	"go/parser"
 	"go/token"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -77,21 +76,11 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // startFunction runs the framework binary with FUNCTION_TARGET=target on a free port and
 // waits until the function's readiness probe (served by the registered handler) answers.
 func startFunction(t *testing.T, target string, env ...string) string {
 	t.Helper()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	cmd := exec.Command(binary)
 	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
@@ -279,7 +268,7 @@ func TestUnknownTargetRefusedAtStart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "FUNCTION_TARGET=nope", fmt.Sprintf("PORT=%d", freePort(t)),
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "FUNCTION_TARGET=nope", fmt.Sprintf("PORT=%d", testenv.FreePort(t)),
 		"HOST=127.0.0.1"}
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `"nope"`) {

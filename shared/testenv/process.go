@@ -30,12 +30,7 @@ func StartBinary(t testing.TB, pkg string, env ...string) *Process {
 	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := FreePort(t)
 	p := &Process{Cmd: exec.Command(bin), Addr: fmt.Sprintf("127.0.0.1:%d", port), out: &bytes.Buffer{}}
 	p.Cmd.Env = append(append(os.Environ(), "PORT="+strconv.Itoa(port), "LOG_LEVEL=warn"), env...)
 	p.Cmd.Stdout, p.Cmd.Stderr = p.out, p.out
@@ -85,4 +80,39 @@ func ProcMemory(t testing.TB, pid int) (rss, peak int64) {
 		t.Fatalf("no VmRSS/VmHWM for pid %d", pid)
 	}
 	return rss, peak
+}
+
+// ProcCPU is the CPU time (user and system, all threads) process pid has used so far, from
+// /proc/<pid>/stat.
+func ProcCPU(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces: count after it.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		t.Fatalf("/proc/%d/stat: %q", pid, b)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%d/stat: %q", pid, b)
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of utime and stime (100 on Linux).
+const clockTicks = 100
+
+// FreePort is a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
