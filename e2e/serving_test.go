@@ -167,6 +167,8 @@ func timeToReady(name, rayURL, natsURL string) (time.Duration, error) {
 	}
 	cmd := exec.Command(filepath.Join(binDir, name))
 	cmd.Env = []string{fmt.Sprintf("PORT=%d", ln), "RAY_ADDRESS=" + rayURL, "NATS_URL=" + natsURL}
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		return 0, err
@@ -188,5 +190,5 @@ func timeToReady(name, rayURL, natsURL string) (time.Duration, error) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return 0, fmt.Errorf("%s not ready within 10s", name)
+	return 0, fmt.Errorf("%s not ready within 10s; its output:\n%s", name, out.String())
 }
