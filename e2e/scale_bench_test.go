@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -170,15 +169,6 @@ func scaleFill(t *testing.T, store *records.Store, n int, finished bool) []strin
 	return ids
 }
 
-func scaleFreePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // scaleMeasure starts fresh status and list binaries on the store and loads them.
 func scaleMeasure(t *testing.T, dir, natsURL string, ids []string, rate, seconds int) scaleResult {
 	type fn struct {
@@ -186,7 +176,7 @@ func scaleMeasure(t *testing.T, dir, natsURL string, ids []string, rate, seconds
 		url string
 	}
 	start := func(name string) fn {
-		port := scaleFreePort(t)
+		port := testenv.FreePort(t)
 		cmd := exec.Command(filepath.Join(dir, name))
 		cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "NATS_URL="+natsURL, "LOG_LEVEL=error",
 			"RAY_ADDRESS=http://127.0.0.1:1", "INTERNAL_AUTH_REQUIRED=false", "INTERNAL_TOKEN=", "INTERNAL_TOKEN_FILE=")
@@ -295,7 +285,7 @@ func scalePct(d []time.Duration, p int) time.Duration {
 // store in dir) as a child process and returns its URL.
 func scaleNATS(t *testing.T, dir string) string {
 	t.Helper()
-	port := scaleFreePort(t)
+	port := testenv.FreePort(t)
 	cmd := exec.Command(filepath.Join(dir, "nats-local"), "-addr", fmt.Sprintf("127.0.0.1:%d", port), "-store", filepath.Join(dir, "nats"))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {

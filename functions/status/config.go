@@ -38,8 +38,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	cfg := Config{
 		Serving:      config.ReadServing(r, 8082),
 		Telemetry:    telemetry.Read(r, "ray-executor-status"),
-		CacheSize:    r.Int("RESULT_CACHE_SIZE", 1024),
-		CacheBytes:   r.Int("RESULT_CACHE_BYTES", 1<<20),
+		CacheSize:    r.Int("RESULT_CACHE_SIZE", defaultCacheSize),
+		CacheBytes:   r.Int("RESULT_CACHE_BYTES", defaultCacheBytes),
 		MaxBodyBytes: int64(r.Int("MAX_BODY_BYTES", 64<<10)),
 		Source:       r.String("CE_SOURCE", "ray-executor/status"),
 		Access:       rpcevents.ReadAccess(r),

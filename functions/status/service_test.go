@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -17,6 +19,7 @@ import (
 	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/natslocal"
 	"github.com/fleet-ai/ray-executor/shared/records"
+	"github.com/fleet-ai/ray-executor/shared/telemetry"
 	"github.com/fleet-ai/ray-executor/shared/testenv"
 	"google.golang.org/protobuf/proto"
 )
@@ -265,7 +268,7 @@ func TestStatusErrors(t *testing.T) {
 func TestConfig(t *testing.T) {
 	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 	cfg, err := LoadConfig(env(nil))
-	if err != nil || cfg.CacheSize != 1024 || cfg.Records.Bucket != records.DefaultBucket || cfg.Source != "ray-executor/status" {
+	if err != nil || cfg.CacheSize != 256 || cfg.CacheBytes != 256<<10 || cfg.Records.Bucket != records.DefaultBucket || cfg.Source != "ray-executor/status" {
 		t.Errorf("defaults: got %+v, %v", cfg, err)
 	}
 	for k, want := range map[string]string{"ENABLE_NATS": "ENABLE_NATS=false is no longer supported", "RESULT_CACHE_SIZE": "RESULT_CACHE_SIZE must be positive"} {
@@ -377,6 +380,52 @@ func TestStatusOfAnotherCallersIsNotFound(t *testing.T) {
 					t.Errorf("round %d, %+v: foreign %v differs from unknown %v", round, c.who, Response(rep), Response(other))
 				}
 			}
+		}
+	}
+}
+
+// rex.status.cache.lookups says where each read's answer came from, as Prometheus scrapes it
+// from the metrics port.
+func TestCacheLookupsAreCounted(t *testing.T) {
+	tel, err := telemetry.Setup(ctxT(t), telemetry.Config{ServiceName: "ray-executor-status", MetricsPort: testenv.FreePort(t)},
+		slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	lookups := func(result string) int {
+		t.Helper()
+		resp, err := http.Get("http://" + tel.MetricsAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		m := regexp.MustCompile(`(?m)^rex_status_cache_lookups_total\{result="` + result + `",service_name="ray-executor-status"\} (\d+)$`).FindSubmatch(body)
+		if m == nil {
+			return 0
+		}
+		n, _ := strconv.Atoi(string(m[1]))
+		return n
+	}
+	s := newStore(t)
+	svc := NewService(s, 8, 0)
+	running := stored(t, s, "k", func(r domain.Record) (domain.Record, error) { return r.Start(1, "x", t0) })
+	done := stored(t, s, "k2", func(r domain.Record) (domain.Record, error) { return r.Fail("x", "y", t0) })
+	for _, id := range []string{running, running, done, done, done} {
+		if _, err := svc.Status(ctxT(t), id, domain.Caller{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A foreign id and one with no record never reach the cache.
+	for _, id := range []string{"not-one-of-ours", domain.NewDeliberationID()} {
+		if _, err := svc.Status(ctxT(t), id, domain.Caller{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for result, want := range map[string]int{"active": 2, "miss": 1, "hit": 2} {
+		if got := lookups(result); got != want {
+			t.Errorf("result=%s: %d, want %d", result, got, want)
 		}
 	}
 }
