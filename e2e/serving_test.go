@@ -4,12 +4,14 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -159,8 +161,22 @@ func TestBinariesStartWithOnlyPORTAndNATS(t *testing.T) {
 // timeToReady starts binary name with only PORT and NATS_URL (NATS is the store; readiness
 // is NATS answering), plus RAY_ADDRESS at rayURL (a stand-in, so no executor is deployed),
 // and returns how long after exec its readiness probe first succeeded: /readyz 200 for
-// functions, a TCP accept for the ingress (its Knative probe is tcpSocket).
+// functions, a TCP accept for the ingress (its Knative probe is tcpSocket). A port another
+// test took between the probe for a free one and the binary's bind is tried again with
+// another port, at most twice; any other early exit is an error with the binary's output.
 func timeToReady(name, rayURL, natsURL string) (time.Duration, error) {
+	for try := 1; ; try++ {
+		d, err := timeToReadyOnce(name, rayURL, natsURL)
+		if errors.Is(err, errPortTaken) && try < 3 {
+			continue
+		}
+		return d, err
+	}
+}
+
+var errPortTaken = errors.New("port taken")
+
+func timeToReadyOnce(name, rayURL, natsURL string) (time.Duration, error) {
 	ln, err := (&net0{}).port()
 	if err != nil {
 		return 0, err
@@ -173,10 +189,24 @@ func timeToReady(name, rayURL, natsURL string) (time.Duration, error) {
 	if err := cmd.Start(); err != nil {
 		return 0, err
 	}
-	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	}()
 	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", ln)
 	client := &http.Client{Timeout: time.Second}
 	for time.Since(t0) < 10*time.Second {
+		select {
+		case err := <-exited:
+			exited <- err // for the deferred wait
+			if strings.Contains(out.String(), "address already in use") {
+				return 0, fmt.Errorf("%s: %w: %s", name, errPortTaken, out.String())
+			}
+			return 0, fmt.Errorf("%s exited before it was ready (%v); its output:\n%s", name, err, out.String())
+		default:
+		}
 		if name == "ingress" {
 			if c, err := dialTCP(fmt.Sprintf("127.0.0.1:%d", ln)); err == nil {
 				c.Close()
