@@ -40,6 +40,7 @@ var leftUnset = map[string]string{
 	"OTEL_EXPORTER_OTLP_HEADERS_FILE":     "as OTEL_EXPORTER_OTLP_HEADERS",
 	"OTEL_METRIC_EXPORT_INTERVAL":         "the OpenTelemetry default, 60 s, when exporting over OTLP",
 	"OTEL_BSP_SCHEDULE_DELAY":             "passed on to the executor job only when set; the SDK's default, 5 s, otherwise",
+	"OTEL_METRICS_EXEMPLAR_FILTER":        "exemplars are off unless set (they cost every measurement made in a sampled span, and nothing here reads them); trace_based exports them over OTLP",
 	"OTEL_SERVICE_NAME":                   "each binary names itself ray-executor-<function>",
 	"OTEL_SDK_DISABLED":                   "telemetry costs nothing to export while no endpoint is set; the metrics port stays useful",
 }

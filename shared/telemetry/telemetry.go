@@ -30,6 +30,7 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -57,6 +58,13 @@ type Config struct {
 	ExportInterval time.Duration
 	// MetricsPort (METRICS_PORT) serves GET /metrics as Prometheus text; 0 turns it off.
 	MetricsPort int
+	// ExemplarFilter (OTEL_METRICS_EXEMPLAR_FILTER): which measurements keep an exemplar (a
+	// sampled trace's ids beside a metric point). always_off here by default, not the SDK's
+	// trace_based: an exemplar costs every measurement made inside a sampled span (six per
+	// traced request on the gRPC -> status chain), the Prometheus text of the metrics port
+	// cannot carry them, and nothing of ours reads them (BENCHMARKS.md "Tracing and metrics
+	// on the chain"). trace_based or always_on to export them over OTLP.
+	ExemplarFilter string
 	// Disabled (OTEL_SDK_DISABLED=true) turns everything off.
 	Disabled bool
 }
@@ -71,6 +79,7 @@ func Read(r *config.Reader, service string) Config {
 		Protocol:        r.String("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
 		ExportInterval:  time.Duration(r.Int("OTEL_METRIC_EXPORT_INTERVAL", 60000)) * time.Millisecond,
 		MetricsPort:     r.Int("METRICS_PORT", 0),
+		ExemplarFilter:  r.String("OTEL_METRICS_EXEMPLAR_FILTER", "always_off"),
 		Disabled:        r.Bool("OTEL_SDK_DISABLED", false),
 	}
 	if base != "" {
@@ -89,6 +98,9 @@ func Read(r *config.Reader, service string) Config {
 	if c.Protocol != "http/protobuf" && c.Protocol != "grpc" {
 		r.Fail("OTEL_EXPORTER_OTLP_PROTOCOL=%q: this build exports over http/protobuf or grpc", c.Protocol)
 	}
+	if _, ok := exemplarFilters[c.ExemplarFilter]; !ok {
+		r.Fail("OTEL_METRICS_EXEMPLAR_FILTER=%q: want always_off, trace_based or always_on", c.ExemplarFilter)
+	}
 	if c.ExportInterval < 100*time.Millisecond {
 		r.Fail("OTEL_METRIC_EXPORT_INTERVAL must be at least 100 (milliseconds)")
 	}
@@ -101,6 +113,20 @@ func Read(r *config.Reader, service string) Config {
 		}
 	}
 	return c
+}
+
+// exemplarFilters are OTEL_METRICS_EXEMPLAR_FILTER's values.
+var exemplarFilters = map[string]exemplar.Filter{
+	"always_off": exemplar.AlwaysOffFilter, "trace_based": exemplar.TraceBasedFilter, "always_on": exemplar.AlwaysOnFilter,
+}
+
+// exemplarOption is the meter provider's exemplar filter: always_off unless cfg names another.
+func exemplarOption(cfg Config) sdkmetric.Option {
+	filter, ok := exemplarFilters[cfg.ExemplarFilter]
+	if !ok {
+		filter = exemplar.AlwaysOffFilter
+	}
+	return sdkmetric.WithExemplarFilter(filter)
 }
 
 // signalURL is the endpoint of one signal under the base OTEL_EXPORTER_OTLP_ENDPOINT: the
@@ -158,7 +184,7 @@ func Setup(ctx context.Context, cfg Config, logger *slog.Logger) (*Telemetry, er
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: prometheus exporter: %w", err)
 	}
-	mopts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(prom)}
+	mopts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(prom), exemplarOption(cfg)}
 	if cfg.MetricsEndpoint != "" {
 		exp, err := metricExporter(ctx, cfg)
 		if err != nil {

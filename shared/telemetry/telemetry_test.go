@@ -14,6 +14,8 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
@@ -28,7 +30,8 @@ func read(env map[string]string) (Config, error) {
 
 func TestRead(t *testing.T) {
 	c, err := read(nil)
-	if err != nil || c.TracesEndpoint != "" || c.MetricsEndpoint != "" || c.MetricsPort != 0 || c.ServiceName != "ray-executor-test" {
+	if err != nil || c.TracesEndpoint != "" || c.MetricsEndpoint != "" || c.MetricsPort != 0 || c.ServiceName != "ray-executor-test" ||
+		c.ExemplarFilter != "always_off" {
 		t.Fatalf("nothing set: got %+v, %v; want no export and no port", c, err)
 	}
 	c, err = read(map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/", "OTEL_SERVICE_NAME": "mine",
@@ -43,8 +46,8 @@ func TestRead(t *testing.T) {
 	}
 	_, err = read(map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_METRIC_EXPORT_INTERVAL": "10",
 		"METRICS_PORT": "70000", "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
-		"OTEL_EXPORTER_OTLP_HEADERS": "secret-key-0123456789"})
-	for _, want := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_METRIC_EXPORT_INTERVAL", "METRICS_PORT", "must be an http:// or https:// URL",
+		"OTEL_EXPORTER_OTLP_HEADERS": "secret-key-0123456789", "OTEL_METRICS_EXEMPLAR_FILTER": "sometimes"})
+	for _, want := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", `OTEL_METRICS_EXEMPLAR_FILTER="sometimes"`, "OTEL_METRIC_EXPORT_INTERVAL", "METRICS_PORT", "must be an http:// or https:// URL",
 		"OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("got %v, want it to name %q", err, want)
@@ -52,6 +55,30 @@ func TestRead(t *testing.T) {
 	}
 	if err != nil && strings.Contains(err.Error(), "secret-key-0123456789") {
 		t.Errorf("a configuration error shows the headers' value: %v", err)
+	}
+}
+
+// A measurement made inside a sampled span keeps no exemplar unless
+// OTEL_METRICS_EXEMPLAR_FILTER asks for them.
+func TestExemplarsOffUnlessAsked(t *testing.T) {
+	tp := sdktrace.NewTracerProvider()
+	ctx, span := tp.Tracer("t").Start(context.Background(), "sampled")
+	defer span.End()
+	for filter, want := range map[string]bool{"": false, "always_off": false, "trace_based": true} {
+		rdr := sdkmetric.NewManualReader()
+		h, err := sdkmetric.NewMeterProvider(sdkmetric.WithReader(rdr), exemplarOption(Config{ExemplarFilter: filter})).Meter("t").Float64Histogram("h")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Record(ctx, 0.5)
+		var rm metricdata.ResourceMetrics
+		if err := rdr.Collect(context.Background(), &rm); err != nil {
+			t.Fatal(err)
+		}
+		points := rm.ScopeMetrics[0].Metrics[0].Data.(metricdata.Histogram[float64]).DataPoints
+		if got := len(points[0].Exemplars) > 0; got != want || points[0].Count != 1 {
+			t.Errorf("filter %q: exemplar kept %v, want %v (count %d)", filter, got, want, points[0].Count)
+		}
 	}
 }
 
