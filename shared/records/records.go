@@ -19,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/fleet-ai/ray-executor/shared/config"
@@ -96,6 +97,7 @@ type Store struct {
 
 	mu     sync.Mutex
 	bucket jetstream.KeyValue // cached after the first lookup: one round trip less per call
+	stream jetstream.Stream   // the bucket's stream, likewise
 
 	readers []*Store // SpreadReads's: Get takes turns over s and these
 	turn    atomic.Uint32
@@ -334,23 +336,50 @@ func (s *Store) PutActive(ctx context.Context, e domain.ActiveEntry) error {
 	return nil
 }
 
-// DeleteActive removes a record from the active index (after its terminal transition).
+// DeleteActive removes a record from the active index (after its terminal transition). It
+// purges the entry's subject rather than writing a KV delete marker, so the index holds
+// exactly the active deliberations: Active reads it in one atomic batch of at most
+// activeBatchLimit entries, and a marker would count against that as one.
 func (s *Store) DeleteActive(ctx context.Context, id string) error {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
-	kv, err := s.kv(ctx)
+	st, err := s.bucketStream(ctx)
 	if err != nil {
 		return err
 	}
-	if err := kv.Delete(ctx, activeKey(id)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(s.subject(activeKey(id)))); err != nil {
 		return unavailable("unindex "+id, err)
 	}
 	return nil
 }
 
-// Active reads the active index: what it costs grows with the active deliberations (and the
-// delete markers PurgeDeletes has not removed yet), never with the history. Entries that do
-// not decode are reported in bad and left out.
+// bucketStream is the stream under the records bucket, looked up once.
+func (s *Store) bucketStream(ctx context.Context) (jetstream.Stream, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stream != nil {
+		return s.stream, nil
+	}
+	st, err := s.js.Stream(ctx, s.streamName())
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("records: bucket %s does not exist yet: %w: %w", s.cfg.Bucket, errNoBucket, domain.ErrUnavailable)
+	}
+	if err != nil {
+		return nil, unavailable("bucket "+s.cfg.Bucket, err)
+	}
+	s.stream = st
+	return st, nil
+}
+
+func (s *Store) streamName() string { return "KV_" + s.cfg.Bucket }
+
+// subject is a key's subject in the bucket's stream.
+func (s *Store) subject(key string) string { return "$KV." + s.cfg.Bucket + "." + key }
+
+// Active reads the active index: what it costs grows with the active deliberations, never
+// with the history. It is one snapshot: a deliberation that is active the whole time the
+// read takes is listed, however the index changes meanwhile. Entries that do not decode are
+// reported in bad and left out.
 func (s *Store) Active(ctx context.Context) (out []domain.ActiveEntry, bad []string, err error) {
 	if err := s.ready(); err != nil {
 		return nil, nil, err
@@ -364,41 +393,186 @@ func (s *Store) Active(ctx context.Context) (out []domain.ActiveEntry, bad []str
 	if err != nil {
 		return nil, nil, err
 	}
-	w, err := kv.Watch(ctx, "active.*", jetstream.IgnoreDeletes())
+	entries, err := s.activeBatch(ctx)
+	if errors.Is(err, errNoBatch) {
+		entries, err = s.activeWatched(ctx, kv)
+	}
 	if err != nil {
-		return nil, nil, unavailable("watch the active index", err)
+		return nil, nil, unavailable("read the active index", err)
 	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, nil, unavailable("read the active index", ctx.Err())
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, nil, unavailable("read the active index", errors.New("watcher closed"))
-			}
-			if e == nil { // the initial values are all delivered
-				return out, bad, nil
-			}
-			var a domain.ActiveEntry
-			if err := json.Unmarshal(e.Value(), &a); err != nil || a.ID == "" {
-				bad = append(bad, e.Key())
-				continue
-			}
-			out = append(out, a)
+	for _, e := range entries {
+		var a domain.ActiveEntry
+		if err := json.Unmarshal(e.value, &a); err != nil || a.ID == "" {
+			bad = append(bad, e.key)
+			continue
 		}
+		out = append(out, a)
 	}
+	return out, bad, nil
 }
 
-// PurgeDeletes removes the delete markers older than age that ended deliberations leave in
-// the active index, so reading it stays proportional to the active ones.
+// activeBatchLimit is how many subjects the server answers in one batch read (nats-server's
+// getDirectMulti refuses more with 413).
+const activeBatchLimit = 1024
+
+// errNoBatch: the index cannot be read in one batch (more than activeBatchLimit entries, or
+// a server older than 2.11); Active reads it with a watcher instead.
+var errNoBatch = errors.New("no batch read")
+
+type keyValue struct {
+	key   string
+	value []byte
+}
+
+// activeBatch reads the index in one direct batch request for the last message of every
+// active.* subject. The server answers it under its store's lock, so it is a true snapshot,
+// and it needs no consumer: one round trip. Markers that older versions wrote (KV deletes)
+// are skipped.
+func (s *Store) activeBatch(ctx context.Context) ([]keyValue, error) {
+	msgs, err := jetstreamext.GetLastMsgsFor(ctx, s.js, s.streamName(), []string{s.subject("active.*")})
+	if err != nil {
+		return nil, err
+	}
+	prefix := s.subject("")
+	var out []keyValue
+	pending := -1
+	for m, err := range msgs {
+		switch {
+		case errors.Is(err, jetstreamext.ErrNoMessages):
+			return nil, nil
+		case errors.Is(err, jetstreamext.ErrBatchUnsupported):
+			return nil, errNoBatch
+		case err != nil:
+			return nil, err
+		}
+		if pending, err = strconv.Atoi(m.Header.Get("Nats-Num-Pending")); err != nil {
+			return nil, fmt.Errorf("batch read: bad Nats-Num-Pending %q", m.Header.Get("Nats-Num-Pending"))
+		}
+		if isMarker(m.Header) {
+			continue
+		}
+		out = append(out, keyValue{strings.TrimPrefix(m.Subject, prefix), m.Data})
+	}
+	// The iterator ends quietly when the context does; only a last message with nothing
+	// pending after it says the batch is whole.
+	if pending != 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return nil, errors.New("batch read ended before its last message")
+	}
+	return out, nil
+}
+
+// isMarker tells a KV delete or purge marker (or a server's subject-delete marker) from a value.
+func isMarker(h nats.Header) bool {
+	return h.Get("KV-Operation") != "" || h.Get("Nats-Marker-Reason") != ""
+}
+
+// activeWatched reads the index with a watcher, for when a batch cannot. The client's
+// watcher declares its initial values done once it has received as many messages as were
+// pending when it started, and an entry added or removed meanwhile counts toward that, so an
+// entry rewritten during the read (its old message gone, its new one not yet delivered)
+// can be missed. The subjects the stream held before the watch began are the check: any of
+// them the watch did not deliver is read by key.
+func (s *Store) activeWatched(ctx context.Context, kv jetstream.KeyValue) ([]keyValue, error) {
+	st, err := s.bucketStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(s.subject("active.*")))
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.Watch(ctx, "active.*", jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	var out []keyValue
+	seen := map[string]int{} // key → its index in out
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return nil, errors.New("watcher closed")
+			case e == nil: // the initial values, as the client counts them
+				done = true
+			default:
+				if i, ok := seen[e.Key()]; ok { // rewritten while reading: the newer value
+					out[i].value = e.Value()
+					continue
+				}
+				seen[e.Key()] = len(out)
+				out = append(out, keyValue{e.Key(), e.Value()})
+			}
+		}
+	}
+	prefix := s.subject("")
+	for subj := range info.State.Subjects {
+		key := strings.TrimPrefix(subj, prefix)
+		if _, ok := seen[key]; ok {
+			continue
+		}
+		e, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue // ended meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, keyValue{key, e.Value()})
+	}
+	return out, nil
+}
+
+// PurgeDeletes removes KV delete markers older than age from the active index: versions
+// before DeleteActive purged wrote one per ended deliberation, and each counts against the
+// batch read's limit until it goes. It reads the index alone (nats.go's KeyValue.PurgeDeletes
+// would watch every key in the bucket, the whole history, on every reconciler pass), and
+// purges each marker's subject only up to the marker, so an entry written after it stays.
 func (s *Store) PurgeDeletes(ctx context.Context, age time.Duration) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	kv, err := s.kv(ctx)
 	if err != nil {
 		return err
 	}
-	if err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(age)); err != nil {
+	w, err := kv.Watch(ctx, "active.*", jetstream.MetaOnly())
+	if err != nil {
 		return unavailable("purge delete markers", err)
+	}
+	defer func() { _ = w.Stop() }()
+	var markers []jetstream.KeyValueEntry
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			return unavailable("purge delete markers", ctx.Err())
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return unavailable("purge delete markers", errors.New("watcher closed"))
+			case e == nil:
+				done = true
+			case e.Operation() != jetstream.KeyValuePut && time.Since(e.Created()) >= age:
+				markers = append(markers, e)
+			}
+		}
+	}
+	if len(markers) == 0 {
+		return nil
+	}
+	st, err := s.bucketStream(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range markers {
+		if err := st.Purge(ctx, jetstream.WithPurgeSubject(s.subject(m.Key())), jetstream.WithPurgeSequence(m.Revision()+1)); err != nil {
+			return unavailable("purge delete markers", err)
+		}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -273,6 +274,21 @@ func TestUpdateIsCompareAndSet(t *testing.T) {
 	}
 }
 
+// indexSubjects counts the active index's subjects in the bucket's stream: entries and
+// any delete markers.
+func indexSubjects(t *testing.T, bus *natsbus.Bus) int {
+	t.Helper()
+	st, err := bus.JetStream().Stream(ctxT(t), "KV_"+records.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctxT(t), jetstream.WithSubjectFilter("$KV."+records.DefaultBucket+".active.*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(info.State.Subjects)
+}
+
 func activeIDs(t *testing.T, s *records.Store) []string {
 	t.Helper()
 	entries, bad, err := s.Active(ctxT(t))
@@ -356,6 +372,42 @@ func TestActiveIndex(t *testing.T) {
 	if got := activeIDs(t, s); len(got) != 0 {
 		t.Errorf("all deleted, markers kept: got %v", got)
 	}
+	// DeleteActive leaves nothing behind: no delete marker counts against the batch read.
+	if n := indexSubjects(t, bus); n != 0 {
+		t.Errorf("all deleted: %d subjects left in the index, want 0", n)
+	}
+	// A KV delete marker (what versions before 2026-12-03 wrote to unindex) is not an entry;
+	// PurgeDeletes removes it once it is old enough, and never an entry written after it.
+	_ = s.PutActive(ctx, record("old").Active())
+	_ = s.PutActive(ctx, record("back").Active())
+	for _, k := range []string{"active.old", "active.back"} {
+		if err := bucket(t, bus).Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = s.PutActive(ctx, record("back").Active())
+	if got := fmt.Sprint(activeIDs(t, s)); got != "[back]" {
+		t.Errorf("after KV deletes: got %s, want [back]", got)
+	}
+	if err := s.PurgeDeletes(ctx, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if n := indexSubjects(t, bus); n != 2 {
+		t.Errorf("a young marker purged: %d subjects in the index, want 2", n)
+	}
+	if err := s.PurgeDeletes(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := indexSubjects(t, bus); n != 1 {
+		t.Errorf("after purging markers: %d subjects in the index, want 1 (back)", n)
+	}
+	if got := fmt.Sprint(activeIDs(t, s)); got != "[back]" {
+		t.Errorf("after purging markers: got %s, want [back]", got)
+	}
+	if _, _, err := s.Get(ctx, "z"); err != nil {
+		t.Errorf("a record is not the index's to purge: %v", err)
+	}
+	_ = s.DeleteActive(ctx, "back")
 	// An entry that does not decode is reported and left out; the others are listed.
 	_ = s.PutActive(ctx, record("e").Active())
 	if _, err := bucket(t, bus).Put(ctx, "active.bad", []byte("{oops")); err != nil {
@@ -681,5 +733,77 @@ func TestNATSDownIsUnavailableAtOnce(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("the calls took %v with NATS down, want a fast failure", d)
+	}
+}
+
+// A deliberation that is active the whole time a listing runs is in the listing, however
+// the index changes meanwhile: the executor re-puts entries as it starts them, intake adds
+// new ones and ends remove others. Up to 1,024 entries the index is read in one batch; past
+// that, by a watcher whose misses (the client counts added and removed entries toward its
+// initial values, so a rewritten one can be left out) are read by key.
+func TestActiveListsEveryEntryWhileTheIndexChanges(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		stable, reads int
+	}{{"batch", 100, 300}, {"watched", 1100, 40}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := newStore(t)
+			ctx := ctxT(t)
+			id := func(i int) string { return fmt.Sprintf("s%04d", i) }
+			for i := range tc.stable {
+				if err := s.PutActive(ctx, record(id(i)).Active()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			stop := make(chan struct{})
+			churned := make(chan error, 1)
+			go func() {
+				defer close(churned)
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					// Any entry, wherever the reader is: a rewrite behind it is harmless.
+					run, _ := record(id(rand.IntN(tc.stable))).Start(1, "x", time.Now())
+					err := s.PutActive(ctx, run.Active())
+					if err == nil {
+						err = s.PutActive(ctx, record(fmt.Sprintf("c%d", i)).Active())
+					}
+					if err == nil && i > 0 {
+						err = s.DeleteActive(ctx, fmt.Sprintf("c%d", i-1))
+					}
+					if err != nil {
+						churned <- err
+						return
+					}
+				}
+			}()
+			defer func() {
+				close(stop)
+				if err := <-churned; err != nil {
+					t.Errorf("churn: %v", err)
+				}
+			}()
+			for read := range tc.reads {
+				entries, bad, err := s.Active(ctx)
+				if err != nil || len(bad) > 0 {
+					t.Fatalf("read %d: %v, bad %v", read, err, bad)
+				}
+				seen := map[string]int{}
+				for _, e := range entries {
+					seen[e.ID]++
+				}
+				for i := range tc.stable {
+					if seen[id(i)] != 1 {
+						t.Fatalf("read %d: %s listed %d times, want once (%d entries)", read, id(i), seen[id(i)], len(entries))
+					}
+				}
+				if n := len(entries) - tc.stable; n > 2 {
+					t.Fatalf("read %d: %d churned entries listed, want at most 2", read, n)
+				}
+			}
+		})
 	}
 }

@@ -440,7 +440,11 @@ class Store:
         await self.kv.put(active_key(record["id"]), encode(active_entry(record)))
 
     async def delete_active(self, deliberation_id: str) -> None:
-        await self.kv.delete(active_key(deliberation_id))
+        """Purges the entry's subject rather than writing a KV delete marker, as the Go side
+        does: the index then holds only active deliberations, which the Go side reads in one
+        batch of at most 1,024."""
+        bucket = self.names.bucket
+        await self.js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{active_key(deliberation_id)}")
 
     async def get_json(self, key: str) -> Optional[Tuple[Any, int]]:
         from nats.js.errors import KeyNotFoundError

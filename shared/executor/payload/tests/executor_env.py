@@ -102,6 +102,13 @@ class Env:
         assert self.store is not None
         return await self.store.get_json(records.active_key(did))
 
+    async def index_subjects(self) -> int:
+        """The active index's subjects in the bucket's stream: entries and any delete markers."""
+        assert self.store is not None
+        bucket = self.store.names.bucket
+        info = await self.store.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.active.*")
+        return len(info.state.subjects or {})
+
     async def work_messages(self) -> int:
         return (await self.js.stream_info(NAMES.work_stream)).state.messages
 

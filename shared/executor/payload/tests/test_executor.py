@@ -48,6 +48,7 @@ def test_a_deliberation_completes_with_its_record_events_counters_and_ack(nats_s
             assert out["agents"][0]["proposal"] == "proposal A"
             assert out["agents"][1]["error_type"] == "http_error" and out["agents"][1]["attempts"] == 1
             assert await env.active(did) is None
+            assert await env.index_subjects() == 0, "the index entry left a delete marker"
             assert await env.work_messages() == 0
             evs = await env.events(did)
             kinds = [k for k, _, _ in evs]
