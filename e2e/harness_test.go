@@ -424,13 +424,21 @@ func (s *system) recordsWhere(t testing.TB, keep func(domain.Record) bool) []dom
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := kv.ListKeysFiltered(ctx, "d.>")
+	// The stream's subjects, not kv.ListKeysFiltered: its watcher can end before a record
+	// rewritten during the listing (the executor starting it) comes round again, and leave
+	// it out; the server lists subjects under its store's lock.
+	bucket := s.store.Config().Bucket
+	st, err := s.bus.JetStream().Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter("$KV."+bucket+".d.>"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []domain.Record
-	for k := range keys.Keys() {
-		e, err := kv.Get(ctx, k)
+	for subj := range info.State.Subjects {
+		e, err := kv.Get(ctx, strings.TrimPrefix(subj, "$KV."+bucket+"."))
 		if err != nil {
 			continue // expired or deleted meanwhile
 		}
