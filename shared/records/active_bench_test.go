@@ -12,7 +12,7 @@ import (
 
 // BenchmarkActiveIndex reads an index of 200 active deliberations (issue 11's figure) both
 // ways Active can: the one-request batch it uses, and the watcher it falls back to above
-// activeBatchLimit (a consumer per read, plus the subject list that checks it).
+// 1,024 entries (a consumer per read, plus the subject list that checks it).
 //
 //	go test -run '^$' -bench ActiveIndex ./shared/records/
 func BenchmarkActiveIndex(b *testing.B) {

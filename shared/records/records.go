@@ -339,7 +339,7 @@ func (s *Store) PutActive(ctx context.Context, e domain.ActiveEntry) error {
 // DeleteActive removes a record from the active index (after its terminal transition). It
 // purges the entry's subject rather than writing a KV delete marker, so the index holds
 // exactly the active deliberations: Active reads it in one atomic batch of at most
-// activeBatchLimit entries, and a marker would count against that as one.
+// 1,024 entries, and a marker would count against that as one.
 func (s *Store) DeleteActive(ctx context.Context, id string) error {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
@@ -411,12 +411,9 @@ func (s *Store) Active(ctx context.Context) (out []domain.ActiveEntry, bad []str
 	return out, bad, nil
 }
 
-// activeBatchLimit is how many subjects the server answers in one batch read (nats-server's
-// getDirectMulti refuses more with 413).
-const activeBatchLimit = 1024
-
-// errNoBatch: the index cannot be read in one batch (more than activeBatchLimit entries, or
-// a server older than 2.11); Active reads it with a watcher instead.
+// errNoBatch: the index cannot be read in one batch (more than 1,024 entries, which
+// nats-server's getDirectMulti refuses with 413, or a server older than 2.11); Active reads
+// it with a watcher instead.
 var errNoBatch = errors.New("no batch read")
 
 type keyValue struct {

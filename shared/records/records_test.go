@@ -743,7 +743,7 @@ func TestNATSDownIsUnavailableAtOnce(t *testing.T) {
 // initial values, so a rewritten one can be left out) are read by key.
 func TestActiveListsEveryEntryWhileTheIndexChanges(t *testing.T) {
 	for _, tc := range []struct {
-		name           string
+		name          string
 		stable, reads int
 	}{{"batch", 100, 300}, {"watched", 1100, 40}} {
 		t.Run(tc.name, func(t *testing.T) {
