@@ -3,6 +3,7 @@ package natslocal_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -64,6 +65,14 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 		"read its record": func() error { _, _, err := store.Get(ctx, id); return err },
 		"read the queue":  func() error { _, err := store.Queue(ctx); return err },
 		"read the counts": func() error { _, err := store.Counters(ctx); return err },
+		"list the active": func() error {
+			got, _, err := store.Active(ctx)
+			if err == nil && len(got) != 1 {
+				err = fmt.Errorf("got %d active entries, want 1", len(got))
+			}
+			return err
+		},
+		"unindex it":      func() error { return store.DeleteActive(ctx, id) },
 		"signal a cancel": func() error { return store.RequestCancel(id) },
 		"publish an event": func() error {
 			ev, _ := events.SubmittedEvent(events.SourceExecute, rec.Meta())
@@ -71,7 +80,7 @@ func TestLeastPrivilegeUsers(t *testing.T) {
 		},
 	}
 	for _, name := range []string{"create a record", "index it", "queue its work", "count it", "read its record", "read the queue",
-		"read the counts", "signal a cancel", "publish an event"} {
+		"read the counts", "list the active", "unindex it", "signal a cancel", "publish an event"} {
 		if err := steps[name](); err != nil {
 			t.Errorf("functions: %s: %v", name, err)
 		}

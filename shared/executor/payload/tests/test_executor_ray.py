@@ -127,6 +127,8 @@ async def _refused_to_the_executor(address):
         "queue work": lambda: js.publish(records.WORK_SUBJECT_PREFIX + "forged", b"{}"),
         "create a stream": lambda: js.add_stream(StreamConfig(name="EXFIL", subjects=["exfil.>"])),
         "purge the work queue": lambda: js.purge_stream(records.DEFAULT_WORK_STREAM),
+        "purge the counters": lambda: js.purge_stream(records.DEFAULT_COUNTERS_STREAM),
+        "purge the events": lambda: js.purge_stream(records.DEFAULT_EVENTS_STREAM),
         "delete the records": lambda: js.delete_stream("KV_" + records.DEFAULT_RECORDS_BUCKET),
         "delete the work consumer": lambda: js.delete_consumer(records.DEFAULT_WORK_STREAM, records.WORK_CONSUMER),
         "follow the events": lambda: js.add_consumer(records.DEFAULT_EVENTS_STREAM, ConsumerConfig()),
@@ -206,6 +208,12 @@ def test_the_driver_runs_replica_actors_on_ray_as_its_own_nats_user_and_rolls(na
                         break
                     await asyncio.sleep(0.1)
                 assert await e.counter("completed") == 3
+                # The executor's user took them out of the active index, leaving no marker.
+                for _ in range(100):
+                    if await e.index_subjects() == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await e.index_subjects() == 0
                 # A running deliberation hears its cancel on the executor's subscription.
                 did = slow["deliberation_id"]
                 await e.submit(slow)
