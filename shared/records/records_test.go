@@ -807,3 +807,24 @@ func TestActiveListsEveryEntryWhileTheIndexChanges(t *testing.T) {
 		})
 	}
 }
+
+// A read the deadline cuts short is an error, never a shorter list: the batch's iterator
+// ends quietly on its context, so Active checks that the last message had nothing after it.
+func TestActiveOutOfTimeIsAnErrorNotAShortList(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := ctxT(t)
+	for i := range 50 {
+		if err := s.PutActive(ctx, record(fmt.Sprintf("e%02d", i)).Active()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := activeIDs(t, s); len(got) != 50 {
+		t.Fatalf("got %d entries, want 50", len(got))
+	}
+	late, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+	defer cancel()
+	got, _, err := s.Active(late)
+	if !errors.Is(err, domain.ErrDeadline) && !errors.Is(err, domain.ErrUnavailable) {
+		t.Fatalf("got %d entries and %v, want a deadline or unavailable error", len(got), err)
+	}
+}
