@@ -485,28 +485,18 @@ func (s *Store) activeWatched(ctx context.Context, kv jetstream.KeyValue) ([]key
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = w.Stop() }()
 	var out []keyValue
 	seen := map[string]int{} // key → its index in out
-	for done := false; !done; {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case e, ok := <-w.Updates():
-			switch {
-			case !ok:
-				return nil, errors.New("watcher closed")
-			case e == nil: // the initial values, as the client counts them
-				done = true
-			default:
-				if i, ok := seen[e.Key()]; ok { // rewritten while reading: the newer value
-					out[i].value = e.Value()
-					continue
-				}
-				seen[e.Key()] = len(out)
-				out = append(out, keyValue{e.Key(), e.Value()})
-			}
+	err = initialValues(ctx, w, func(e jetstream.KeyValueEntry) {
+		if i, ok := seen[e.Key()]; ok { // rewritten while reading: the newer value
+			out[i].value = e.Value()
+			return
 		}
+		seen[e.Key()] = len(out)
+		out = append(out, keyValue{e.Key(), e.Value()})
+	})
+	if err != nil {
+		return nil, err
 	}
 	prefix := s.subject("")
 	for subj := range info.State.Subjects {
@@ -526,6 +516,27 @@ func (s *Store) activeWatched(ctx context.Context, kv jetstream.KeyValue) ([]key
 	return out, nil
 }
 
+// initialValues hands each entry w delivers to fn until the client's "initial values
+// done" marker (a count, not a snapshot: see activeWatched), then stops w.
+func initialValues(ctx context.Context, w jetstream.KeyWatcher, fn func(jetstream.KeyValueEntry)) error {
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return errors.New("watcher closed")
+			case e == nil:
+				return nil
+			default:
+				fn(e)
+			}
+		}
+	}
+}
+
 // PurgeDeletes removes KV delete markers older than age from the active index: versions
 // before DeleteActive purged wrote one per ended deliberation, and each counts against the
 // batch read's limit until it goes. It reads the index alone (nats.go's KeyValue.PurgeDeletes
@@ -542,22 +553,14 @@ func (s *Store) PurgeDeletes(ctx context.Context, age time.Duration) error {
 	if err != nil {
 		return unavailable("purge delete markers", err)
 	}
-	defer func() { _ = w.Stop() }()
 	var markers []jetstream.KeyValueEntry
-	for done := false; !done; {
-		select {
-		case <-ctx.Done():
-			return unavailable("purge delete markers", ctx.Err())
-		case e, ok := <-w.Updates():
-			switch {
-			case !ok:
-				return unavailable("purge delete markers", errors.New("watcher closed"))
-			case e == nil:
-				done = true
-			case e.Operation() != jetstream.KeyValuePut && time.Since(e.Created()) >= age:
-				markers = append(markers, e)
-			}
+	err = initialValues(ctx, w, func(e jetstream.KeyValueEntry) {
+		if e.Operation() != jetstream.KeyValuePut && time.Since(e.Created()) >= age {
+			markers = append(markers, e)
 		}
+	})
+	if err != nil {
+		return unavailable("purge delete markers", err)
 	}
 	if len(markers) == 0 {
 		return nil
