@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -155,12 +156,14 @@ func (s *AttributeSets) set(k attrKey, build func(name string) attribute.Set) at
 }
 
 // HTTPTransport wraps rt so that each request is a client span whose context goes out in
-// the traceparent header.
+// the traceparent header. It records no metrics: otelhttp's client histograms
+// (http.client.request.duration, .body.size) would repeat, without the call's name, what
+// the caller records itself (the Ray client: rex.ray.request.duration by call and outcome).
 func HTTPTransport(rt http.RoundTripper) http.RoundTripper {
 	if rt == nil {
 		rt = http.DefaultTransport
 	}
-	return otelhttp.NewTransport(rt)
+	return otelhttp.NewTransport(rt, otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()))
 }
 
 // StartServer starts a server span named name joined to the trace carrier names (the
