@@ -191,6 +191,7 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 	for _, m := range points {
 		served[promName(m)] = true
 	}
+	checkMetricsDocumented(t, ports, points)
 	raw, err := os.ReadFile(filepath.Join("..", "knative", "grafana-dashboard.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -224,6 +225,80 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_count"), "_sum")
 		if !served[name] && !served[base] && !served[base+"_bucket"] {
 			t.Errorf("the dashboard charts %s, which no process serves or exports", name)
+		}
+	}
+}
+
+// checkMetricsDocumented: README's metrics table lists every metric of ours a process serves
+// on its metrics port or exports over OTLP (the executor's), with every label it carries,
+// and each metric the table lists is one a process serves or exports.
+func checkMetricsDocumented(t *testing.T, ports map[string]int, points []testenv.MetricPoint) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]string{} // metric → its row's labels column
+	row := regexp.MustCompile("^\\| `((?:rex|rpc|http)_[a-z_]+)` \\|[^|]*\\|([^|]*)\\|")
+	for _, line := range strings.Split(string(raw), "\n") {
+		if m := row.FindStringSubmatch(line); m != nil {
+			documented[m[1]] = m[2]
+		}
+	}
+	if len(documented) < 15 {
+		t.Fatalf("README's metrics table lists %d metrics: %v", len(documented), documented)
+	}
+	ours := regexp.MustCompile(`^((?:rex|rpc|http)_[a-z_]+?)(?:_bucket|_sum|_count)?(?:\{(.*)\})? `)
+	label := regexp.MustCompile(`([a-z_]+)="`)
+	labels := map[string]map[string]bool{} // metric → the labels it carries
+	note := func(name string, keys ...string) {
+		if labels[name] == nil {
+			labels[name] = map[string]bool{}
+		}
+		for _, k := range keys {
+			if k != "le" && k != "service_name" && !strings.HasPrefix(k, "otel_scope_") {
+				labels[name][k] = true
+			}
+		}
+	}
+	for _, name := range []string{"ingress", "execute", "status", "list"} {
+		for _, line := range strings.Split(scrape(t, ports[name]), "\n") {
+			m := ours.FindStringSubmatch(line)
+			if m == nil {
+				continue
+			}
+			var keys []string
+			for _, l := range label.FindAllStringSubmatch(m[2], -1) {
+				keys = append(keys, l[1])
+			}
+			note(m[1], keys...)
+		}
+	}
+	for _, p := range points {
+		if p.ServiceName != "ray-executor-executor" {
+			continue
+		}
+		var keys []string
+		for k := range p.Attributes {
+			keys = append(keys, strings.ReplaceAll(k, ".", "_"))
+		}
+		note(strings.TrimSuffix(promName(p), "_bucket"), keys...)
+	}
+	for name, keys := range labels {
+		col, ok := documented[name]
+		if !ok {
+			t.Errorf("%s is served or exported, and README's metrics table does not list it", name)
+			continue
+		}
+		for k := range keys {
+			if !strings.Contains(col, "`"+k+"`") {
+				t.Errorf("%s carries the label %s, and README's row for it does not name it (%q)", name, k, col)
+			}
+		}
+	}
+	for name := range documented {
+		if _, ok := labels[name]; !ok {
+			t.Errorf("README lists %s, which no process served or exported in this test", name)
 		}
 	}
 }
