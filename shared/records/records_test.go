@@ -482,8 +482,18 @@ func TestEnqueueAndQueue(t *testing.T) {
 	if q.Waiting != 1 || q.InFlight != 1 {
 		t.Errorf("one pulled: got %+v, want 1 waiting, 1 in flight", q)
 	}
-	_ = m.Ack()
-	// Acked and gone, a later copy with the same id is still dropped (the duplicate window).
+	// Acked and gone (DoubleAck waits for the server's word; a plain Ack may still be on
+	// its way when the stream is counted), a later copy with the same id is still dropped
+	// (the duplicate window).
+	if err := m.DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); streamMsgs(t, bus, records.DefaultWorkStream) != 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the acked message is still in the work queue after 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := s.Enqueue(ctx, "d1", []byte(`{"version":1}`)); err != nil {
 		t.Fatal(err)
 	}
