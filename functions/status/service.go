@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/events"
 	"github.com/fleet-ai/ray-executor/shared/records"
@@ -42,6 +44,7 @@ type Service struct {
 	records  Records
 	finished *cache
 	expiry   *Expiry
+	lookups  metric.Int64Counter // rex.status.cache.lookups
 }
 
 // Expiry lets a status read end a deliberation whose deadline has passed (issue 16: the
@@ -64,7 +67,7 @@ func (s *Service) WithExpiry(e *Expiry) *Service {
 // holding at most cacheBytes of them (finished records never change, so their reports
 // never go stale). Zero takes the defaults, 256 and 256 KiB.
 func NewService(records Records, cacheSize, cacheBytes int) *Service {
-	return &Service{records: records, finished: newCache(cacheSize, cacheBytes)}
+	return &Service{records: records, finished: newCache(cacheSize, cacheBytes), lookups: newLookupCounter()}
 }
 
 // Status reports deliberation id. An id with no record (never accepted, or its record
@@ -85,7 +88,7 @@ func (s *Service) Status(ctx context.Context, id string, caller domain.Caller) (
 		return notFound, nil
 	}
 	if rep, ok := s.finished.get(id); ok {
-		countLookup(ctx, lookupHit)
+		s.countLookup(ctx, lookupHit)
 		if !caller.Sees(rep.Owner) {
 			return notFound, nil
 		}
@@ -116,10 +119,10 @@ func (s *Service) Status(ctx context.Context, id string, caller domain.Caller) (
 	}
 	rep := FromRecord(rec)
 	if rec.Terminal() {
-		countLookup(ctx, lookupMiss)
+		s.countLookup(ctx, lookupMiss)
 		s.finished.put(id, rep)
 	} else {
-		countLookup(ctx, lookupActive)
+		s.countLookup(ctx, lookupActive)
 	}
 	return rep, nil
 }
