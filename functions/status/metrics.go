@@ -1,8 +1,6 @@
 package status
 
 import (
-	"context"
-
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -29,8 +27,4 @@ func newLookupCounter() metric.Int64Counter {
 		otel.Handle(err)
 	}
 	return c
-}
-
-func (s *Service) countLookup(ctx context.Context, result metric.AddOption) {
-	s.lookups.Add(ctx, 1, result)
 }

@@ -88,7 +88,7 @@ func (s *Service) Status(ctx context.Context, id string, caller domain.Caller) (
 		return notFound, nil
 	}
 	if rep, ok := s.finished.get(id); ok {
-		s.countLookup(ctx, lookupHit)
+		s.lookups.Add(ctx, 1, lookupHit)
 		if !caller.Sees(rep.Owner) {
 			return notFound, nil
 		}
@@ -119,10 +119,10 @@ func (s *Service) Status(ctx context.Context, id string, caller domain.Caller) (
 	}
 	rep := FromRecord(rec)
 	if rec.Terminal() {
-		s.countLookup(ctx, lookupMiss)
+		s.lookups.Add(ctx, 1, lookupMiss)
 		s.finished.put(id, rep)
 	} else {
-		s.countLookup(ctx, lookupActive)
+		s.lookups.Add(ctx, 1, lookupActive)
 	}
 	return rep, nil
 }
