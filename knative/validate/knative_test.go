@@ -117,7 +117,9 @@ func TestLayout(t *testing.T) {
 		switch {
 		case d.Kind == "v1/Secret" && d.Applied:
 			t.Errorf("%s: a Secret in knative/ itself is re-applied by every `make deploy`, overwriting the real credentials; keep the template in knative/secrets/", d)
-		case d.Kind != "v1/Secret" && !d.Applied:
+		case d.Kind == monitoringKind && d.Applied:
+			t.Errorf("%s: a PrometheusRule in knative/ itself makes `make deploy` fail on clusters without the Prometheus Operator; keep it in knative/monitoring/", d)
+		case d.Kind != "v1/Secret" && d.Kind != monitoringKind && !d.Applied:
 			t.Errorf("%s: not in knative/ itself, so `ko apply -f knative/` would not apply it", d)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	corev1 "k8s.io/api/core/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
@@ -63,6 +64,7 @@ type manifests struct {
 	brokers     map[string]*eventingv1.Broker
 	triggers    map[string]*eventingv1.Trigger
 	pingSources map[string]*sourcesv1.PingSource
+	rules       map[string]*monitoringv1.PrometheusRule
 }
 
 var (
@@ -127,6 +129,7 @@ func loadDir(dir string) (*manifests, error) {
 		brokers:     map[string]*eventingv1.Broker{},
 		triggers:    map[string]*eventingv1.Trigger{},
 		pingSources: map[string]*sourcesv1.PingSource{},
+		rules:       map[string]*monitoringv1.PrometheusRule{},
 	}
 	var errs []error
 	for _, f := range files {
@@ -178,6 +181,9 @@ func splitDocuments(raw []byte) ([][]byte, error) {
 	}
 }
 
+// monitoringKind is the Prometheus Operator's alerting rules (knative/monitoring/).
+const monitoringKind = "monitoring.coreos.com/v1/PrometheusRule"
+
 // add decodes d strictly (an unknown or misspelt field is an error) into its API type.
 func (m *manifests) add(d *doc) error {
 	var head struct {
@@ -211,6 +217,8 @@ func (m *manifests) add(d *doc) error {
 		return decodeInto(d, m.triggers, key)
 	case "sources.knative.dev/v1/PingSource":
 		return decodeInto(d, m.pingSources, key)
+	case monitoringKind:
+		return decodeInto(d, m.rules, key)
 	default:
 		return fmt.Errorf("kind %s is not validated by knative/validate; add it to manifests.add", d.Kind)
 	}
