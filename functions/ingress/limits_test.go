@@ -225,8 +225,11 @@ func TestInflightLimitOverGRPC(t *testing.T) {
 	if r, err := healthpb.NewHealthClient(conn).Check(withToken(writerToken), &healthpb.HealthCheckRequest{}); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health while the caller is at its limit: got %v %v, want SERVING (health is not counted)", r, err)
 	}
-	// Another caller is not held back by writer's calls.
+	// Another caller is not held back by writer's calls. Its call is waited for too: the
+	// connection closes when the test ends, and a call still answering would see Canceled.
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		if _, err := client.GetActiveJobs(withToken(otherToken), &pb.GetActiveJobsRequest{}); err != nil {
 			t.Errorf("another caller: %v", err)
 		}
