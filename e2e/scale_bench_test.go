@@ -92,6 +92,7 @@ func TestRecordsScaleReport(t *testing.T) {
 	t.Logf("| status achieved req/s | %.0f | %.0f | | |", empty.statusRate, full.statusRate)
 	t.Logf("| status RSS after the load | %d MiB | %d MiB | %s | within 10%% |", empty.statusRSS>>20, full.statusRSS>>20,
 		ratio(float64(full.statusRSS), float64(empty.statusRSS)))
+	t.Logf("| status's open sockets after the load (client connections kept, NATS) | %d | %d | | |", empty.statusSockets, full.statusSockets)
 	t.Logf("| list RSS after the load | %d MiB | %d MiB | %s | within 10%% |", empty.listRSS>>20, full.listRSS>>20,
 		ratio(float64(full.listRSS), float64(empty.listRSS)))
 	if full.statusErrors+empty.statusErrors+full.listErrors+empty.listErrors > 0 {
@@ -105,6 +106,7 @@ type scaleResult struct {
 	slowBySecond                           map[int]int   // status reads over 5 ms, by the second they were sent in
 	statusRate                             float64
 	statusRSS, listRSS                     int64
+	statusSockets                          int // the status process's open sockets after the load
 	activeJobs                             int
 	statusErrors, listErrors               int
 }
@@ -269,7 +271,25 @@ func scaleMeasure(t *testing.T, dir, natsURL string, ids []string, rate, seconds
 	res.steadyP99 = scalePct(steadyLat, 99)
 	res.statusRSS, _ = testenv.ProcMemory(t, status.cmd.Process.Pid)
 	res.listRSS, _ = testenv.ProcMemory(t, list.cmd.Process.Pid)
+	res.statusSockets = openSockets(t, status.cmd.Process.Pid)
 	return res
+}
+
+// openSockets counts the sockets process pid holds open (/proc/PID/fd).
+func openSockets(t *testing.T, pid int) int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	fds, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if l, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
 }
 
 func scalePct(d []time.Duration, p int) time.Duration {
