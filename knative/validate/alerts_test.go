@@ -161,9 +161,7 @@ func checkAlert(t *testing.T, r monitoringv1.Rule, documented map[string]string)
 	if !ok {
 		t.Fatalf("no case in alertCases says when %s fires and when it does not", r.Alert)
 	}
-	rule := rules.NewAlertingRule(r.Alert, expr, hold, 0, labels.FromMap(r.Labels), labels.FromMap(r.Annotations),
-		labels.EmptyLabels(), "", false, slog.New(slog.DiscardHandler))
-	firing := evalAlert(t, rule, c.fires.series)
+	firing := evalAlert(t, r, expr, hold, c.fires.series)
 	if len(firing) == 0 {
 		t.Fatalf("did not fire in the situation it is written for:\n%s", c.fires.series)
 	}
@@ -179,25 +177,29 @@ func checkAlert(t *testing.T, r monitoringv1.Rule, documented map[string]string)
 			}
 		})
 		// An annotation naming a label the alert does not carry expands to nothing.
-		for _, k := range regexp.MustCompile(`\$labels\.([a-z_]+)`).FindAllStringSubmatch(fmt.Sprint(r.Annotations), -1) {
+		for _, k := range labelRef.FindAllStringSubmatch(fmt.Sprint(r.Annotations), -1) {
 			if a.Labels.Get(k[1]) == "" {
 				t.Errorf("an annotation names $labels.%s, which the alert does not carry (%v)", k[1], a.Labels)
 			}
 		}
 	}
 	for i, q := range c.quiet {
-		rule := rules.NewAlertingRule(r.Alert, expr, hold, 0, labels.FromMap(r.Labels), labels.FromMap(r.Annotations),
-			labels.EmptyLabels(), "", false, slog.New(slog.DiscardHandler))
-		if got := evalAlert(t, rule, q.series); len(got) != 0 {
+		if got := evalAlert(t, r, expr, hold, q.series); len(got) != 0 {
 			t.Errorf("fired in quiet case %d:\n%s\nalerts: %v", i, q.series, got[0].Labels)
 		}
 	}
 }
 
-// evalAlert loads series and evaluates rule once a minute for the hour they cover, as
-// Prometheus's rule manager does, and returns the alerts firing at the end.
-func evalAlert(t *testing.T, rule *rules.AlertingRule, series string) []*rules.Alert {
+// labelRef is an annotation's reference to one of the alert's labels.
+var labelRef = regexp.MustCompile(`\$labels\.([a-z_]+)`)
+
+// evalAlert loads series and evaluates r (its expression parsed as expr, its for as hold)
+// once a minute for the hour they cover, as Prometheus's rule manager does, and returns the
+// alerts firing at the end.
+func evalAlert(t *testing.T, r monitoringv1.Rule, expr parser.Expr, hold time.Duration, series string) []*rules.Alert {
 	t.Helper()
+	rule := rules.NewAlertingRule(r.Alert, expr, hold, 0, labels.FromMap(r.Labels), labels.FromMap(r.Annotations),
+		labels.EmptyLabels(), "", false, slog.New(slog.DiscardHandler))
 	storage := promqltest.LoadedStorage(t, "load 1m\n"+indent(series))
 	engine := promqltest.NewTestEngine(t, false, 0, promqltest.DefaultMaxSamplesPerQuery)
 	query := rules.EngineQueryFunc(engine, storage)
