@@ -200,7 +200,7 @@ func TestFunctionsThroughFuncframework(t *testing.T) {
 		if sub.GetDeliberationId() == "" || sub.GetStatus() != "submitted" || sub.GetTaskId() != task {
 			t.Fatalf("binary ExecuteDeliberation: got %v, want a submitted deliberation of %s", &sub, task)
 		}
-		// Structured: cancel what the binary event started (one Ray job for the test).
+		// Structured: cancel what the binary event queued, so no executor runs it.
 		var c pb.CancelDeliberationResponse
 		reply(t, post(t, url, rpcevents.TypeCancelDeliberation, task+"-cancel",
 			marshal(t, &pb.CancelDeliberationRequest{DeliberationId: sub.GetDeliberationId()}), true),

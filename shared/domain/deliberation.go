@@ -9,7 +9,7 @@ import (
 	"unicode/utf8"
 )
 
-// Kind tells the two kinds of deliberation apart; it travels in the Ray job metadata.
+// Kind tells the two kinds of deliberation apart; it travels in the record and the events.
 type Kind string
 
 const (

@@ -39,10 +39,11 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// RayExecutorService runs AI deliberations (several LLM agents working one task) as Ray Jobs.
+// RayExecutorService runs AI deliberations (several LLM agents working one task) on a Ray
+// cluster, through a standing executor that pulls them from a JetStream work queue.
 type RayExecutorServiceClient interface {
 	// Submits a deliberation. Idempotent when the caller sends an `idempotency-key`
-	// metadata entry: the same key always yields the same deliberation and one Ray job.
+	// metadata entry: the same key always yields the same deliberation, run once.
 	ExecuteDeliberation(ctx context.Context, in *ExecuteDeliberationRequest, opts ...grpc.CallOption) (*ExecuteDeliberationResponse, error)
 	// Submits a backlog-review deliberation (task_id `ceremony-<c>:story-<s>:role-<r>`).
 	ExecuteBacklogReviewDeliberation(ctx context.Context, in *ExecuteBacklogReviewDeliberationRequest, opts ...grpc.CallOption) (*ExecuteDeliberationResponse, error)
@@ -55,7 +56,8 @@ type RayExecutorServiceClient interface {
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
 	// Lists this system's deliberations that are pending or running.
 	GetActiveJobs(ctx context.Context, in *GetActiveJobsRequest, opts ...grpc.CallOption) (*GetActiveJobsResponse, error)
-	// Added: stops a deliberation's Ray job; its status then reads "cancelled".
+	// Added: stops a deliberation (a queued one never runs; a running one has its agents'
+	// calls cancelled); its status then reads "cancelled".
 	CancelDeliberation(ctx context.Context, in *CancelDeliberationRequest, opts ...grpc.CallOption) (*CancelDeliberationResponse, error)
 	// Added: streams one deliberation's lifecycle events from the beginning, live, and ends
 	// after its terminal event.
@@ -153,10 +155,11 @@ type RayExecutorService_WatchDeliberationClient = grpc.ServerStreamingClient[Wat
 // All implementations must embed UnimplementedRayExecutorServiceServer
 // for forward compatibility.
 //
-// RayExecutorService runs AI deliberations (several LLM agents working one task) as Ray Jobs.
+// RayExecutorService runs AI deliberations (several LLM agents working one task) on a Ray
+// cluster, through a standing executor that pulls them from a JetStream work queue.
 type RayExecutorServiceServer interface {
 	// Submits a deliberation. Idempotent when the caller sends an `idempotency-key`
-	// metadata entry: the same key always yields the same deliberation and one Ray job.
+	// metadata entry: the same key always yields the same deliberation, run once.
 	ExecuteDeliberation(context.Context, *ExecuteDeliberationRequest) (*ExecuteDeliberationResponse, error)
 	// Submits a backlog-review deliberation (task_id `ceremony-<c>:story-<s>:role-<r>`).
 	ExecuteBacklogReviewDeliberation(context.Context, *ExecuteBacklogReviewDeliberationRequest) (*ExecuteDeliberationResponse, error)
@@ -169,7 +172,8 @@ type RayExecutorServiceServer interface {
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
 	// Lists this system's deliberations that are pending or running.
 	GetActiveJobs(context.Context, *GetActiveJobsRequest) (*GetActiveJobsResponse, error)
-	// Added: stops a deliberation's Ray job; its status then reads "cancelled".
+	// Added: stops a deliberation (a queued one never runs; a running one has its agents'
+	// calls cancelled); its status then reads "cancelled".
 	CancelDeliberation(context.Context, *CancelDeliberationRequest) (*CancelDeliberationResponse, error)
 	// Added: streams one deliberation's lifecycle events from the beginning, live, and ends
 	// after its terminal event.
