@@ -98,8 +98,9 @@ func TestDeadlinesHoldWithNoExecutor(t *testing.T) {
 	name, zip := payload.Package()
 	ev := natsbus.Config{URL: srv.URL(), EventsStream: natsbus.DefaultEventsStream}
 	settings := executor.Settings{MinReplicas: 1, MaxReplicas: 1, ReplicaConcurrency: 8, MaxDeliveries: 3, NATSURL: srv.URL()}
+	env := settings.Env(ev, s.store.Config())
 	dep := &executor.Deployer{Store: s.store, Jobs: client, WorkingDirs: ray.NewPackager(client, name, zip, time.Minute),
-		Version: executor.Version(), Env: settings.Env(ev, s.store.Config()), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Version: executor.Version(env, 0), Env: env, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if st, err := dep.Ensure(ctx); err != nil || st != executor.StateDeployed {

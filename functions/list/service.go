@@ -186,7 +186,8 @@ func (s *Service) Health(ctx context.Context) []Component {
 				"its replicas are starting, or Ray lost them", hb.Version, waiting)
 		case live:
 			c.Status = Healthy
-			c.Message = fmt.Sprintf("version %s: %d replicas, %d running, %s", hb.Version, hb.Replicas, hb.InFlight, waiting)
+			c.Message = fmt.Sprintf("version %s: %d replicas (at most %d), %d running, %s", hb.Version, hb.Replicas, hb.MaxReplicas,
+				hb.InFlight, waiting)
 		case q.Waiting > 0:
 			c.Status = Degraded
 			c.Message = "no executor runs and work waits (" + waiting + "); it is being redeployed"

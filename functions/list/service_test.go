@@ -237,7 +237,7 @@ func TestHealth(t *testing.T) {
 	}
 	putHeartbeat(t, kv, now.Add(-5*time.Second))
 	c = component(t, svc.Health(ctx), "executor")
-	if c.Status != Healthy || !strings.HasPrefix(c.Message, "version v1: 2 replicas, 3 running, 2 waiting, the oldest for ") {
+	if c.Status != Healthy || !strings.HasPrefix(c.Message, "version v1: 2 replicas (at most 4), 3 running, 2 waiting, the oldest for ") {
 		t.Errorf("live executor: got %+v", c)
 	}
 	// A driver that outlived its Ray cluster beats with no replica answering.

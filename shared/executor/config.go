@@ -134,11 +134,13 @@ func (s Settings) Env(ev natsbus.Config, rc records.Config) map[string]string {
 }
 
 // NewDeployer is the deployer every function that keeps the executor running builds: the
-// embedded payload's version, uploaded through client, with the environment of s.
+// embedded payload, uploaded through client, with the environment of s, as the version both
+// make (Version).
 func NewDeployer(client *ray.Client, store *records.Store, s Settings, ev natsbus.Config, freshFor time.Duration, logger *slog.Logger) *Deployer {
 	name, zip := payload.Package()
+	env := s.Env(ev, store.Config())
 	return &Deployer{
 		Store: store, Jobs: client, WorkingDirs: ray.NewPackager(client, name, zip, freshFor),
-		Version: Version(), Env: s.Env(ev, store.Config()), EntrypointNumCPUs: s.DriverNumCPUs, Logger: logger,
+		Version: Version(env, s.DriverNumCPUs), Env: env, EntrypointNumCPUs: s.DriverNumCPUs, Logger: logger,
 	}
 }

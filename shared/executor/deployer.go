@@ -50,7 +50,8 @@ const SubmitGrace = time.Minute
 
 // RollHold is how long a deploy of another version stands before this deployer replaces
 // it. During a rollout old and new function revisions run side by side, each with its own
-// payload version; without a hold they would replace each other's executor on every check.
+// version (payload and settings); without a hold they would replace each other's executor
+// on every check.
 // With it, the executor flips at most once per hold, and once the old revision is gone the
 // new version wins within a hold.
 const RollHold = 2 * time.Minute
@@ -157,7 +158,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 		if now.Sub(domain.ParseTime(dep.At)) < RollHold {
 			return StateHeld, nil
 		}
-		d.logger().Info("rolling the executor to this payload version", "from", dep.Version, "to", d.Version)
+		d.logger().Info("rolling the executor to this version (its payload or settings changed)", "from", dep.Version, "to", d.Version)
 	}
 	next := records.Deploy{Version: d.Version, Generation: dep.Generation + 1, At: domain.FormatTime(now)}
 	next.SubmissionID = records.SubmissionID(d.Version, next.Generation)

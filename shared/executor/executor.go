@@ -1,7 +1,7 @@
 // Package executor is the Go side of the standing executor on Ray (DESIGN.md decision 4,
 // specs/records.md): the work message a deliberation is queued as, and the Deployer that
 // keeps exactly one executor version running on the cluster, resubmitting it when Ray lost
-// it and rolling it when the payload changes. The executor itself is the Python payload
+// it and rolling it when the payload or its settings change. The executor itself is the Python payload
 // (ray_executor_payload.executor), run as one long-lived Ray job.
 package executor
 
@@ -11,6 +11,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 
 	"github.com/fleet-ai/ray-executor/shared/executor/payload"
 
@@ -42,10 +45,25 @@ func WorkMessage(id string, r domain.Request, traceparent string) ([]byte, error
 	return body.Bytes(), nil
 }
 
-// Version is the executor version of the embedded payload: a digest of its package, so a
-// change to any payload file rolls the executor and nothing else does.
-func Version() string {
+// Version is the version of the executor the embedded payload makes when deployed with env
+// (its job's environment, Settings.Env) and driverCPUs: a digest of the payload's package and
+// of those settings. A change to any payload file or to any setting the executor reads
+// (EXECUTOR_*, where NATS is and what its streams are called, RETENTION, the OTLP export)
+// rolls the executor once the functions run with it, and nothing else does: settings reach
+// the executor only when it is deployed, so without this a raised EXECUTOR_MAX_REPLICAS
+// would wait for the next redeploy.
+func Version(env map[string]string, driverCPUs float64) string {
 	_, data := payload.Package()
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:8])
+	return version(data, env, driverCPUs)
+}
+
+func version(pkg []byte, env map[string]string, driverCPUs float64) string {
+	h := sha256.New()
+	h.Write(pkg)
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		// NUL cannot occur in an environment variable, so no two settings hash alike.
+		fmt.Fprintf(h, "\x00%s=%s", k, env[k])
+	}
+	fmt.Fprintf(h, "\x00driver_num_cpus=%s", strconv.FormatFloat(driverCPUs, 'f', -1, 64))
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }

@@ -86,12 +86,54 @@ func TestWorkMessage(t *testing.T) {
 }
 
 func TestVersionAndRequestHash(t *testing.T) {
-	v := Version()
-	if len(v) != 16 || v != Version() {
+	ev := natsbus.Config{URL: "nats://n:4222", EventsStream: natsbus.DefaultEventsStream}
+	rc := records.Config{Bucket: "B", WorkStream: "W", CountersStream: "C", Retention: time.Hour}
+	base := Settings{MinReplicas: 1, MaxReplicas: 4, ReplicaConcurrency: 64, MaxDeliveries: 3, NATSURL: "nats://n:4222"}
+	v := Version(base.Env(ev, rc), 0)
+	if len(v) != 16 || v != Version(base.Env(ev, rc), 0) {
 		t.Fatalf("got %q, want 16 stable hex digits", v)
 	}
 	if _, err := hex.DecodeString(v); err != nil {
 		t.Errorf("version %q is not hex", v)
+	}
+	// Settings reach the executor only when it is deployed: each one the executor reads must
+	// make another version (a roll), and nothing else may.
+	changed := map[string]func(*Settings, *natsbus.Config, *records.Config, *float64){
+		"EXECUTOR_MAX_REPLICAS":        func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.MaxReplicas = 8 },
+		"EXECUTOR_MIN_REPLICAS":        func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.MinReplicas = 2 },
+		"EXECUTOR_REPLICA_CONCURRENCY": func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.ReplicaConcurrency = 128 },
+		"EXECUTOR_MAX_DELIVERIES":      func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.MaxDeliveries = 5 },
+		"EXECUTOR_REPLICA_NUM_CPUS":    func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.ReplicaNumCPUs = 0.5 },
+		"EXECUTOR_DRIVER_NUM_CPUS":     func(_ *Settings, _ *natsbus.Config, _ *records.Config, c *float64) { *c = 1 },
+		"PAYLOAD_NATS_URL":             func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.NATSURL = "nats://other:4222" },
+		"NATS_EVENTS_STREAM":           func(_ *Settings, e *natsbus.Config, _ *records.Config, _ *float64) { e.EventsStream = "E2" },
+		"NATS_WORK_STREAM":             func(_ *Settings, _ *natsbus.Config, r *records.Config, _ *float64) { r.WorkStream = "W2" },
+		"RETENTION":                    func(_ *Settings, _ *natsbus.Config, r *records.Config, _ *float64) { r.Retention = 2 * time.Hour },
+		"OTEL_EXPORTER_OTLP_ENDPOINT": func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) {
+			s.Telemetry = map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+		},
+	}
+	seen := map[string]string{v: "the base settings"}
+	for name, change := range changed {
+		s, e, r, cpus := base, ev, rc, 0.0
+		change(&s, &e, &r, &cpus)
+		got := Version(s.Env(e, r), cpus)
+		if prev, ok := seen[got]; ok {
+			t.Errorf("changing %s gives version %s, the same as %s: a running executor would keep the old setting", name, got, prev)
+		}
+		seen[got] = name
+	}
+	// What the executor does not read (the functions' own NATS address, the Ray client's
+	// settings) is not in its environment, and the map's order is not part of the version.
+	other := ev
+	other.URL = "nats://functions-only:4222"
+	if got := Version(base.Env(other, rc), 0); got != v {
+		t.Errorf("the functions' NATS_URL (PAYLOAD_NATS_URL set) changed the version: %s, want %s", got, v)
+	}
+	if version([]byte("pkg"), map[string]string{"A": "1", "B": "2"}, 0) != version([]byte("pkg"), map[string]string{"B": "2", "A": "1"}, 0) ||
+		version([]byte("pkg"), map[string]string{"A": "1"}, 0) == version([]byte("pkg2"), map[string]string{"A": "1"}, 0) ||
+		version([]byte("pkg"), map[string]string{"A": "1=B"}, 0) == version([]byte("pkg"), map[string]string{"A": "1", "B": ""}, 0) {
+		t.Error("the version must follow the package and each setting, and nothing else")
 	}
 	a, b := request(), request()
 	if RequestHash(a) != RequestHash(b) {
@@ -406,6 +448,40 @@ func TestEnsureRollsAnotherVersion(t *testing.T) {
 	ensure(t, e.deployer("new"), StateStarting)
 	if subs, _ := e.jobs.calls(); len(subs) != 2 {
 		t.Errorf("got %d submits, want no third while the new executor starts", len(subs))
+	}
+}
+
+// TestSettingsChangeRollsTheExecutor: the executor reads its settings only when deployed,
+// so functions started with a raised EXECUTOR_MAX_REPLICAS must roll it, as a new payload
+// does, and submit it with the new value; functions with the same settings must not.
+func TestSettingsChangeRollsTheExecutor(t *testing.T) {
+	e := newEnv(t)
+	ev := natsbus.Config{URL: "nats://n:4222", EventsStream: natsbus.DefaultEventsStream}
+	build := func(s Settings) *Deployer {
+		d := NewDeployer(nil, e.store, s, ev, time.Minute, quiet)
+		d.Jobs, d.WorkingDirs, d.Now = e.jobs, fakeWD{}, func() time.Time { return e.now }
+		return d
+	}
+	before := Settings{MinReplicas: 1, MaxReplicas: 2, ReplicaConcurrency: 8, MaxDeliveries: 3, NATSURL: "nats://n:4222"}
+	ensure(t, build(before), StateDeployed)
+	old := e.deploy(t)
+	e.heartbeat(t, old.Version, old.SubmissionID, e.now)
+	e.now = e.now.Add(RollHold + time.Second)
+	e.heartbeat(t, old.Version, old.SubmissionID, e.now)
+	ensure(t, build(before), StateLive) // another replica of the same revision
+
+	after := before
+	after.MaxReplicas = 6
+	ensure(t, build(after), StateDeployed)
+	dep := e.deploy(t)
+	subs, _ := e.jobs.calls()
+	if dep.Version == old.Version || dep.Generation != 2 || len(subs) != 2 {
+		t.Fatalf("got deploy %+v after %+v and %d submits; want a new version, generation 2, two submits", dep, old, len(subs))
+	}
+	envVars, _ := subs[1].RuntimeEnv["env_vars"].(map[string]string)
+	if envVars["EXECUTOR_MAX_REPLICAS"] != "6" || envVars["EXECUTOR_VERSION"] != dep.Version {
+		t.Errorf("the rolled executor's environment: got EXECUTOR_MAX_REPLICAS=%q EXECUTOR_VERSION=%q, want 6 and %s",
+			envVars["EXECUTOR_MAX_REPLICAS"], envVars["EXECUTOR_VERSION"], dep.Version)
 	}
 }
 
