@@ -107,6 +107,7 @@ func TestAlertRules(t *testing.T) {
 		t.Fatalf("want one PrometheusRule, ray-executor, got %v", sortedKeys(m.rules))
 	}
 	documented := readmeMetrics(t)
+	runbook, base := runbookSections(t), runbookBase(t)
 	seen := map[string]bool{}
 	for _, g := range pr.Spec.Groups {
 		for _, r := range g.Rules {
@@ -119,6 +120,12 @@ func TestAlertRules(t *testing.T) {
 			}
 			seen[r.Alert] = true
 			t.Run(r.Alert, func(t *testing.T) { checkAlert(t, r, documented) })
+			if want := base + strings.ToLower(r.Alert); r.Annotations["runbook_url"] != want {
+				t.Errorf("%s: runbook_url %q, want %q", r.Alert, r.Annotations["runbook_url"], want)
+			}
+			if !runbook[r.Alert] {
+				t.Errorf("%s: RUNBOOK.md has no section \"## %s\"", r.Alert, r.Alert)
+			}
 		}
 	}
 	for name := range alertCases {
@@ -126,6 +133,51 @@ func TestAlertRules(t *testing.T) {
 			t.Errorf("alertCases has %s, which alerts.yaml does not define", name)
 		}
 	}
+	for name := range runbook {
+		if !seen[name] {
+			t.Errorf("RUNBOOK.md has a section for %s, which alerts.yaml does not define", name)
+		}
+	}
+}
+
+// alertName is the shape of an alert's name, and so of a RUNBOOK.md section's heading.
+var alertName = regexp.MustCompile(`^RayExecutor[A-Za-z]+$`)
+
+// runbookSections are the alerts knative/monitoring/RUNBOOK.md has a section ("## <alert>")
+// for. GitHub's anchor of such a heading is the alert's name in lower case.
+func runbookSections(t *testing.T) map[string]bool {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(repoRoot, "knative", "monitoring", "RUNBOOK.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if name, ok := strings.CutPrefix(line, "## "); ok {
+			if !alertName.MatchString(name) {
+				t.Errorf("RUNBOOK.md: section %q: want one section per alert, named as the alert", name)
+				continue
+			}
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// runbookBase is where RUNBOOK.md is published: the main module's home on GitHub (its path
+// in go.mod), on the main branch.
+func runbookBase(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(string(raw), "\n")
+	module, ok := strings.CutPrefix(first, "module github.com/")
+	if !ok {
+		t.Fatalf("go.mod: %q is not a github.com module", first)
+	}
+	return "https://github.com/" + strings.TrimSpace(module) + "/blob/main/knative/monitoring/RUNBOOK.md#"
 }
 
 func checkAlert(t *testing.T, r monitoringv1.Rule, documented map[string]string) {
