@@ -24,6 +24,11 @@ type Settings struct {
 	MaxDeliveries      int     // EXECUTOR_MAX_DELIVERIES: deliveries before executor_lost
 	ReplicaNumCPUs     float64 // EXECUTOR_REPLICA_NUM_CPUS: CPUs Ray reserves per replica
 	DriverNumCPUs      float64 // EXECUTOR_DRIVER_NUM_CPUS: CPUs reserved for the job's driver
+	// LogLevel (EXECUTOR_LOG_LEVEL: debug, info or warning; default info) is the executor's:
+	// at info its log grows with events, not with load (Ray never rotates a job's driver log,
+	// which holds the replicas' lines too); debug adds a line as each deliberation starts
+	// and ends.
+	LogLevel string
 	// NATSURL is the NATS address the executor dials from the cluster (PAYLOAD_NATS_URL,
 	// default NATS_URL).
 	NATSURL string
@@ -68,6 +73,7 @@ func ReadSettings(r *config.Reader, natsURL string) Settings {
 		MaxDeliveries:      r.Int("EXECUTOR_MAX_DELIVERIES", 3),
 		ReplicaNumCPUs:     r.Float("EXECUTOR_REPLICA_NUM_CPUS", 0),
 		DriverNumCPUs:      r.Float("EXECUTOR_DRIVER_NUM_CPUS", 0),
+		LogLevel:           strings.ToLower(r.String("EXECUTOR_LOG_LEVEL", "info")),
 		NATSURL:            r.String("PAYLOAD_NATS_URL", natsURL),
 		Check:              r.Duration("EXECUTOR_CHECK_INTERVAL", 5*time.Second),
 		Deploy:             r.Bool("EXECUTOR_DEPLOY", true),
@@ -86,6 +92,8 @@ func ReadSettings(r *config.Reader, natsURL string) Settings {
 		r.Fail("EXECUTOR_REPLICA_NUM_CPUS and EXECUTOR_DRIVER_NUM_CPUS must not be negative")
 	case s.Check <= 0:
 		r.Fail("EXECUTOR_CHECK_INTERVAL must be positive")
+	case s.LogLevel != "debug" && s.LogLevel != "info" && s.LogLevel != "warning":
+		r.Fail("EXECUTOR_LOG_LEVEL must be debug, info or warning")
 	}
 	if s.Deploy && urlHasCredentials(s.NATSURL) {
 		// Never printed: the URL holds a secret.
@@ -126,6 +134,7 @@ func (s Settings) Env(ev natsbus.Config, rc records.Config) map[string]string {
 		"EXECUTOR_REPLICA_CONCURRENCY": strconv.Itoa(s.ReplicaConcurrency),
 		"EXECUTOR_MAX_DELIVERIES":      strconv.Itoa(s.MaxDeliveries),
 		"EXECUTOR_REPLICA_NUM_CPUS":    f(s.ReplicaNumCPUs),
+		"EXECUTOR_LOG_LEVEL":           s.LogLevel,
 	}
 	for k, v := range s.Telemetry {
 		env[k] = v

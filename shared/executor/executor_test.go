@@ -88,7 +88,7 @@ func TestWorkMessage(t *testing.T) {
 func TestVersionAndRequestHash(t *testing.T) {
 	ev := natsbus.Config{URL: "nats://n:4222", EventsStream: natsbus.DefaultEventsStream}
 	rc := records.Config{Bucket: "B", WorkStream: "W", CountersStream: "C", Retention: time.Hour}
-	base := Settings{MinReplicas: 1, MaxReplicas: 4, ReplicaConcurrency: 64, MaxDeliveries: 3, NATSURL: "nats://n:4222"}
+	base := Settings{MinReplicas: 1, MaxReplicas: 4, ReplicaConcurrency: 64, MaxDeliveries: 3, NATSURL: "nats://n:4222", LogLevel: "info"}
 	v := Version(base.Env(ev, rc), 0)
 	if len(v) != 16 || v != Version(base.Env(ev, rc), 0) {
 		t.Fatalf("got %q, want 16 stable hex digits", v)
@@ -105,6 +105,7 @@ func TestVersionAndRequestHash(t *testing.T) {
 		"EXECUTOR_MAX_DELIVERIES":      func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.MaxDeliveries = 5 },
 		"EXECUTOR_REPLICA_NUM_CPUS":    func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.ReplicaNumCPUs = 0.5 },
 		"EXECUTOR_DRIVER_NUM_CPUS":     func(_ *Settings, _ *natsbus.Config, _ *records.Config, c *float64) { *c = 1 },
+		"EXECUTOR_LOG_LEVEL":           func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.LogLevel = "debug" },
 		"PAYLOAD_NATS_URL":             func(s *Settings, _ *natsbus.Config, _ *records.Config, _ *float64) { s.NATSURL = "nats://other:4222" },
 		"NATS_EVENTS_STREAM":           func(_ *Settings, e *natsbus.Config, _ *records.Config, _ *float64) { e.EventsStream = "E2" },
 		"NATS_WORK_STREAM":             func(_ *Settings, _ *natsbus.Config, r *records.Config, _ *float64) { r.WorkStream = "W2" },
@@ -157,7 +158,7 @@ func TestReadSettings(t *testing.T) {
 	}
 	for k, v := range map[string]string{
 		"EXECUTOR_MIN_REPLICAS": "0", "EXECUTOR_REPLICA_CONCURRENCY": "10001", "EXECUTOR_MAX_DELIVERIES": "0",
-		"EXECUTOR_REPLICA_NUM_CPUS": "-1", "EXECUTOR_CHECK_INTERVAL": "0s",
+		"EXECUTOR_REPLICA_NUM_CPUS": "-1", "EXECUTOR_CHECK_INTERVAL": "0s", "EXECUTOR_LOG_LEVEL": "loud",
 	} {
 		r := env(map[string]string{k: v})
 		ReadSettings(r, "")
@@ -188,7 +189,7 @@ func TestReadSettings(t *testing.T) {
 	want := map[string]string{natsbus.PayloadURLEnv: "nats://cluster:4222", natsbus.PayloadEventsStreamEnv: "EV",
 		"NATS_RECORDS_BUCKET": "B", "NATS_WORK_STREAM": "W", "NATS_COUNTERS_STREAM": "C", "RETENTION_SECONDS": "7200",
 		"EXECUTOR_MIN_REPLICAS": "1", "EXECUTOR_MAX_REPLICAS": "4", "EXECUTOR_REPLICA_CONCURRENCY": "64",
-		"EXECUTOR_MAX_DELIVERIES": "3", "EXECUTOR_REPLICA_NUM_CPUS": "0.5"}
+		"EXECUTOR_MAX_DELIVERIES": "3", "EXECUTOR_REPLICA_NUM_CPUS": "0.5", "EXECUTOR_LOG_LEVEL": "info"}
 	if !reflect.DeepEqual(e, want) {
 		t.Errorf("got env %v, want %v", e, want)
 	}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import re
@@ -46,6 +47,7 @@ VERSION_ENV = "EXECUTOR_VERSION"
 SUBMISSION_ID_ENV = "EXECUTOR_SUBMISSION_ID"
 SCALE_DOWN_DELAY_ENV = "EXECUTOR_SCALE_DOWN_DELAY_SECONDS"
 NATS_LOST_EXIT_ENV = "EXECUTOR_NATS_LOST_EXIT_SECONDS"
+LOG_LEVEL_ENV = "EXECUTOR_LOG_LEVEL"
 LOCAL_RAY_ENV = "RAY_EXECUTOR_LOCAL_RAY"
 LOCAL_RAY_TEMP_DIR_ENV = "RAY_EXECUTOR_LOCAL_RAY_TEMP_DIR"
 
@@ -63,6 +65,13 @@ EXIT_BAD_SETTINGS = 2
 EXIT_NATS_LOST = 3
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+
+# EXECUTOR_LOG_LEVEL's values. At info (the default) the logs grow with events (replicas
+# added or lost, rolls, NATS trouble, retried LLM calls), not with load: Ray keeps a job's
+# driver log, replicas' lines included, in one file it never rotates, so a line per
+# deliberation would fill the head's disk at scale. debug adds a line as each deliberation
+# starts and ends (its record, events and trace say as much).
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
 class SettingsError(ValueError):
@@ -86,6 +95,7 @@ class Settings:
     fetch_timeout: float = FETCH_TIMEOUT_SECONDS
     tick_seconds: float = TICK_SECONDS
     telemetry: telemetry.Config = telemetry.Config()  # off
+    log_level: int = logging.INFO
 
 
 def settings_from_env(environ: Mapping[str, str]) -> Settings:
@@ -116,6 +126,9 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
             return default
         return v
 
+    level_name = environ.get(LOG_LEVEL_ENV, "").strip().lower() or "info"
+    if level_name not in LOG_LEVELS:
+        problems.append(f"{LOG_LEVEL_ENV} must be one of {', '.join(LOG_LEVELS)}, got {level_name[:50]!r}")
     events_stream = environ.get(EVENTS_STREAM_ENV, "").strip() or nats.events_stream
     names = records.Names(
         bucket=name(RECORDS_BUCKET_ENV, records.DEFAULT_RECORDS_BUCKET),
@@ -137,6 +150,7 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
         scale_down_delay=number(SCALE_DOWN_DELAY_ENV, 30.0, 0, integer=False),
         nats_lost_exit_seconds=number(NATS_LOST_EXIT_ENV, NATS_LOST_EXIT_SECONDS, 1, integer=False),
         telemetry=telemetry.config_from_env(environ),
+        log_level=LOG_LEVELS.get(level_name, logging.INFO),
     )
     if s.min_replicas > s.max_replicas:
         problems.append(f"{MIN_REPLICAS_ENV} ({s.min_replicas}) must not exceed {MAX_REPLICAS_ENV} ({s.max_replicas})")
@@ -196,9 +210,10 @@ def ray_init_kwargs(environ: Mapping[str, str]) -> Dict[str, Any]:
     return kwargs
 
 
-def _event(kind: str, **fields: Any) -> None:
+def _event(kind: str, level: int = logging.INFO, **fields: Any) -> None:
     """One JSON log line (never prompts, never secrets)."""
-    log.info("%s", json.dumps({"event": kind, **fields}, separators=(",", ":"), default=str))
+    if log.isEnabledFor(level):
+        log.log(level, "%s", json.dumps({"event": kind, **fields}, separators=(",", ":"), default=str))
 
 
 # --- the worker ----------------------------------------------------------------------------
@@ -353,7 +368,7 @@ class Worker:
     async def _end(self, msg: Any, record: Dict[str, Any], rerun: bool) -> bool:
         assert self.store is not None
         await self.store.after_terminal(record, rerun=rerun)
-        _event("deliberation_ended", id=record["id"], state=record["state"], error_type=record.get("error_type", ""),
+        _event("deliberation_ended", logging.DEBUG, id=record["id"], state=record["state"], error_type=record.get("error_type", ""),
                replica=self.replica, rerun=rerun)
         run = self._runs.get(str(record.get("id", "")))
         if run is not None:
@@ -437,7 +452,7 @@ class Worker:
                 return await self._end(msg, started, rerun=True)
             return await self._write_end(msg, did, lambda r: records.cancelled(r, time.time()))
         await self.store.put_active(started)
-        _event("deliberation_started", id=did, attempt=deliveries, agents=len(req.agents), replica=self.replica)
+        _event("deliberation_started", logging.DEBUG, id=did, attempt=deliveries, agents=len(req.agents), replica=self.replica)
         await self._publish(nats_events.lifecycle_event(req, nats_events.STARTED, nats_events.started_data(req)))
 
         t0 = time.time()
@@ -456,7 +471,7 @@ class Worker:
             if not agents_task.done():  # we are being cancelled ourselves (abort)
                 agents_task.cancel()
         if agents_task.cancelled():
-            _event("deliberation_cancelled", id=did, replica=self.replica)
+            _event("deliberation_cancelled", logging.DEBUG, id=did, replica=self.replica)
             return await self._write_end(msg, did, lambda r: records.cancelled(r, time.time()))
         results = agents_task.result()
         result = summarize(req.deliberation_id, req.task_id, results, t0, time.time())
@@ -521,6 +536,7 @@ class ReplicaBody:
         settings = settings_from_env(os.environ)
         if overrides:
             settings = replace(settings, **overrides)
+        log.setLevel(settings.log_level)
         self.name = name
         self.worker = Worker(settings, name)
         self._run: Optional[asyncio.Task[None]] = None
@@ -817,6 +833,7 @@ def main(environ: Optional[Mapping[str, str]] = None) -> int:
     except SettingsError as exc:
         print(f"ray_executor_payload.executor: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_SETTINGS
+    log.setLevel(settings.log_level)
     import ray
 
     kwargs = ray_init_kwargs(environ)

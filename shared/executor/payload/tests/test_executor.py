@@ -4,6 +4,7 @@ Each test re-provisions the work stream, its consumer, the counters stream and t
 bucket (their subjects are fixed by the spec) and runs Workers in this process."""
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -12,23 +13,26 @@ import llm_stub
 from executor_env import Env, delib, worker
 from helpers import agent
 from ray_executor_payload import records
-from ray_executor_payload.agents import setup_logging
+from ray_executor_payload.agents import log, setup_logging
 
 
 @pytest.fixture(autouse=True)
 def _logging():
     setup_logging()
+    yield
+    log.setLevel(logging.INFO)
 
 
 def run(coro):
     return asyncio.run(coro)
 
 
-def test_a_deliberation_completes_with_its_record_events_counters_and_ack(nats_server, stub, caplog):
+def test_a_deliberation_completes_with_its_record_events_counters_and_ack(nats_server, stub, capsys):
     stub.set("m-ok", llm_stub.ok("proposal A"))
     stub.set("m-bad", llm_stub.status(400, b'{"error": {"message": "bad model"}}'))
     data = delib(stub.url, [agent("a1", "m-ok"), agent("a2", "m-bad")], max_retries=1)
     did = data["deliberation_id"]
+    log.setLevel(logging.DEBUG)  # EXECUTOR_LOG_LEVEL=debug: a line as it starts and ends
 
     async def go():
         await Env.reset(nats_server.url)
@@ -62,11 +66,13 @@ def test_a_deliberation_completes_with_its_record_events_counters_and_ack(nats_s
 
     run(go())
     assert len(stub.requests) == 2
-    # Prompts are never logged.
-    assert "Design the cache layer" not in caplog.text
+    # Prompts are never logged, not even at debug, where the deliberation's lines are.
+    logged = capsys.readouterr().err
+    assert f'"event":"deliberation_started","id":"{did}"' in logged and f'"event":"deliberation_ended","id":"{did}"' in logged
+    assert "Design the cache layer" not in logged
 
 
-def test_all_agents_failing_ends_failed(nats_server, stub):
+def test_all_agents_failing_ends_failed(nats_server, stub, capsys):
     stub.set("m-400", llm_stub.status(400))
     data = delib(stub.url, [agent("x1", "m-400")], max_retries=0)
     did = data["deliberation_id"]
@@ -94,6 +100,10 @@ def test_all_agents_failing_ends_failed(nats_server, stub):
             assert await env.counter(records.owner_counter("duration_ms", "alice")) == await env.counter("duration_ms")
 
     run(go())
+    # At the default level (info) a deliberation adds no line: the executor's logs grow with
+    # events, not with load (EXECUTOR_LOG_LEVEL).
+    logged = capsys.readouterr().err
+    assert did not in logged, logged[-2000:]
 
 
 def test_owner_counters_are_named_as_the_go_side_names_them():

@@ -1,6 +1,7 @@
 """The record state machine, the executor's settings and its asyncio LLM path (against the stub)."""
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -70,6 +71,31 @@ def test_settings_are_validated_at_start():
     for needle in ("RAY_EXECUTOR_NATS_URL is required", "NATS_WORK_STREAM", "EXECUTOR_REPLICA_CONCURRENCY",
                    "must not exceed"):
         assert needle in text
+
+
+def test_the_log_level_keeps_per_deliberation_lines_out_by_default(capsys):
+    from ray_executor_payload.agents import log, setup_logging
+    from ray_executor_payload.executor import _event
+
+    base = {"RAY_EXECUTOR_NATS_URL": "nats://h:4222"}
+    assert settings_from_env(base).log_level == logging.INFO
+    assert settings_from_env({**base, "EXECUTOR_LOG_LEVEL": "DEBUG"}).log_level == logging.DEBUG
+    assert settings_from_env({**base, "EXECUTOR_LOG_LEVEL": "warning"}).log_level == logging.WARNING
+    with pytest.raises(SettingsError) as exc:
+        settings_from_env({**base, "EXECUTOR_LOG_LEVEL": "loud"})
+    assert "EXECUTOR_LOG_LEVEL must be one of debug, info, warning" in str(exc.value)
+
+    setup_logging()
+    try:
+        for level, want in ((logging.INFO, False), (logging.DEBUG, True)):
+            log.setLevel(level)
+            _event("deliberation_started", logging.DEBUG, id="d-1")
+            _event("replica_added", replica="r-1")
+            err = capsys.readouterr().err
+            assert ('"event":"deliberation_started","id":"d-1"' in err) is want, (level, err)
+            assert '"event":"replica_added","replica":"r-1"' in err, (level, err)
+    finally:
+        log.setLevel(logging.INFO)
 
 
 def test_the_executor_user_needs_its_password_and_only_one_way_in():
