@@ -1,8 +1,8 @@
 // Package executor is the Go side of the standing executor on Ray (DESIGN.md decision 4,
 // specs/records.md): the work message a deliberation is queued as, and the Deployer that
 // keeps exactly one executor version running on the cluster, resubmitting it when Ray lost
-// it and rolling it when the payload or its settings change. The executor itself is the Python payload
-// (ray_executor_payload.executor), run as one long-lived Ray job.
+// it and rolling it when the payload or its settings change. The executor itself is the
+// Python payload (ray_executor_payload.executor), run as one long-lived Ray job.
 package executor
 
 import (
