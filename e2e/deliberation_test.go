@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -466,12 +467,15 @@ func TestTwoExecuteProcessesGivenTheSameEventMakeOneDeliberation(t *testing.T) {
 
 // Prompt and completion text stay out of info-level logs: the functions' own, and the
 // executor's Ray job log (its driver's and, forwarded by Ray, its replicas': the proposal
-// is in the record, never in a log line).
+// is in the record, never in a log line). The LLM fails the first attempt, so the replica
+// logs the retry at info (the default EXECUTOR_LOG_LEVEL logs no line for a deliberation
+// that goes well): the job log is read once it names the deliberation.
 func TestPromptsAndCompletionsStayOutOfInfoLogs(t *testing.T) {
 	t.Parallel()
 	stub, url := llm(t)
 	secret := uniqueTask(t)
-	stub.Script("model-secret", llmstub.Behavior{Content: "COMPLETION-" + secret, Reasoning: "REASONING-" + secret})
+	stub.Script("model-secret", llmstub.Behavior{Status: http.StatusServiceUnavailable, FailTimes: 1,
+		Content: "COMPLETION-" + secret, Reasoning: "REASONING-" + secret})
 	execute, status := start(t, "execute"), start(t, "status")
 	s := shared(t)
 	req := request("task-"+secret, url, "model-secret")
@@ -484,10 +488,10 @@ func TestPromptsAndCompletionsStayOutOfInfoLogs(t *testing.T) {
 	if !strings.Contains(st.GetResult().GetProposal(), "COMPLETION-"+secret) {
 		t.Fatalf("got proposal %q, want the scripted completion", st.GetResult().GetProposal())
 	}
-	if len(stub.Calls()) != 1 || !strings.Contains(fmt.Sprint(stub.Calls()[0].Messages), "PROMPT-"+secret) {
-		t.Fatalf("the LLM did not get the prompt")
+	if len(stub.Calls()) != 2 || !strings.Contains(fmt.Sprint(stub.Calls()[1].Messages), "PROMPT-"+secret) {
+		t.Fatalf("the LLM got %d calls, want 2 with the prompt (a failed attempt and its retry)", len(stub.Calls()))
 	}
-	// The executor's log: the replica that ran it logs its end with its id (Ray forwards
+	// The executor's log: the replica that ran it logs the retry with its id (Ray forwards
 	// actor output to the job's driver log, a moment later).
 	dep, _, err := s.store.Deploy(context.Background())
 	if err != nil || dep.SubmissionID == "" {

@@ -39,11 +39,8 @@ import (
 const testLLMEndpoints = "http://127.0.0.1"
 
 // executorEnv sizes the executor the functions deploy on the test head: one replica kept,
-// at most two, so a test run costs the shared head two small actors. At debug its replicas
-// log each deliberation, which TestPromptsAndCompletionsStayOutOfInfoLogs reads in the job's
-// log (the default, info, is pytest's to check).
-var executorEnv = []string{"EXECUTOR_MIN_REPLICAS=1", "EXECUTOR_MAX_REPLICAS=2", "EXECUTOR_CHECK_INTERVAL=2s",
-	"EXECUTOR_LOG_LEVEL=debug"}
+// at most two, so a test run costs the shared head two small actors.
+var executorEnv = []string{"EXECUTOR_MIN_REPLICAS=1", "EXECUTOR_MAX_REPLICAS=2", "EXECUTOR_CHECK_INTERVAL=2s"}
 
 var (
 	binDir string
