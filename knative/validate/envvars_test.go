@@ -119,6 +119,18 @@ func TestEnvVars(t *testing.T) {
 		}
 	}
 
+	// What the executor's version is made of (its job's environment: shared/executor's
+	// Settings.Env): execute and list both deploy it, so a value set on one Service alone
+	// would make the two deploy different versions and roll the executor back and forth.
+	// These come from the ConfigMap or the one Secret, the same for every Service.
+	executorVars, err := funcReads("shared/executor.ReadSettings", "shared/records.ReadConfig", "shared/natsbus.ReadConfig")
+	if err != nil {
+		t.Fatalf("reading the executor's settings from the source: %v", err)
+	}
+	if _, ok := executorVars["EXECUTOR_MAX_REPLICAS"]; !ok || len(executorVars) < 10 {
+		t.Fatalf("the executor's settings read from the source look incomplete: %v", sortedKeys(executorVars))
+	}
+
 	cmReaders := map[string][]string{} // ConfigMap key -> binaries that load it and read it
 	secretUsed := map[string]bool{}
 	for _, bin := range binaries(t) {
@@ -154,6 +166,10 @@ func TestEnvVars(t *testing.T) {
 			r, ok := reads[e.Name]
 			if !ok {
 				t.Errorf("Service %q sets %s, which functions/%s never reads", bin, e.Name, bin)
+			}
+			if _, shared := executorVars[e.Name]; shared && (e.ValueFrom == nil || e.ValueFrom.ConfigMapKeyRef != nil) {
+				t.Errorf("Service %q sets %s itself: it is one of the executor's settings, which every function that deploys "+
+					"the executor must read alike (set it in the ConfigMap)", bin, e.Name)
 			}
 			switch vf := e.ValueFrom; {
 			case vf == nil:

@@ -141,6 +141,21 @@ func envReads(bin string) (readSet, error) {
 			}
 		}
 	}
+	return w.follow()
+}
+
+// funcReads is envReads from the named functions ("shared/records.ReadConfig") alone.
+func funcReads(fns ...string) (readSet, error) {
+	w := &walker{reads: readSet{}, seen: map[string]bool{}}
+	for _, fn := range fns {
+		dir, name, _ := strings.Cut(fn, ".")
+		w.enqueue(dir, name)
+	}
+	return w.follow()
+}
+
+// follow visits the queued calls, and those they make, until none is left.
+func (w *walker) follow() (readSet, error) {
 	for len(w.queue) > 0 {
 		c := w.queue[0]
 		w.queue = w.queue[1:]
