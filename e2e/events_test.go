@@ -239,6 +239,7 @@ func TestNATSDownRefusesFastAndTheRetryCompletes(t *testing.T) {
 		t.Fatalf("retry with NATS back: got %v %v, want submitted", &resp, err)
 	}
 	id := resp.GetDeliberationId()
+	s.waitReconnected(t, id, 15*time.Second)
 	if st := s.waitDone(t, s.status.url, id); st.GetStatus() != "completed" {
 		t.Fatalf("got %q (%s), want completed", st.GetStatus(), st.GetErrorMessage())
 	}

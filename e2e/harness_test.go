@@ -477,6 +477,30 @@ func (s *system) statusOf(t *testing.T, url, id string) *pb.GetDeliberationStatu
 	return &resp
 }
 
+// waitReconnected waits until the status function answers again and this test's own NATS
+// connection is back. Each process reconnects on its own schedule (every 500 ms plus jitter),
+// so status may still answer UNAVAILABLE, as a caller retrying would see, for a moment after
+// execute has taken its last submission. Any other error fails the test.
+func (s *system) waitReconnected(t *testing.T, id string, within time.Duration) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if !s.bus.Connected() {
+			continue
+		}
+		var resp pb.GetDeliberationStatusResponse
+		err = s.client.Call(context.Background(), s.status.url, rpcevents.TypeGetDeliberationStatus,
+			&pb.GetDeliberationStatusRequest{DeliberationId: id}, rpcevents.CallOptions{}, &resp)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, domain.ErrUnavailable) {
+			t.Fatalf("GetDeliberationStatus %s after NATS came back: %v", id, err)
+		}
+	}
+	t.Fatalf("status or this test's NATS connection still not back %s after NATS restarted (last: %v)", within, err)
+}
+
 // waitDone polls status until the deliberation reaches a terminal status.
 func (s *system) waitDone(t *testing.T, url, id string) *pb.GetDeliberationStatusResponse {
 	t.Helper()

@@ -97,6 +97,7 @@ func TestNATSRestartedDuringABurst(t *testing.T) {
 			retried++
 		}
 	}
+	s.waitReconnected(t, ids[n-1], 15*time.Second)
 	for i, id := range ids {
 		if st := s.waitDone(t, s.status.url, id); st.GetStatus() != "completed" {
 			t.Errorf("deliberation %d (%s): got %q (%s), want completed", i, id, st.GetStatus(), st.GetErrorMessage())
