@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/executor"
 	pb "github.com/fleet-ai/ray-executor/shared/gen/fleet/ray_executor/v1"
 	"github.com/fleet-ai/ray-executor/shared/llmstub"
 	"github.com/fleet-ai/ray-executor/shared/records"
@@ -47,7 +49,8 @@ func (s *system) exactlyOnce(t *testing.T, id string, status domain.Status) doma
 // The executor's Ray job stopped behind the system's back (`ray job stop`): the deployers
 // (execute's, the list reconciler's) submit a new generation, the deliberation it was running
 // is redelivered and completes, the ones queued meanwhile complete, each exactly once (one
-// terminal event; the queued ones call the LLM once per agent).
+// terminal event; the queued ones call the LLM once per agent). Stopped again soon after,
+// the next generation waits its crash backoff and the first job is deleted from Ray.
 func TestStoppedExecutorJobIsResubmitted(t *testing.T) {
 	s := shared(t)
 	stub, llmURL := llm(t)
@@ -72,16 +75,7 @@ func TestStoppedExecutorJobIsResubmitted(t *testing.T) {
 		t.Fatalf("stop the executor job %s: %v", first.SubmissionID, err)
 	}
 	stopped := time.Now()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		j, err := s.ray.Job(ctx, first.SubmissionID)
-		if err == nil && j.Status.Terminal() {
-			t.Logf("executor job %s %s after %s", first.SubmissionID, j.Status, time.Since(stopped).Round(time.Millisecond))
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("executor job %s still %s a minute after stop (%v)", first.SubmissionID, j.Status, err)
-		}
-	}
+	waitJobEnded(t, s, first.SubmissionID)
 	var queued []string
 	for i := 0; i < 3; i++ {
 		r, err := s.submit(t, request(fmt.Sprintf("%s-queued-%d", run, i), llmURL, "model-q"), rpcevents.CallOptions{})
@@ -96,26 +90,11 @@ func TestStoppedExecutorJobIsResubmitted(t *testing.T) {
 	// heartbeat's job against Ray (executor.VerifyEvery). GetStatus meanwhile is logged:
 	// how long it reads degraded depends on which came first (TestDeadlinesHoldWithNoExecutor
 	// asserts the degraded report, with no executor at all).
-	sawDegraded := ""
-	var next records.Deploy
-	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
-		if c := s.component(t, "executor"); c.GetStatus() == "degraded" && sawDegraded == "" {
-			sawDegraded = c.GetMessage()
-		}
-		reconcile(t, s.list.url)
-		next, _, err = s.store.Deploy(ctx)
-		if hb, ok, _ := s.store.Heartbeat(ctx); err == nil && ok && hb.Fresh(time.Now()) && hb.SubmissionID == next.SubmissionID &&
-			next.SubmissionID != first.SubmissionID {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no new executor 3 minutes after the stop; deploy key %+v", next)
-		}
-	}
+	next, sawDegraded := s.waitReplaced(t, first)
 	t.Logf("executor resubmitted: %s (generation %d) live %s after the stop; GetStatus meanwhile: %q",
 		next.SubmissionID, next.Generation, time.Since(stopped).Round(time.Second), sawDegraded)
-	if next.Generation != first.Generation+1 {
-		t.Errorf("got generation %d after %d, want the next one", next.Generation, first.Generation)
+	if next.Generation != first.Generation+1 || next.Previous != first.SubmissionID {
+		t.Errorf("got deploy %+v after generation %d, want the next one, naming %s as previous", next, first.Generation, first.SubmissionID)
 	}
 
 	for _, id := range queued {
@@ -129,6 +108,71 @@ func TestStoppedExecutorJobIsResubmitted(t *testing.T) {
 	}
 	if calls["model-q"] != len(queued) {
 		t.Errorf("the queued deliberations called the LLM %d times, want %d (once each)", calls["model-q"], len(queued))
+	}
+
+	// Stopped again minutes after it started: one more crash in a row. Its successor waits
+	// executor.Backoff (measured from the end Ray reports), and the first job, now two
+	// generations back, is deleted from Ray; the one just replaced stays for its log.
+	if _, err := s.ray.Stop(ctx, next.SubmissionID); err != nil {
+		t.Fatalf("stop the executor job %s: %v", next.SubmissionID, err)
+	}
+	ended := waitJobEnded(t, s, next.SubmissionID)
+	third, _ := s.waitReplaced(t, next)
+	at := domain.ParseTime(third.At)
+	wait := executor.Backoff(third.Failures)
+	t.Logf("stopped again: generation %d after %d crashes in a row, submitted %s after Ray's end of the last (backoff %s)",
+		third.Generation, third.Failures, at.Sub(ended).Round(time.Millisecond), wait)
+	if third.Failures != next.Failures+1 || third.Previous != next.SubmissionID || at.Before(ended.Add(wait-time.Second)) {
+		t.Errorf("got deploy %+v after %+v ended at %s, want one more failure, submitted no sooner than %s after the end",
+			third, next, ended.Format(time.RFC3339Nano), wait)
+	}
+	if _, err := s.ray.Job(ctx, first.SubmissionID); !errors.Is(err, domain.ErrNotFound) {
+		t.Errorf("generation %d's job %s: got %v, want it deleted from Ray (not found)", first.Generation, first.SubmissionID, err)
+	}
+	if j, err := s.ray.Job(ctx, next.SubmissionID); err != nil || !j.Status.Terminal() {
+		t.Errorf("generation %d's job %s: got %v %v, want it kept, ended", next.Generation, next.SubmissionID, j.Status, err)
+	}
+}
+
+// waitJobEnded waits until Ray reports job id ended and returns when it did.
+func waitJobEnded(t *testing.T, s *system, id string) time.Time {
+	t.Helper()
+	stopped := time.Now()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		j, err := s.ray.Job(context.Background(), id)
+		if err == nil && j.Status.Terminal() {
+			t.Logf("executor job %s %s after %s", id, j.Status, time.Since(stopped).Round(time.Millisecond))
+			if j.EndTime.IsZero() {
+				t.Errorf("Ray reports no end time for the ended job %s (the deployer's backoff counts from it)", id)
+			}
+			return j.EndTime
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("executor job %s still %s a minute after stop (%v)", id, j.Status, err)
+		}
+	}
+}
+
+// waitReplaced runs the reconciler until an executor other than old's beats for the
+// submission the deploy key names, and returns that key and the first degraded executor
+// report GetStatus gave meanwhile ("" if none).
+func (s *system) waitReplaced(t *testing.T, old records.Deploy) (records.Deploy, string) {
+	t.Helper()
+	ctx := context.Background()
+	sawDegraded := ""
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		if c := s.component(t, "executor"); c.GetStatus() == "degraded" && sawDegraded == "" {
+			sawDegraded = c.GetMessage()
+		}
+		reconcile(t, s.list.url)
+		next, _, err := s.store.Deploy(ctx)
+		if hb, ok, _ := s.store.Heartbeat(ctx); err == nil && ok && hb.Fresh(time.Now()) && hb.SubmissionID == next.SubmissionID &&
+			next.SubmissionID != old.SubmissionID {
+			return next, sawDegraded
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new executor 3 minutes after %s stopped; deploy key %+v", old.SubmissionID, next)
+		}
 	}
 }
 

@@ -307,6 +307,10 @@ func (f fakeJobs) Submit(context.Context, ray.SubmitRequest) (string, error) {
 	f.t.Error("submitted with a live executor")
 	return "", errors.New("no")
 }
+func (f fakeJobs) Delete(context.Context, string) error {
+	f.t.Error("deleted a job with a live executor")
+	return errors.New("no")
+}
 func (f fakeJobs) Job(_ context.Context, id string) (ray.JobDetails, error) {
 	f.lookups.Add(1)
 	if id != "s1" {

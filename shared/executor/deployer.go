@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ type Jobs interface {
 	Submit(ctx context.Context, req ray.SubmitRequest) (string, error)
 	Job(ctx context.Context, id string) (ray.JobDetails, error)
 	Stop(ctx context.Context, id string) (bool, error)
+	Delete(ctx context.Context, id string) error
 }
 
 // WorkingDirs yields the payload package's URI, uploading it when Ray lacks it.
@@ -56,6 +58,30 @@ const SubmitGrace = time.Minute
 // new version wins within a hold.
 const RollHold = 2 * time.Minute
 
+// CrashWindow: a generation that ends, or is given up on, within this long of its
+// submission crashed. Crashes in a row back the next submission off (Backoff); a
+// generation that ran longer ends the run of crashes.
+const CrashWindow = 10 * time.Minute
+
+// Backoff is how long after the n-th crash in a row the next generation is submitted: at
+// once after the first (a one-off), then 15 s, doubling up to 5 min. Without it an executor
+// that cannot start (a PAYLOAD_NATS_URL the cluster cannot reach, a payload that fails on
+// import) would be submitted again on every check, every few seconds, each attempt a Ray
+// job with a driver log on the head's disk.
+func Backoff(n int) time.Duration {
+	if n < 2 {
+		return 0
+	}
+	d := 15 * time.Second
+	for i := 2; i < n && d < 5*time.Minute; i++ {
+		d *= 2
+	}
+	return min(d, 5*time.Minute)
+}
+
+// maxRetired bounds the earlier generations the deploy key remembers to delete from Ray.
+const maxRetired = 16
+
 // MetadataMarker marks the executor's Ray job (metadata "ray_executor": "executor").
 const MetadataMarker = "executor"
 
@@ -68,6 +94,7 @@ const (
 	StateStarting State = "starting" // submitted, no heartbeat yet
 	StateDeployed State = "deployed" // this call submitted it
 	StateHeld     State = "held"     // another version was deployed less than RollHold ago
+	StateBackoff  State = "backoff"  // it crashed again soon after starting; the next waits
 )
 
 // Deployer keeps the executor of Version running. Every function that may find it missing
@@ -88,6 +115,7 @@ type Deployer struct {
 
 	mu       sync.Mutex // one Ensure at a time per process
 	verified time.Time  // when the live heartbeat's job was last found running in Ray
+	waiting  string     // the crashed submission whose backoff this process last logged
 }
 
 func (d *Deployer) now() time.Time {
@@ -126,8 +154,10 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 	if err != nil {
 		return "", err
 	}
+	failures := 0 // crashes in a row, the generation being replaced included
 	if dep.Version == d.Version && dep.SubmissionID != "" {
 		job, err := d.Jobs.Job(ctx, dep.SubmissionID)
+		var ended time.Time // when the generation ended, or was given up on
 		switch {
 		case err == nil && !job.Status.Terminal():
 			if ok && hb.SubmissionID == dep.SubmissionID && hb.Fresh(now) {
@@ -141,9 +171,11 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 			if _, err := d.Jobs.Stop(ctx, dep.SubmissionID); err != nil && !errors.Is(err, domain.ErrNotFound) {
 				return "", fmt.Errorf("executor: stop stuck %s: %w", dep.SubmissionID, err)
 			}
+			ended = now
 		case err == nil:
-			d.logger().Warn("the executor job ended; submitting it again", "submission_id", dep.SubmissionID,
-				"ray_status", string(job.Status), "ray_message", job.Message)
+			if ended = job.EndTime; ended.IsZero() {
+				ended = domain.ParseTime(dep.At)
+			}
 		case errors.Is(err, domain.ErrNotFound) && now.Sub(domain.ParseTime(dep.At)) < SubmitGrace:
 			// The deployer that wrote the key is still uploading the package and submitting:
 			// submitting another generation now would run two executors of this version.
@@ -154,13 +186,32 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 		default:
 			return "", fmt.Errorf("executor: look up %s: %w", dep.SubmissionID, err)
 		}
+		if !ended.IsZero() {
+			if ended.Sub(domain.ParseTime(dep.At)) < CrashWindow {
+				failures = dep.Failures + 1
+			}
+			if wait := Backoff(failures); now.Before(ended.Add(wait)) {
+				if d.waiting != dep.SubmissionID {
+					d.waiting = dep.SubmissionID
+					d.logger().Warn("the executor crashed again soon after it started; waiting before submitting it again",
+						"submission_id", dep.SubmissionID, "ray_status", string(job.Status), "ray_message", job.Message,
+						"crashes_in_a_row", failures, "next_at", domain.FormatTime(ended.Add(wait)))
+				}
+				return StateBackoff, nil
+			}
+			if job.Status.Terminal() {
+				d.logger().Warn("the executor job ended; submitting it again", "submission_id", dep.SubmissionID,
+					"ray_status", string(job.Status), "ray_message", job.Message, "crashes_in_a_row", failures)
+			}
+		}
 	} else if dep.Version != "" {
 		if now.Sub(domain.ParseTime(dep.At)) < RollHold {
 			return StateHeld, nil
 		}
 		d.logger().Info("rolling the executor to this version (its payload or settings changed)", "from", dep.Version, "to", d.Version)
 	}
-	next := records.Deploy{Version: d.Version, Generation: dep.Generation + 1, At: domain.FormatTime(now)}
+	next := records.Deploy{Version: d.Version, Generation: dep.Generation + 1, At: domain.FormatTime(now),
+		Failures: failures, Previous: dep.SubmissionID, Retired: d.prune(ctx, append(dep.Retired, dep.Previous))}
 	next.SubmissionID = records.SubmissionID(d.Version, next.Generation)
 	if err := d.Store.SetDeploy(ctx, next, rev); err != nil {
 		if errors.Is(err, domain.ErrAlreadyExists) {
@@ -192,6 +243,51 @@ func (d *Deployer) runsInRay(ctx context.Context, hb records.Heartbeat) bool {
 	default:
 		return true // Ray cannot answer: the heartbeat is the best evidence there is
 	}
+}
+
+// prune deletes the jobs of generations before the one being replaced from Ray once they
+// have ended, and returns those it could not delete yet, for the next deploy to try again.
+// Until deleted, an ended job keeps its entry in Ray's job table and its driver log on the
+// head's disk, and a crashing executor leaves one per attempt. The generation being replaced
+// is kept (Previous) so that `ray job logs` can still say why it ended. A job still running
+// (an old version draining after a roll) is kept; so is every id once Ray fails to answer.
+func (d *Deployer) prune(ctx context.Context, ids []string) []string {
+	var keep []string
+	for i, id := range ids {
+		if id == "" {
+			continue
+		}
+		job, err := d.Jobs.Job(ctx, id)
+		if err == nil && job.Status.Terminal() {
+			err = d.Jobs.Delete(ctx, id)
+		}
+		switch {
+		case err == nil && job.Status.Terminal(), errors.Is(err, domain.ErrNotFound):
+			d.logger().Debug("an earlier executor job is gone from Ray", "submission_id", id)
+		case err == nil:
+			keep = append(keep, id)
+		default:
+			d.logger().Debug("cannot delete an earlier executor job from Ray yet", "submission_id", id, "error", err.Error())
+			keep = append(keep, ids[i:]...)
+			return d.bounded(keep)
+		}
+	}
+	return d.bounded(keep)
+}
+
+func (d *Deployer) bounded(ids []string) []string {
+	var out []string
+	for _, id := range ids {
+		if id != "" {
+			out = append(out, id)
+		}
+	}
+	if n := len(out) - maxRetired; n > 0 {
+		d.logger().Warn("earlier executor jobs wait to be deleted from Ray; forgetting the oldest, which `ray job delete` removes",
+			"submission_ids", strings.Join(out[:n], ","))
+		out = out[n:]
+	}
+	return out
 }
 
 func (d *Deployer) submit(ctx context.Context, dep records.Deploy) error {

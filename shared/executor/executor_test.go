@@ -202,9 +202,13 @@ type fakeJobs struct {
 	mu      sync.Mutex
 	jobs    map[string]ray.JobStatus
 	jobErr  error
+	ends    map[string]time.Time // EndTime of an ended job (zero when absent)
 	submits []ray.SubmitRequest
 	stops   []string
-	delay   time.Duration
+	deletes []string
+	// deleteErr, when set, is what Delete answers for a terminal job.
+	deleteErr error
+	delay     time.Duration
 	// gate, when set, holds the first Submit until it is closed.
 	gate chan struct{}
 }
@@ -238,7 +242,42 @@ func (f *fakeJobs) Job(_ context.Context, id string) (ray.JobDetails, error) {
 	if !ok {
 		return ray.JobDetails{}, fmt.Errorf("ray: job %s: %w", id, domain.ErrNotFound)
 	}
-	return ray.JobDetails{SubmissionID: id, Status: st}, nil
+	return ray.JobDetails{SubmissionID: id, Status: st, EndTime: f.ends[id]}, nil
+}
+
+// Delete answers as Ray does: not found for an unknown job, refused for a running one.
+func (f *fakeJobs) Delete(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.jobs[id]
+	switch {
+	case !ok:
+		return fmt.Errorf("ray: delete job %s: %w", id, domain.ErrNotFound)
+	case !st.Terminal():
+		return fmt.Errorf("ray: delete job %s: it is in a non-terminal state: %w", id, domain.ErrUnavailable)
+	case f.deleteErr != nil:
+		return f.deleteErr
+	}
+	delete(f.jobs, id)
+	f.deletes = append(f.deletes, id)
+	return nil
+}
+
+// end makes Ray report the job ended with status at the given time.
+func (f *fakeJobs) end(id string, status ray.JobStatus, at time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ends == nil {
+		f.ends = map[string]time.Time{}
+	}
+	f.jobs[id], f.ends[id] = status, at
+}
+
+func (f *fakeJobs) has(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.jobs[id]
+	return ok
 }
 
 func (f *fakeJobs) Stop(_ context.Context, id string) (bool, error) {
@@ -357,7 +396,7 @@ func TestEnsureLiveHeartbeatTrustedWhenRayCannotAnswer(t *testing.T) {
 	if subs, stops := e.jobs.calls(); len(subs)+len(stops) != 0 {
 		t.Errorf("got %d submits and %d stops, want none", len(subs), len(stops))
 	}
-	if dep := e.deploy(t); dep != (records.Deploy{}) {
+	if dep := e.deploy(t); !reflect.DeepEqual(dep, records.Deploy{}) {
 		t.Errorf("a live executor needs no deploy key write: %+v", dep)
 	}
 }
@@ -591,5 +630,191 @@ func TestEnsureReplacesAnOrphanExecutor(t *testing.T) {
 	dep := e.deploy(t)
 	if len(subs) != 1 || subs[0].SubmissionID != dep.SubmissionID || dep.SubmissionID == "ray-executor-live" {
 		t.Errorf("got submits %v and deploy key %+v, want one new generation named in the key", subs, dep)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	for n, want := range map[int]time.Duration{0: 0, 1: 0, 2: 15 * time.Second, 3: 30 * time.Second,
+		4: time.Minute, 5: 2 * time.Minute, 6: 4 * time.Minute, 7: 5 * time.Minute, 40: 5 * time.Minute} {
+		if got := Backoff(n); got != want {
+			t.Errorf("Backoff(%d) = %s, want %s", n, got, want)
+		}
+	}
+}
+
+// An executor that crashes soon after every start (a PAYLOAD_NATS_URL the cluster cannot
+// reach, a payload failing on import) is submitted again at once the first time, then after
+// 15 s, 30 s, ... from its end, with one log line per wait; a generation that ran past
+// CrashWindow ends the run of crashes.
+func TestEnsureBacksOffAnExecutorThatKeepsCrashing(t *testing.T) {
+	e := newEnv(t)
+	var logs strings.Builder
+	d := e.deployer("v1")
+	d.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	ensure(t, d, StateDeployed)
+	crash := func() records.Deploy { // the current generation fails 10 s after its submission
+		t.Helper()
+		dep := e.deploy(t)
+		end := domain.ParseTime(dep.At).Add(10 * time.Second)
+		e.jobs.end(dep.SubmissionID, ray.StatusFailed, end)
+		e.now = end.Add(time.Second)
+		return dep
+	}
+	crash()
+	ensure(t, d, StateDeployed) // the first crash: at once
+	if dep := e.deploy(t); dep.Generation != 2 || dep.Failures != 1 {
+		t.Fatalf("after one crash: deploy %+v, want generation 2 with 1 failure", dep)
+	}
+	for _, step := range []struct {
+		gen  int
+		wait time.Duration
+	}{{3, 15 * time.Second}, {4, 30 * time.Second}, {5, time.Minute}} {
+		crashed := crash()
+		end := e.now.Add(-time.Second)
+		for range 3 {
+			ensure(t, d, StateBackoff)
+		}
+		e.now = end.Add(step.wait - time.Millisecond)
+		ensure(t, d, StateBackoff)
+		if dep := e.deploy(t); dep.SubmissionID != crashed.SubmissionID {
+			t.Fatalf("submitted generation %d during its backoff", dep.Generation)
+		}
+		e.now = end.Add(step.wait)
+		ensure(t, d, StateDeployed)
+		if dep := e.deploy(t); dep.Generation != step.gen || dep.Failures != step.gen-1 {
+			t.Fatalf("after the backoff: deploy %+v, want generation %d with %d failures", dep, step.gen, step.gen-1)
+		}
+	}
+	if n := strings.Count(logs.String(), "crashed again soon after it started"); n != 3 {
+		t.Errorf("logged the backoff %d times, want once per crashed generation (3):\n%s", n, logs.String())
+	}
+	// Generation 5 runs past CrashWindow, then ends: no longer a crash, submitted at once.
+	dep := e.deploy(t)
+	end := domain.ParseTime(dep.At).Add(CrashWindow + time.Minute)
+	e.jobs.end(dep.SubmissionID, ray.StatusFailed, end)
+	e.now = end.Add(time.Second)
+	ensure(t, d, StateDeployed)
+	if dep := e.deploy(t); dep.Generation != 6 || dep.Failures != 0 {
+		t.Errorf("after a long run: deploy %+v, want generation 6 with no failures", dep)
+	}
+	if subs, _ := e.jobs.calls(); len(subs) != 6 {
+		t.Errorf("got %d submits, want 6 (one per generation)", len(subs))
+	}
+}
+
+// An executor that never writes a heartbeat is stopped after StartupGrace; a second one in a
+// row is a crash too, so the third generation waits its backoff from the stop.
+func TestEnsureBacksOffAnExecutorThatNeverBeats(t *testing.T) {
+	e := newEnv(t)
+	d := e.deployer("v1")
+	ensure(t, d, StateDeployed)
+	for gen := 2; gen <= 3; gen++ {
+		dep := e.deploy(t)
+		e.jobs.end(dep.SubmissionID, ray.StatusRunning, time.Time{})
+		e.now = domain.ParseTime(dep.At).Add(StartupGrace + time.Second)
+		want := StateDeployed
+		if gen == 3 {
+			want = StateBackoff
+		}
+		ensure(t, d, want)
+	}
+	_, stops := e.jobs.calls()
+	stoppedAt := e.now
+	if len(stops) != 2 || e.deploy(t).Generation != 2 {
+		t.Fatalf("got stops %v and generation %d, want both stuck jobs stopped and generation 2 still named", stops, e.deploy(t).Generation)
+	}
+	e.jobs.end(stops[1], ray.StatusStopped, stoppedAt) // Ray's record of the stop
+	e.now = stoppedAt.Add(Backoff(2) - time.Second)
+	ensure(t, d, StateBackoff)
+	e.now = stoppedAt.Add(Backoff(2))
+	ensure(t, d, StateDeployed)
+	if dep := e.deploy(t); dep.Generation != 3 || dep.Failures != 2 {
+		t.Errorf("deploy %+v, want generation 3 after 2 failures", dep)
+	}
+}
+
+// Ended earlier generations are deleted from Ray when a later one is deployed, so Ray's job
+// table and the head's disk keep at most the running executor, the one it replaced (its log
+// says why it ended) and those still draining.
+func TestEnsureDeletesEarlierGenerationsFromRay(t *testing.T) {
+	e := newEnv(t)
+	v1 := e.deployer("v1")
+	ensure(t, v1, StateDeployed)
+	gen1 := e.deploy(t)
+	e.jobs.end(gen1.SubmissionID, ray.StatusFailed, e.now.Add(time.Second))
+	e.now = e.now.Add(2 * time.Second)
+	ensure(t, v1, StateDeployed)
+	gen2 := e.deploy(t)
+	if gen2.Previous != gen1.SubmissionID || len(gen2.Retired) != 0 || !e.jobs.has(gen1.SubmissionID) {
+		t.Fatalf("generation 2: %+v; want generation 1 named as previous and kept in Ray for its log", gen2)
+	}
+	// Generation 2 runs, is rolled to v2 and drains: generation 1 is deleted, 2 kept.
+	e.jobs.end(gen2.SubmissionID, ray.StatusRunning, time.Time{})
+	e.now = e.now.Add(RollHold + time.Second)
+	e.heartbeat(t, "v1", gen2.SubmissionID, e.now)
+	ensure(t, e.deployer("v2"), StateDeployed)
+	gen3 := e.deploy(t)
+	if e.jobs.has(gen1.SubmissionID) || !e.jobs.has(gen2.SubmissionID) || gen3.Previous != gen2.SubmissionID || len(gen3.Retired) != 0 {
+		t.Fatalf("after the roll: deploy %+v, Ray has generation 1: %v, 2: %v; want 1 deleted, 2 kept as previous",
+			gen3, e.jobs.has(gen1.SubmissionID), e.jobs.has(gen2.SubmissionID))
+	}
+	// Another roll while generation 2 still drains: it cannot be deleted yet, so it is retired.
+	e.jobs.end(gen3.SubmissionID, ray.StatusRunning, time.Time{})
+	e.now = e.now.Add(RollHold + time.Second)
+	ensure(t, e.deployer("v3"), StateDeployed)
+	gen4 := e.deploy(t)
+	if !reflect.DeepEqual(gen4.Retired, []string{gen2.SubmissionID}) || gen4.Previous != gen3.SubmissionID {
+		t.Fatalf("deploy %+v, want generation 2 (still running) retired and 3 previous", gen4)
+	}
+	// Both drained; Ray does not answer a delete for a moment: all are kept for the next deploy.
+	e.jobs.end(gen2.SubmissionID, ray.StatusSucceeded, e.now)
+	e.jobs.end(gen3.SubmissionID, ray.StatusSucceeded, e.now)
+	e.jobs.end(gen4.SubmissionID, ray.StatusFailed, e.now.Add(time.Second))
+	e.jobs.deleteErr = fmt.Errorf("ray: %w", domain.ErrUnavailable)
+	e.now = e.now.Add(2 * time.Second)
+	v3 := e.deployer("v3")
+	ensure(t, v3, StateDeployed)
+	gen5 := e.deploy(t)
+	if !reflect.DeepEqual(gen5.Retired, []string{gen2.SubmissionID, gen3.SubmissionID}) {
+		t.Fatalf("deploy %+v, want generations 2 and 3 still to delete", gen5)
+	}
+	e.jobs.deleteErr = nil
+	e.jobs.end(gen5.SubmissionID, ray.StatusFailed, e.now.Add(CrashWindow+time.Minute))
+	e.now = e.now.Add(CrashWindow + 2*time.Minute)
+	ensure(t, v3, StateDeployed)
+	gen6 := e.deploy(t)
+	for _, g := range []records.Deploy{gen2, gen3, gen4} {
+		if e.jobs.has(g.SubmissionID) {
+			t.Errorf("generation %d is still in Ray", g.Generation)
+		}
+	}
+	if len(gen6.Retired) != 0 || gen6.Previous != gen5.SubmissionID || !e.jobs.has(gen5.SubmissionID) {
+		t.Errorf("deploy %+v, want nothing left to delete and generation 5 kept as previous", gen6)
+	}
+}
+
+// The deploy key remembers at most maxRetired jobs to delete, forgetting the oldest.
+func TestEnsureRetiredJobsAreBounded(t *testing.T) {
+	e := newEnv(t)
+	d := e.deployer("v1")
+	ensure(t, d, StateDeployed)
+	dep, rev, err := e.store.Deploy(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxRetired + 4 {
+		id := fmt.Sprintf("ray-executor-old-%d", i)
+		dep.Retired = append(dep.Retired, id)
+		e.jobs.end(id, ray.StatusRunning, time.Time{})
+	}
+	if err := e.store.SetDeploy(context.Background(), dep, rev); err != nil {
+		t.Fatal(err)
+	}
+	e.jobs.end(dep.SubmissionID, ray.StatusFailed, e.now.Add(time.Second))
+	e.now = e.now.Add(2 * time.Second)
+	ensure(t, d, StateDeployed)
+	got := e.deploy(t).Retired
+	if len(got) != maxRetired || got[0] != "ray-executor-old-4" || got[maxRetired-1] != "ray-executor-old-19" {
+		t.Errorf("got retired %v, want the newest %d of the 20", got, maxRetired)
 	}
 }

@@ -784,6 +784,13 @@ type Deploy struct {
 	SubmissionID string `json:"submission_id"`
 	Generation   int    `json:"generation"`
 	At           string `json:"at"`
+	// Failures counts the generations of this version before this one that crashed in a
+	// row (ended within executor.CrashWindow of their submission): the deployer's backoff.
+	Failures int `json:"failures,omitempty"`
+	// Previous is the generation this one replaced, kept in Ray for its logs; Retired are
+	// older ones not yet deleted from Ray (still running, or Ray did not answer).
+	Previous string   `json:"previous,omitempty"`
+	Retired  []string `json:"retired,omitempty"`
 }
 
 // SubmissionID is a Ray submission id for an executor version's generation. It ends in

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -574,7 +575,7 @@ func TestDeployIsCompareAndSet(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := ctxT(t)
 	d, rev, err := s.Deploy(ctx)
-	if err != nil || rev != 0 || d != (records.Deploy{}) {
+	if err != nil || rev != 0 || !reflect.DeepEqual(d, records.Deploy{}) {
 		t.Fatalf("no deploy key: got %+v rev %d, %v", d, rev, err)
 	}
 	first := records.Deploy{Version: "v1", SubmissionID: "s1", Generation: 1, At: domain.FormatTime(time.Now())}
@@ -585,18 +586,18 @@ func TestDeployIsCompareAndSet(t *testing.T) {
 		t.Errorf("second create: got %v, want ErrAlreadyExists", err)
 	}
 	d, rev, err = s.Deploy(ctx)
-	if err != nil || d != first || rev == 0 {
+	if err != nil || !reflect.DeepEqual(d, first) || rev == 0 {
 		t.Fatalf("got %+v rev %d, %v", d, rev, err)
 	}
 	second := first
-	second.Generation, second.SubmissionID = 2, "s2"
+	second.Generation, second.SubmissionID, second.Failures, second.Previous, second.Retired = 2, "s2", 1, "s1", []string{"s0"}
 	if err := s.SetDeploy(ctx, second, rev); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.SetDeploy(ctx, first, rev); !errors.Is(err, domain.ErrAlreadyExists) {
 		t.Errorf("update at a stale revision: got %v, want ErrAlreadyExists", err)
 	}
-	if d, _, _ := s.Deploy(ctx); d != second {
+	if d, _, _ := s.Deploy(ctx); !reflect.DeepEqual(d, second) {
 		t.Errorf("got %+v, want generation 2", d)
 	}
 }
