@@ -26,6 +26,7 @@ type Store interface {
 	CountersOf(ctx context.Context, owner string) (map[string]int64, error)
 	Queue(ctx context.Context) (records.Queue, error)
 	Heartbeat(ctx context.Context) (records.Heartbeat, bool, error)
+	Deploy(ctx context.Context) (records.Deploy, uint64, error)
 	PurgeDeletes(ctx context.Context, age time.Duration) error
 	// For the reconciler's repair of the active index and its deadline enforcement:
 	Get(ctx context.Context, id string) (domain.Record, uint64, error)
@@ -190,13 +191,24 @@ func (s *Service) Health(ctx context.Context) []Component {
 				hb.InFlight, waiting)
 		case q.Waiting > 0:
 			c.Status = Degraded
-			c.Message = "no executor runs and work waits (" + waiting + "); it is being redeployed"
+			c.Message = "no executor runs and work waits (" + waiting + "); it is being redeployed" + s.crashes(ctx)
 		default:
 			c.Status = Degraded
-			c.Message = "no executor runs; it is deployed again when work arrives"
+			c.Message = "no executor runs; it is deployed again when work arrives" + s.crashes(ctx)
 		}
 	}
 	return append(out, c)
+}
+
+// crashes says, when the executor keeps ending soon after it starts, how often and where to
+// read why (the deployers back off meanwhile: executor.Backoff); "" otherwise.
+func (s *Service) crashes(ctx context.Context) string {
+	dep, _, err := s.Store.Deploy(ctx)
+	if err != nil || dep.Failures == 0 || dep.Previous == "" {
+		return ""
+	}
+	return fmt.Sprintf(", after %d executor jobs in a row ended soon after starting (`ray job logs %s` says why)",
+		dep.Failures, dep.Previous)
 }
 
 func firstErr(errs ...error) error {

@@ -250,6 +250,14 @@ func TestHealth(t *testing.T) {
 	if c = component(t, svc.Health(ctx), "executor"); c.Status != Degraded {
 		t.Errorf("stale heartbeat: got %+v, want degraded", c)
 	}
+	// The executor keeps crashing at start: the report says so and names the last job's log.
+	if err := s.SetDeploy(ctx, records.Deploy{Version: "v1", SubmissionID: "s3", Generation: 3, Failures: 2, Previous: "s2"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c = component(t, svc.Health(ctx), "executor"); c.Status != Degraded ||
+		!strings.HasSuffix(c.Message, "; it is being redeployed, after 2 executor jobs in a row ended soon after starting (`ray job logs s2` says why)") {
+		t.Errorf("crashing executor: got %+v", c)
+	}
 
 	svc.RayReady = func(context.Context) error { return nil }
 	if r := component(t, svc.Health(ctx), "ray"); r.Status != Healthy {
