@@ -207,8 +207,11 @@ func (s *Service) crashes(ctx context.Context) string {
 	if err != nil || dep.Failures == 0 || dep.Previous == "" {
 		return ""
 	}
-	return fmt.Sprintf(", after %d executor jobs in a row ended soon after starting (`ray job logs %s` says why)",
-		dep.Failures, dep.Previous)
+	jobs := "the last executor job"
+	if dep.Failures > 1 {
+		jobs = fmt.Sprintf("the last %d executor jobs", dep.Failures)
+	}
+	return fmt.Sprintf(", after %s ended soon after starting (`ray job logs %s` says why)", jobs, dep.Previous)
 }
 
 func firstErr(errs ...error) error {

@@ -255,7 +255,7 @@ func TestHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c = component(t, svc.Health(ctx), "executor"); c.Status != Degraded ||
-		!strings.HasSuffix(c.Message, "; it is being redeployed, after 2 executor jobs in a row ended soon after starting (`ray job logs s2` says why)") {
+		!strings.HasSuffix(c.Message, "; it is being redeployed, after the last 2 executor jobs ended soon after starting (`ray job logs s2` says why)") {
 		t.Errorf("crashing executor: got %+v", c)
 	}
 
