@@ -67,7 +67,7 @@ const CrashWindow = 10 * time.Minute
 // once after the first (a one-off), then 15 s, doubling up to 5 min. Without it an executor
 // that cannot start (a PAYLOAD_NATS_URL the cluster cannot reach, a payload that fails on
 // import) would be submitted again on every check, every few seconds, each attempt a Ray
-// job with a driver log on the head's disk.
+// job with a driver log file on the head's disk.
 func Backoff(n int) time.Duration {
 	if n < 2 {
 		return 0
@@ -247,9 +247,11 @@ func (d *Deployer) runsInRay(ctx context.Context, hb records.Heartbeat) bool {
 
 // prune deletes the jobs of generations before the one being replaced from Ray once they
 // have ended, and returns those it could not delete yet, for the next deploy to try again.
-// Until deleted, an ended job keeps its entry in Ray's job table and its driver log on the
-// head's disk, and a crashing executor leaves one per attempt. The generation being replaced
-// is kept (Previous) so that `ray job logs` can still say why it ended. A job still running
+// Until deleted, an ended job keeps its entry in Ray's job table (which the dashboard and
+// `ray job list` read whole), and a crashing executor leaves one per attempt. Ray's delete
+// leaves the driver's log file in the head's session directory; `ray job logs` no longer
+// reads it. The generation being replaced is kept (Previous) so that `ray job logs` can
+// still say why it ended. A job still running
 // (an old version draining after a roll) is kept; so is every id once Ray fails to answer.
 func (d *Deployer) prune(ctx context.Context, ids []string) []string {
 	var keep []string

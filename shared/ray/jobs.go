@@ -248,7 +248,8 @@ func (c *Client) Stop(ctx context.Context, id string) (bool, error) {
 	return out.Stopped, err
 }
 
-// Delete removes a terminal job and its logs from Ray. Errors: domain.ErrInvalid for an
+// Delete removes a terminal job from Ray's job table; `ray job logs` then answers 404, but
+// Ray leaves the driver's log file in the head's session directory. Errors: domain.ErrInvalid for an
 // empty id (no request is made); domain.ErrNotFound for an unknown (or already deleted)
 // job; domain.ErrUnavailable when Ray cannot be reached or refuses, which includes a job
 // that is not terminal yet (Ray answers 500 "... it is in a non-terminal state"; retry
