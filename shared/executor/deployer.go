@@ -251,8 +251,8 @@ func (d *Deployer) runsInRay(ctx context.Context, hb records.Heartbeat) bool {
 // `ray job list` read whole), and a crashing executor leaves one per attempt. Ray's delete
 // leaves the driver's log file in the head's session directory; `ray job logs` no longer
 // reads it. The generation being replaced is kept (Previous) so that `ray job logs` can
-// still say why it ended. A job still running
-// (an old version draining after a roll) is kept; so is every id once Ray fails to answer.
+// still say why it ended. A job still running (an old version draining after a roll) is
+// kept; so is every id from the first that Ray fails to answer for.
 func (d *Deployer) prune(ctx context.Context, ids []string) []string {
 	var keep []string
 	for i, id := range ids {
