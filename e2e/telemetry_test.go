@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -141,9 +142,11 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 	// Each process's metrics port serves Prometheus text with its own metrics.
 	wantMetrics := map[string][]string{
 		"ingress": {"rex_ingress_refused_total", "rex_ingress_inflight", "rpc_server_call_duration_seconds"},
-		"execute": {`rex_deliberations_submitted_total{kind="deliberation",outcome="accepted"`, "rex_submit_duration_seconds", "rex_function_inflight", "rex_ray_request_duration_seconds"},
-		"status":  {"rex_function_inflight", "http_server_request_duration_seconds", `rex_function_refused_total{reason="unauthenticated"`},
-		"list":    {"rex_work_queue_waiting", "rex_work_queue_oldest_age_seconds", "rex_executor_replicas", "rex_ray_breaker_state"},
+		"execute": {`rex_deliberations_submitted_total{kind="deliberation",outcome="accepted"`, "rex_submit_duration_seconds", "rex_function_inflight", "rex_ray_request_duration_seconds",
+			"rex_executor_deploys_total"},
+		"status": {"rex_function_inflight", "http_server_request_duration_seconds", `rex_function_refused_total{reason="unauthenticated"`},
+		"list": {"rex_work_queue_waiting", "rex_work_queue_oldest_age_seconds", "rex_executor_replicas", "rex_ray_breaker_state",
+			"rex_executor_deploys_total"},
 	}
 	// Refusals to count: a call without a token at the ingress, a request event without the
 	// internal credential at a function.
@@ -163,6 +166,22 @@ func TestOneDeliberationIsOneConnectedTrace(t *testing.T) {
 		if strings.Contains(text, id) || strings.Contains(text, secret) {
 			t.Errorf("%s's /metrics names a deliberation or its prompt: ids are never labels", name)
 		}
+	}
+	// This system's NATS is its own, so one of execute and list deployed its executor, once.
+	var firstDeploys float64
+	for _, name := range []string{"execute", "list"} {
+		for _, line := range strings.Split(scrape(t, ports[name]), "\n") {
+			if strings.HasPrefix(line, "rex_executor_deploys_total{") && strings.Contains(line, `reason="first"`) {
+				v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+				if err != nil {
+					t.Fatalf("%s's /metrics: %q: %v", name, line, err)
+				}
+				firstDeploys += v
+			}
+		}
+	}
+	if firstDeploys != 1 {
+		t.Errorf("execute and list count %v first deploys of the executor, want 1 (one submission, counted by its deployer)", firstDeploys)
 	}
 	// The executor's own metrics reach the receiver over OTLP.
 	points := sink.WaitMetrics(t, func(all []testenv.MetricPoint) bool {

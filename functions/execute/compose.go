@@ -58,5 +58,8 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 		return nil, err
 	}
 	f.OnClose(client.ObserveBreaker())
+	if cfg.Executor.Deploy {
+		f.OnClose(executor.ObserveDeploys())
+	}
 	return f, nil
 }

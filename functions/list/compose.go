@@ -53,5 +53,8 @@ func Compose(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	}
 	f.OnClose(client.ObserveBreaker())
 	f.OnClose(observeQueue(store, time.Now))
+	if rec.Deployer != nil {
+		f.OnClose(executor.ObserveDeploys())
+	}
 	return f, nil
 }

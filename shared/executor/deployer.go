@@ -155,6 +155,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 		return "", err
 	}
 	failures := 0 // crashes in a row, the generation being replaced included
+	reason := ReasonFirst
 	if dep.Version == d.Version && dep.SubmissionID != "" {
 		job, err := d.Jobs.Job(ctx, dep.SubmissionID)
 		var ended time.Time // when the generation ended, or was given up on
@@ -171,8 +172,9 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 			if _, err := d.Jobs.Stop(ctx, dep.SubmissionID); err != nil && !errors.Is(err, domain.ErrNotFound) {
 				return "", fmt.Errorf("executor: stop stuck %s: %w", dep.SubmissionID, err)
 			}
-			ended = now
+			ended, reason = now, ReasonStuck
 		case err == nil:
+			reason = ReasonEnded
 			if ended = job.EndTime; ended.IsZero() {
 				ended = domain.ParseTime(dep.At)
 			}
@@ -181,6 +183,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 			// submitting another generation now would run two executors of this version.
 			return StateStarting, nil
 		case errors.Is(err, domain.ErrNotFound):
+			reason = ReasonLost
 			d.logger().Warn("Ray has no record of the executor job (a restarted head?); submitting it again",
 				"submission_id", dep.SubmissionID)
 		default:
@@ -189,6 +192,9 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 		if !ended.IsZero() {
 			if ended.Sub(domain.ParseTime(dep.At)) < CrashWindow {
 				failures = dep.Failures + 1
+				if reason == ReasonEnded {
+					reason = ReasonCrashed
+				}
 			}
 			if wait := Backoff(failures); now.Before(ended.Add(wait)) {
 				if d.waiting != dep.SubmissionID {
@@ -208,6 +214,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 		if now.Sub(domain.ParseTime(dep.At)) < RollHold {
 			return StateHeld, nil
 		}
+		reason = ReasonRoll
 		d.logger().Info("rolling the executor to this version (its payload or settings changed)", "from", dep.Version, "to", d.Version)
 	}
 	next := records.Deploy{Version: d.Version, Generation: dep.Generation + 1, At: domain.FormatTime(now),
@@ -222,6 +229,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 	if err := d.submit(ctx, next); err != nil {
 		return "", err
 	}
+	countDeploy(reason)
 	return StateDeployed, nil
 }
 

@@ -411,6 +411,7 @@ func TestEnsureResubmitsWhenRayLostOrEndedTheJob(t *testing.T) {
 			d := e.deployer("v1")
 			ensure(t, d, StateDeployed)
 			first := e.deploy(t)
+			before := deployCounts()
 			e.jobs.mu.Lock()
 			if tc.status == "" {
 				delete(e.jobs.jobs, first.SubmissionID)
@@ -434,6 +435,13 @@ func TestEnsureResubmitsWhenRayLostOrEndedTheJob(t *testing.T) {
 			if next.Generation != 2 || next.SubmissionID == first.SubmissionID || len(subs) != 2 ||
 				subs[1].SubmissionID != next.SubmissionID || len(stops) != 0 {
 				t.Errorf("got deploy %+v, %d submits, stops %v; want generation 2 submitted, nothing stopped", next, len(subs), stops)
+			}
+			want := map[string]int64{ReasonCrashed: 1} // Ray gave no end time: it counts from the submission
+			if tc.status == "" {
+				want = map[string]int64{ReasonLost: 1}
+			}
+			if got := deployCountsSince(before); !reflect.DeepEqual(got, want) {
+				t.Errorf("rex.executor.deploys grew by %v, want %v", got, want)
 			}
 		})
 	}
@@ -648,6 +656,7 @@ func TestBackoff(t *testing.T) {
 // CrashWindow ends the run of crashes.
 func TestEnsureBacksOffAnExecutorThatKeepsCrashing(t *testing.T) {
 	e := newEnv(t)
+	before := deployCounts()
 	var logs strings.Builder
 	d := e.deployer("v1")
 	d.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -700,12 +709,36 @@ func TestEnsureBacksOffAnExecutorThatKeepsCrashing(t *testing.T) {
 	if subs, _ := e.jobs.calls(); len(subs) != 6 {
 		t.Errorf("got %d submits, want 6 (one per generation)", len(subs))
 	}
+	if got, want := deployCountsSince(before), map[string]int64{ReasonFirst: 1, ReasonCrashed: 4, ReasonEnded: 1}; !reflect.DeepEqual(got, want) {
+		t.Errorf("rex.executor.deploys grew by %v, want %v", got, want)
+	}
+}
+
+func deployCounts() map[string]int64 {
+	m := map[string]int64{}
+	for i, r := range deployReasons {
+		m[r] = deploys[i].Load()
+	}
+	return m
+}
+
+// deployCountsSince is how much each reason's count grew since before (reasons that did
+// not grow left out).
+func deployCountsSince(before map[string]int64) map[string]int64 {
+	m := map[string]int64{}
+	for r, n := range deployCounts() {
+		if n != before[r] {
+			m[r] = n - before[r]
+		}
+	}
+	return m
 }
 
 // An executor that never writes a heartbeat is stopped after StartupGrace; a second one in a
 // row is a crash too, so the third generation waits its backoff from the stop.
 func TestEnsureBacksOffAnExecutorThatNeverBeats(t *testing.T) {
 	e := newEnv(t)
+	before := deployCounts()
 	d := e.deployer("v1")
 	ensure(t, d, StateDeployed)
 	for gen := 2; gen <= 3; gen++ {
@@ -731,6 +764,11 @@ func TestEnsureBacksOffAnExecutorThatNeverBeats(t *testing.T) {
 	if dep := e.deploy(t); dep.Generation != 3 || dep.Failures != 2 {
 		t.Errorf("deploy %+v, want generation 3 after 2 failures", dep)
 	}
+	// The first stuck job was replaced at once; the second, after its backoff, as Ray's
+	// record of the stop: crashed.
+	if got, want := deployCountsSince(before), map[string]int64{ReasonFirst: 1, ReasonStuck: 1, ReasonCrashed: 1}; !reflect.DeepEqual(got, want) {
+		t.Errorf("rex.executor.deploys grew by %v, want %v", got, want)
+	}
 }
 
 // Ended earlier generations are deleted from Ray when a later one is deployed, so Ray's job
@@ -738,6 +776,7 @@ func TestEnsureBacksOffAnExecutorThatNeverBeats(t *testing.T) {
 // says why it ended) and those still draining.
 func TestEnsureDeletesEarlierGenerationsFromRay(t *testing.T) {
 	e := newEnv(t)
+	before := deployCounts()
 	v1 := e.deployer("v1")
 	ensure(t, v1, StateDeployed)
 	gen1 := e.deploy(t)
@@ -790,6 +829,10 @@ func TestEnsureDeletesEarlierGenerationsFromRay(t *testing.T) {
 	}
 	if len(gen6.Retired) != 0 || gen6.Previous != gen5.SubmissionID || !e.jobs.has(gen5.SubmissionID) {
 		t.Errorf("deploy %+v, want nothing left to delete and generation 5 kept as previous", gen6)
+	}
+	want := map[string]int64{ReasonFirst: 1, ReasonCrashed: 2, ReasonRoll: 2, ReasonEnded: 1}
+	if got := deployCountsSince(before); !reflect.DeepEqual(got, want) {
+		t.Errorf("rex.executor.deploys grew by %v, want %v", got, want)
 	}
 }
 
