@@ -93,6 +93,14 @@ var alertCases = map[string]struct {
 			rex_executor_llm_duration_seconds_count{model="m1",outcome="timeout"} 0+5x60
 			rex_executor_llm_errors_total{model="m1",error_type="timeout"} 0+5x60`}},
 	},
+	"RayExecutorCrashLooping": {
+		fires: alertCase{series: `rex_executor_deploys_total{service_name="ray-executor-list",reason="crashed"} 0+0.1x60
+			rex_executor_deploys_total{service_name="ray-executor-execute",reason="stuck"} 0+0.05x60`},
+		quiet: []alertCase{{series: `rex_executor_deploys_total{service_name="ray-executor-list",reason="crashed"} 0+0.05x60
+			rex_executor_deploys_total{service_name="ray-executor-execute",reason="roll"} 0+1x60
+			rex_executor_deploys_total{service_name="ray-executor-execute",reason="lost"} 0+1x60
+			rex_executor_deploys_total{service_name="ray-executor-list",reason="ended"} 0+0.2x60`}},
+	},
 }
 
 // TestAlertRules checks knative/monitoring/alerts.yaml: each rule is complete, its
