@@ -159,6 +159,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 	if dep.Version == d.Version && dep.SubmissionID != "" {
 		job, err := d.Jobs.Job(ctx, dep.SubmissionID)
 		var ended time.Time // when the generation ended, or was given up on
+		how := fmt.Sprintf("Ray reports it %s: %s", job.Status, job.Message)
 		switch {
 		case err == nil && !job.Status.Terminal():
 			if ok && hb.SubmissionID == dep.SubmissionID && hb.Fresh(now) {
@@ -173,6 +174,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 				return "", fmt.Errorf("executor: stop stuck %s: %w", dep.SubmissionID, err)
 			}
 			ended, reason = now, ReasonStuck
+			how = fmt.Sprintf("stopped: no heartbeat within %s of its submission", StartupGrace)
 		case err == nil:
 			reason = ReasonEnded
 			if ended = job.EndTime; ended.IsZero() {
@@ -200,8 +202,8 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 				if d.waiting != dep.SubmissionID {
 					d.waiting = dep.SubmissionID
 					d.logger().Warn("the executor crashed again soon after it started; waiting before submitting it again",
-						"submission_id", dep.SubmissionID, "ray_status", string(job.Status), "ray_message", job.Message,
-						"crashes_in_a_row", failures, "next_at", domain.FormatTime(ended.Add(wait)))
+						"submission_id", dep.SubmissionID, "how", how, "crashes_in_a_row", failures,
+						"next_at", domain.FormatTime(ended.Add(wait)))
 				}
 				return StateBackoff, nil
 			}

@@ -694,6 +694,9 @@ func TestEnsureBacksOffAnExecutorThatKeepsCrashing(t *testing.T) {
 			t.Fatalf("after the backoff: deploy %+v, want generation %d with %d failures", dep, step.gen, step.gen-1)
 		}
 	}
+	if !strings.Contains(logs.String(), `how="Ray reports it FAILED: "`) {
+		t.Errorf("the backoff's log line does not say how the job ended:\n%s", logs.String())
+	}
 	if n := strings.Count(logs.String(), "crashed again soon after it started"); n != 3 {
 		t.Errorf("logged the backoff %d times, want once per crashed generation (3):\n%s", n, logs.String())
 	}
@@ -739,7 +742,9 @@ func deployCountsSince(before map[string]int64) map[string]int64 {
 func TestEnsureBacksOffAnExecutorThatNeverBeats(t *testing.T) {
 	e := newEnv(t)
 	before := deployCounts()
+	var logs strings.Builder
 	d := e.deployer("v1")
+	d.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 	ensure(t, d, StateDeployed)
 	for gen := 2; gen <= 3; gen++ {
 		dep := e.deploy(t)
@@ -755,6 +760,9 @@ func TestEnsureBacksOffAnExecutorThatNeverBeats(t *testing.T) {
 	stoppedAt := e.now
 	if len(stops) != 2 || e.deploy(t).Generation != 2 {
 		t.Fatalf("got stops %v and generation %d, want both stuck jobs stopped and generation 2 still named", stops, e.deploy(t).Generation)
+	}
+	if !strings.Contains(logs.String(), `"how":"stopped: no heartbeat within 3m0s of its submission","crashes_in_a_row":2`) {
+		t.Errorf("the backoff's log line does not say the job was stopped for want of a heartbeat:\n%s", logs.String())
 	}
 	e.jobs.end(stops[1], ray.StatusStopped, stoppedAt) // Ray's record of the stop
 	e.now = stoppedAt.Add(Backoff(2) - time.Second)
