@@ -440,9 +440,7 @@ func TestEnsureResubmitsWhenRayLostOrEndedTheJob(t *testing.T) {
 			if tc.status == "" {
 				want = map[string]int64{ReasonLost: 1}
 			}
-			if got := deployCountsSince(before); !reflect.DeepEqual(got, want) {
-				t.Errorf("rex.executor.deploys grew by %v, want %v", got, want)
-			}
+			checkDeploys(t, before, want)
 		})
 	}
 }
@@ -712,9 +710,7 @@ func TestEnsureBacksOffAnExecutorThatKeepsCrashing(t *testing.T) {
 	if subs, _ := e.jobs.calls(); len(subs) != 6 {
 		t.Errorf("got %d submits, want 6 (one per generation)", len(subs))
 	}
-	if got, want := deployCountsSince(before), map[string]int64{ReasonFirst: 1, ReasonCrashed: 4, ReasonEnded: 1}; !reflect.DeepEqual(got, want) {
-		t.Errorf("rex.executor.deploys grew by %v, want %v", got, want)
-	}
+	checkDeploys(t, before, map[string]int64{ReasonFirst: 1, ReasonCrashed: 4, ReasonEnded: 1})
 }
 
 func deployCounts() map[string]int64 {
@@ -725,16 +721,19 @@ func deployCounts() map[string]int64 {
 	return m
 }
 
-// deployCountsSince is how much each reason's count grew since before (reasons that did
-// not grow left out).
-func deployCountsSince(before map[string]int64) map[string]int64 {
-	m := map[string]int64{}
+// checkDeploys checks how much each reason's count of rex.executor.deploys grew since
+// before (reasons that did not grow left out of want).
+func checkDeploys(t *testing.T, before, want map[string]int64) {
+	t.Helper()
+	got := map[string]int64{}
 	for r, n := range deployCounts() {
 		if n != before[r] {
-			m[r] = n - before[r]
+			got[r] = n - before[r]
 		}
 	}
-	return m
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rex.executor.deploys grew by %v, want %v", got, want)
+	}
 }
 
 // An executor that never writes a heartbeat is stopped after StartupGrace; a second one in a
@@ -774,9 +773,7 @@ func TestEnsureBacksOffAnExecutorThatNeverBeats(t *testing.T) {
 	}
 	// The first stuck job was replaced at once; the second, after its backoff, as Ray's
 	// record of the stop: crashed.
-	if got, want := deployCountsSince(before), map[string]int64{ReasonFirst: 1, ReasonStuck: 1, ReasonCrashed: 1}; !reflect.DeepEqual(got, want) {
-		t.Errorf("rex.executor.deploys grew by %v, want %v", got, want)
-	}
+	checkDeploys(t, before, map[string]int64{ReasonFirst: 1, ReasonStuck: 1, ReasonCrashed: 1})
 }
 
 // Ended earlier generations are deleted from Ray when a later one is deployed, so Ray's job
@@ -839,9 +836,7 @@ func TestEnsureDeletesEarlierGenerationsFromRay(t *testing.T) {
 		t.Errorf("deploy %+v, want nothing left to delete and generation 5 kept as previous", gen6)
 	}
 	want := map[string]int64{ReasonFirst: 1, ReasonCrashed: 2, ReasonRoll: 2, ReasonEnded: 1}
-	if got := deployCountsSince(before); !reflect.DeepEqual(got, want) {
-		t.Errorf("rex.executor.deploys grew by %v, want %v", got, want)
-	}
+	checkDeploys(t, before, want)
 }
 
 // The deploy key remembers at most maxRetired jobs to delete, forgetting the oldest.
