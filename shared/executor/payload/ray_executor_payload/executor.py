@@ -8,7 +8,8 @@ and counters. The driver puts the `executor` heartbeat key, and exits (after dra
 replicas) when `executor.deploy` names another submission (the roll) or on SIGTERM, with
 status 0; and with status 3 (EXIT_NATS_LOST) when it could not reach NATS for
 EXECUTOR_NATS_LOST_EXIT_SECONDS (default 600), so that an executor whose NATS is gone ends
-and the deployer submits a new one once NATS is back. Bad settings exit 2 at start.
+and the deployer submits a new one once NATS is back, or could not reach it within
+START_NATS_SECONDS (90) of its start. Bad settings exit 2 at start.
 
 Worker is plain asyncio and needs no Ray: the tests run it in process.
 """
@@ -26,7 +27,7 @@ import ssl
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Mapping, Optional, Set
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set
 
 from . import allm, llm, nats_events, records, telemetry
 from .agents import AgentJob, failed_agent, grace_seconds, log, plan_jobs, setup_logging
@@ -57,6 +58,11 @@ TICK_SECONDS = 2.0
 HEARTBEAT_SECONDS = 5.0
 PUBLISH_TIMEOUT_SECONDS = 5.0
 NATS_LOST_EXIT_SECONDS = 600.0
+# A driver that cannot reach NATS at start (a PAYLOAD_NATS_URL or credential the Ray pods
+# cannot use) exits after this long, with the last connection error in its log. It is below
+# the deployers' StartupGrace (3 min, shared/executor/deployer.go), so the job ends FAILED
+# with its reason in Ray's job message rather than being stopped as stuck.
+START_NATS_SECONDS = 90.0
 # Once NATS is lost, the replicas' drain is bounded: what they still run could not be
 # recorded anyway, and its work messages come back after AckWait.
 NATS_LOST_DRAIN_SECONDS = 30.0
@@ -91,6 +97,7 @@ class Settings:
     submission_id: str = ""
     scale_down_delay: float = 30.0
     nats_lost_exit_seconds: float = NATS_LOST_EXIT_SECONDS
+    start_nats_seconds: float = START_NATS_SECONDS
     in_progress_seconds: float = IN_PROGRESS_SECONDS
     fetch_timeout: float = FETCH_TIMEOUT_SECONDS
     tick_seconds: float = TICK_SECONDS
@@ -168,12 +175,17 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
     return s
 
 
-async def connect(settings: nats_events.NatsSettings, name: str) -> Any:
-    """A long-lived NATS connection that reconnects by itself."""
+async def connect(settings: nats_events.NatsSettings, name: str,
+                  errors: Optional[Callable[[str], None]] = None) -> Any:
+    """A long-lived NATS connection that reconnects by itself. errors, when given, is
+    told each connection error too (the supervisor keeps the last one for its exit)."""
     import nats
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats: %s", nats_events._describe(exc))
+        described = nats_events._describe(exc)
+        log.warning("nats: %s", described)
+        if errors is not None:
+            errors(described)
 
     kwargs: Dict[str, Any] = {
         "servers": list(settings.servers), "name": name, "connect_timeout": 5,
@@ -688,7 +700,7 @@ class Supervisor:
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
     async def start(self) -> None:
-        self.nc = await connect(self.settings.nats, "ray-executor-driver")
+        self.nc = await connect(self.settings.nats, "ray-executor-driver", self._note_error)
         js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
         await records.provision(js, self.settings.names)
         self.store = await records.Store.open(js, self.settings.names)
@@ -763,15 +775,18 @@ class Supervisor:
         })
         self._last_heartbeat = time.monotonic()
 
+    def _note_error(self, described: str) -> None:
+        self._last_error = described
+
     async def run(self) -> str:
         """Supervises until stop is set (the roll, SIGTERM, NATS lost), then drains every
         replica."""
         lost_after = self.settings.nats_lost_exit_seconds
+        start_within = min(lost_after, self.settings.start_nats_seconds)
         try:
-            await asyncio.wait_for(self.start(), lost_after)
+            await asyncio.wait_for(self.start(), start_within)
         except asyncio.TimeoutError:
-            self._last_error = "could not connect"
-            self._give_up(lost_after)
+            self._give_up(start_within, at_start=True)
         else:
             self._nats_ok_at = time.monotonic()
         while not self.stop.is_set():
@@ -792,9 +807,19 @@ class Supervisor:
         await self.shutdown(NATS_LOST_DRAIN_SECONDS if self.nats_lost else None)
         return self.exit_reason
 
-    def _give_up(self, lost_for: float) -> None:
+    def _give_up(self, lost_for: float, at_start: bool = False) -> None:
         self.nats_lost = True
         self.exit_reason = f"NATS unreachable for {lost_for:.0f}s"
+        if at_start:
+            self.exit_reason += " at start"
+            log.error(
+                "NATS at %s not reachable within %.0fs of the executor's start (last error: %s): exiting with "
+                "status %d. Check PAYLOAD_NATS_URL and the executor's NATS credentials as the Ray pods see them",
+                self.settings.nats.display, lost_for, self._last_error or "none", EXIT_NATS_LOST,
+            )
+            _event("nats_lost", seconds=round(lost_for), nats=self.settings.nats.display, at_start=True)
+            self.stop.set()
+            return
         log.error(
             "NATS at %s unreachable for %.0fs (%s=%g; last error: %s): draining the replicas and exiting "
             "with status %d; the deployer resubmits the executor once NATS is back",

@@ -3,7 +3,6 @@ heartbeat, scaling on the backlog, the roll when executor.deploy names another s
 and giving up when NATS has been unreachable for EXECUTOR_NATS_LOST_EXIT_SECONDS."""
 
 import asyncio
-import logging
 import time
 from typing import Any, Dict
 
@@ -11,7 +10,7 @@ import llm_stub
 from executor_env import Env, delib, settings_for
 from helpers import agent
 from nats_server import NatsServer, closed_port
-from ray_executor_payload import records
+from ray_executor_payload import executor, records
 from ray_executor_payload.agents import setup_logging
 from ray_executor_payload.executor import LocalReplicas, Supervisor, _Replica
 
@@ -105,7 +104,7 @@ def test_the_heartbeat_counts_only_the_replicas_that_answer(nats_server):
     asyncio.run(go())
 
 
-def test_the_supervisor_drains_and_gives_up_when_nats_is_gone(nats_server, stub, tmp_path, caplog):
+def test_the_supervisor_drains_and_gives_up_when_nats_is_gone(nats_server, stub, tmp_path, capsys):
     setup_logging()
     stub.set("m-ok", llm_stub.ok("done"))
     own = NatsServer(nats_server.binary, str(tmp_path)).start()  # stopped below: not the shared one
@@ -154,12 +153,12 @@ def test_the_supervisor_drains_and_gives_up_when_nats_is_gone(nats_server, stub,
         asyncio.run(go())
     finally:
         own.stop()
-    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    lines = errors_logged(capsys)
     assert any(line.startswith(f"NATS at {own.url} unreachable for ") and "EXECUTOR_NATS_LOST_EXIT_SECONDS=2" in line
                and "exiting with status 3" in line for line in lines), lines
 
 
-def test_the_supervisor_gives_up_when_nats_never_answers_at_start(caplog):
+def test_the_supervisor_gives_up_when_nats_never_answers_at_start(capsys):
     setup_logging()
     url = f"nats://127.0.0.1:{closed_port()}"
 
@@ -171,6 +170,33 @@ def test_the_supervisor_gives_up_when_nats_never_answers_at_start(caplog):
         return sup, reason, time.monotonic() - start
 
     sup, reason, took = asyncio.run(go())
-    assert sup.nats_lost and reason == "NATS unreachable for 1s" and 1.0 <= took < 5, (reason, took)
+    assert sup.nats_lost and reason == "NATS unreachable for 1s at start" and 1.0 <= took < 5, (reason, took)
     assert sup.live == [] and sup.replicas.created == []
-    assert any("could not connect" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    lines = errors_logged(capsys)
+    assert any(line.startswith(f"NATS at {url} not reachable within 1s of the executor's start (last error: ")
+               and "Connect call failed" in line and "exiting with status 3" in line and "PAYLOAD_NATS_URL" in line
+               for line in lines), lines
+
+
+def test_the_start_bound_is_its_own_and_below_the_lost_bound():
+    """A driver that never reaches NATS exits after start_nats_seconds (90 by default, below
+    the deployers' 3-min StartupGrace) however long EXECUTOR_NATS_LOST_EXIT_SECONDS is."""
+    setup_logging()
+    url = f"nats://127.0.0.1:{closed_port()}"
+    assert executor.START_NATS_SECONDS == 90.0 < 180
+
+    async def go():
+        settings = settings_for(url, nats_lost_exit_seconds=600.0, start_nats_seconds=1.0)
+        sup = Supervisor(settings, LocalReplicas(settings))
+        reason = await asyncio.wait_for(sup.run(), 15)
+        return sup, reason
+
+    sup, reason = asyncio.run(go())
+    assert sup.nats_lost and reason == "NATS unreachable for 1s at start", reason
+
+
+def errors_logged(capsys) -> list:
+    """The payload's ERROR lines on stderr so far, without their prefix (its logger does not
+    propagate, so caplog never sees them)."""
+    marker = " ERROR ray_executor_payload: "
+    return [line.split(marker, 1)[1] for line in capsys.readouterr().err.splitlines() if marker in line]
