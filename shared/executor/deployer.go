@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fleet-ai/ray-executor/shared/domain"
 	"github.com/fleet-ai/ray-executor/shared/ray"
@@ -161,7 +162,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 	if dep.Version == d.Version && dep.SubmissionID != "" {
 		job, err := d.Jobs.Job(ctx, dep.SubmissionID)
 		var ended time.Time // when the generation ended, or was given up on
-		how := fmt.Sprintf("Ray reports it %s: %s", job.Status, job.Message)
+		how := fmt.Sprintf("Ray reports it %s: %s", job.Status, messageTail(job.Message))
 		switch {
 		case err == nil && !job.Status.Terminal():
 			if ok && hb.SubmissionID == dep.SubmissionID && hb.Fresh(now) {
@@ -211,7 +212,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 			}
 			if job.Status.Terminal() {
 				d.logger().Warn("the executor job ended; submitting it again", "submission_id", dep.SubmissionID,
-					"ray_status", string(job.Status), "ray_message", job.Message, "crashes_in_a_row", failures)
+					"ray_status", string(job.Status), "ray_message", messageTail(job.Message), "crashes_in_a_row", failures)
 			}
 		}
 	} else if dep.Version != "" {
@@ -255,6 +256,24 @@ func (d *Deployer) runsInRay(ctx context.Context, hb records.Heartbeat) bool {
 	default:
 		return true // Ray cannot answer: the heartbeat is the best evidence there is
 	}
+}
+
+// maxMessageLog bounds how much of a Ray job's message a log line carries. Ray puts up to
+// 20,000 characters of the driver's last log lines into a failed job's message; the end
+// says why it failed.
+const maxMessageLog = 1000
+
+// messageTail is the end of a Ray job message, at most maxMessageLog bytes, cut on a rune
+// boundary and marked when cut.
+func messageTail(m string) string {
+	if len(m) <= maxMessageLog {
+		return m
+	}
+	i := len(m) - maxMessageLog
+	for i < len(m) && !utf8.RuneStart(m[i]) {
+		i++
+	}
+	return "…" + m[i:]
 }
 
 // prune deletes the jobs of generations before the one being replaced from Ray once they

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -862,5 +863,18 @@ func TestEnsureRetiredJobsAreBounded(t *testing.T) {
 	got := e.deploy(t).Retired
 	if len(got) != maxRetired || got[0] != "ray-executor-old-4" || got[maxRetired-1] != "ray-executor-old-19" {
 		t.Errorf("got retired %v, want the newest %d of the 20", got, maxRetired)
+	}
+}
+
+func TestMessageTail(t *testing.T) {
+	short := "Job was intentionally stopped."
+	if got := messageTail(short); got != short {
+		t.Errorf("a short message: got %q", got)
+	}
+	long := strings.Repeat("é", 2000) + "NATS at x not reachable"
+	got := messageTail(long)
+	if !strings.HasPrefix(got, "…") || !strings.HasSuffix(got, "NATS at x not reachable") || len(got) > maxMessageLog+len("…") ||
+		!utf8.ValidString(got) {
+		t.Errorf("a long message: got %d bytes, valid UTF-8 %v, %q...", len(got), utf8.ValidString(got), got[:20])
 	}
 }
