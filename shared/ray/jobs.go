@@ -249,12 +249,12 @@ func (c *Client) Stop(ctx context.Context, id string) (bool, error) {
 }
 
 // Delete removes a terminal job from Ray's job table; `ray job logs` then answers 404, but
-// Ray leaves the driver's log file in the head's session directory. Errors: domain.ErrInvalid for an
-// empty id (no request is made); domain.ErrNotFound for an unknown (or already deleted)
-// job; domain.ErrUnavailable when Ray cannot be reached or refuses, which includes a job
-// that is not terminal yet (Ray answers 500 "... it is in a non-terminal state"; retry
-// after it finishes or Stop it first); domain.ErrUnauthenticated, domain.ErrDeadline or
-// context.Canceled. It is retried like a GET, so a retry after a lost answer may report
+// Ray leaves the driver's log file in the head's session directory. Errors:
+// domain.ErrInvalid for an empty id (no request is made); domain.ErrNotFound for an unknown
+// (or already deleted) job; domain.ErrUnavailable when Ray cannot be reached or refuses,
+// which includes a job that is not terminal yet (Ray answers 500 "... it is in a
+// non-terminal state"; retry after it finishes or Stop it first);
+// domain.ErrUnauthenticated, domain.ErrDeadline or context.Canceled. It is retried like a GET, so a retry after a lost answer may report
 // domain.ErrNotFound for a job this call deleted.
 func (c *Client) Delete(ctx context.Context, id string) error {
 	op := "delete job " + id
