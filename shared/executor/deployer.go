@@ -39,7 +39,8 @@ type Store interface {
 // StartupGrace is how long a submitted executor may take to write its first heartbeat
 // before it counts as stuck and is replaced (a cold node may install its runtime env). A
 // driver that cannot reach NATS exits by itself before this (the payload's
-// START_NATS_SECONDS, 90 s), so its job ends FAILED with the reason in Ray's message.
+// START_NATS_SECONDS, 90 s; TestThePayloadsStartBoundIsBelowStartupGrace keeps the order),
+// so its job ends FAILED with the reason in Ray's message.
 const StartupGrace = 3 * time.Minute
 
 // VerifyEvery is how often a live executor's heartbeat is checked against Ray: a process

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/fleet-ai/ray-executor/shared/config"
 	"github.com/fleet-ai/ray-executor/shared/domain"
+	"github.com/fleet-ai/ray-executor/shared/executor/payload"
 	"github.com/fleet-ai/ray-executor/shared/natsbus"
 	"github.com/fleet-ai/ray-executor/shared/ray"
 	"github.com/fleet-ai/ray-executor/shared/records"
@@ -876,5 +878,27 @@ func TestMessageTail(t *testing.T) {
 	if !strings.HasPrefix(got, "…") || !strings.HasSuffix(got, "NATS at x not reachable") || len(got) > maxMessageLog+len("…") ||
 		!utf8.ValidString(got) {
 		t.Errorf("a long message: got %d bytes, valid UTF-8 %v, %q...", len(got), utf8.ValidString(got), got[:20])
+	}
+}
+
+// The driver gives up on NATS at start (the payload's START_NATS_SECONDS) before the
+// deployers give up on the driver (StartupGrace): otherwise a driver that cannot reach NATS
+// is stopped as stuck, and Ray's job message never says why.
+func TestThePayloadsStartBoundIsBelowStartupGrace(t *testing.T) {
+	src, err := payload.Source("executor.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^START_NATS_SECONDS = ([0-9.]+)$`).FindSubmatch(src)
+	if m == nil {
+		t.Fatal("executor.py has no START_NATS_SECONDS = <seconds> line")
+	}
+	secs, err := strconv.ParseFloat(string(m[1]), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bound := time.Duration(secs * float64(time.Second)); bound <= 0 || bound >= StartupGrace-30*time.Second {
+		t.Errorf("START_NATS_SECONDS = %s, want it positive and at least 30 s below StartupGrace (%s): "+
+			"ray.init and the job's start come before it", bound, StartupGrace)
 	}
 }
