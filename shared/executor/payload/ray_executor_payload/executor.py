@@ -262,11 +262,22 @@ class Worker:
             return
         if self.tel is telemetry.OFF:
             self.tel = telemetry.setup(self.settings.telemetry)
-        self.nc = await connect(self.settings.nats, f"ray-executor-{self.replica}")
-        self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
-        self.store = await records.Store.open(self.js, self.settings.names)
-        self._sub = await self.js.pull_subscribe_bind(records.WORK_CONSUMER, stream=self.settings.names.work_stream)
-        self._cancel_sub = await self.nc.subscribe(records.CANCEL_SUBJECT_PREFIX + "*", cb=self._on_cancel)
+        try:
+            self.nc = await connect(self.settings.nats, f"ray-executor-{self.replica}")
+            self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+            self.store = await records.Store.open(self.js, self.settings.names)
+            self._sub = await self.js.pull_subscribe_bind(records.WORK_CONSUMER, stream=self.settings.names.work_stream)
+            self._cancel_sub = await self.nc.subscribe(records.CANCEL_SUBJECT_PREFIX + "*", cb=self._on_cancel)
+        except BaseException:
+            # NATS went away half way (a JetStream request timed out): drop the half-made
+            # connection so that the next start() begins afresh (ReplicaBody.run retries).
+            nc, self.nc = self.nc, None
+            if nc is not None:
+                try:
+                    await nc.close()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("nats close: %s", nats_events._describe(exc))
+            raise
         self._loop_task = asyncio.create_task(self._pull_loop())
         _event("replica_started", replica=self.replica, nats=self.settings.nats.display)
 
@@ -554,8 +565,10 @@ class ReplicaBody:
         self._run: Optional[asyncio.Task[None]] = None
 
     async def run(self) -> str:
-        """Runs until drained. Calling it again after the actor restarted starts afresh."""
-        if self._run is None:
+        """Runs until drained. Calling it again after the actor restarted, or after the
+        worker's start failed (NATS went away while it started), starts afresh."""
+        if self._run is None or (self._run.done() and not self._run.cancelled() and self._run.exception() is not None
+                                 and self.worker.nc is None):
             self._run = asyncio.create_task(self.worker.run())
         await asyncio.shield(self._run)
         return self.name
