@@ -163,7 +163,7 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 	if dep.Version == d.Version && dep.SubmissionID != "" {
 		job, err := d.Jobs.Job(ctx, dep.SubmissionID)
 		var ended time.Time // when the generation ended, or was given up on
-		how := fmt.Sprintf("Ray reports it %s: %s", job.Status, messageTail(job.Message))
+		how := ""           // how it ended, for the backoff's log line; Ray's word unless we stopped it
 		switch {
 		case err == nil && !job.Status.Terminal():
 			if ok && hb.SubmissionID == dep.SubmissionID && hb.Fresh(now) {
@@ -205,6 +205,9 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 			if wait := Backoff(failures); now.Before(ended.Add(wait)) {
 				if d.waiting != dep.SubmissionID {
 					d.waiting = dep.SubmissionID
+					if how == "" {
+						how = fmt.Sprintf("Ray reports it %s: %s", job.Status, messageTail(job.Message))
+					}
 					d.logger().Warn("the executor crashed again soon after it started; waiting before submitting it again",
 						"submission_id", dep.SubmissionID, "how", how, "crashes_in_a_row", failures,
 						"next_at", domain.FormatTime(ended.Add(wait)))
