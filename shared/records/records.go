@@ -815,48 +815,65 @@ func (s *Store) Heartbeat(ctx context.Context) (h Heartbeat, ok bool, err error)
 
 // Deploy reads the deploy key and its revision (0 when absent).
 func (s *Store) Deploy(ctx context.Context) (d Deploy, rev uint64, err error) {
-	if err := s.ready(); err != nil {
-		return d, 0, err
+	rev, ok, err := s.getRevised(ctx, KeyDeploy, &d)
+	if !ok {
+		d = Deploy{} // absent, or a bad key that the next deploy replaces
 	}
-	ctx, cancel := s.bound(ctx)
-	defer cancel()
-	kv, err := s.kv(ctx)
-	if err != nil {
-		return d, 0, err // no bucket: the deployer waits for provisioning (a write follows)
-	}
-	e, err := kv.Get(ctx, KeyDeploy)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return d, 0, nil
-	}
-	if err != nil {
-		return d, 0, unavailable("get "+KeyDeploy, err)
-	}
-	if err := json.Unmarshal(e.Value(), &d); err != nil {
-		return Deploy{}, e.Revision(), nil // a bad key is replaced by the next deploy
-	}
-	return d, e.Revision(), nil
+	return d, rev, err
 }
 
 // SetDeploy writes the deploy key by compare-and-set at rev (0: create). ErrAlreadyExists
 // when another deployer wrote it first.
 func (s *Store) SetDeploy(ctx context.Context, d Deploy, rev uint64) error {
+	return s.setRevised(ctx, KeyDeploy, d, rev)
+}
+
+// getRevised reads key into v and returns its revision (0 when the key is absent); ok is
+// false when the key is absent or its value does not decode into v (the next
+// compare-and-set at rev replaces it).
+func (s *Store) getRevised(ctx context.Context, key string, v any) (rev uint64, ok bool, err error) {
+	if err := s.ready(); err != nil {
+		return 0, false, err
+	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	kv, err := s.kv(ctx)
+	if err != nil {
+		return 0, false, err // no bucket: the writer waits for provisioning
+	}
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, unavailable("get "+key, err)
+	}
+	return e.Revision(), json.Unmarshal(e.Value(), v) == nil, nil
+}
+
+// setRevised writes v as key's JSON by compare-and-set at rev (0: create). ErrAlreadyExists
+// when another writer got there first.
+func (s *Store) setRevised(ctx context.Context, key string, v any, rev uint64) error {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
 	kv, err := s.kv(ctx)
 	if err != nil {
 		return err
 	}
-	b, _ := json.Marshal(d)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("records: %s: %w", key, err)
+	}
 	if rev == 0 {
-		_, err = kv.Create(ctx, KeyDeploy, b)
+		_, err = kv.Create(ctx, key, b)
 	} else {
-		_, err = kv.Update(ctx, KeyDeploy, b, rev)
+		_, err = kv.Update(ctx, key, b, rev)
 	}
 	if err != nil {
 		if isWrongRevision(err) {
-			return fmt.Errorf("records: %s: %w", KeyDeploy, domain.ErrAlreadyExists)
+			return fmt.Errorf("records: %s: %w", key, domain.ErrAlreadyExists)
 		}
-		return unavailable("set "+KeyDeploy, err)
+		return unavailable("set "+key, err)
 	}
 	return nil
 }

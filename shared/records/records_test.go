@@ -602,6 +602,52 @@ func TestDeployIsCompareAndSet(t *testing.T) {
 	}
 }
 
+func TestClaimIsCompareAndSetUnderItsVersionsKey(t *testing.T) {
+	s, bus := newStore(t)
+	ctx := ctxT(t)
+	if k := records.ClaimKey("94f915415becdd00"); k != "executor.deployers.94f915415becdd00" {
+		t.Errorf("a digest's claim key: %s", k)
+	}
+	odd := "v 1.0/rc*" // not a key's characters: hashed
+	if k := records.ClaimKey(odd); !regexp.MustCompile(`^executor\.deployers\.[0-9a-f]{32}$`).MatchString(k) {
+		t.Errorf("an odd version's claim key: %s", k)
+	}
+	c, rev, err := s.Claim(ctx, odd)
+	if err != nil || rev != 0 || c != (records.Claim{}) {
+		t.Fatalf("no claim: got %+v rev %d, %v", c, rev, err)
+	}
+	now := domain.FormatTime(time.Now())
+	first := records.Claim{Version: odd, FirstSeen: now, Seen: now}
+	if err := s.SetClaim(ctx, first, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetClaim(ctx, first, 0); !errors.Is(err, domain.ErrAlreadyExists) {
+		t.Errorf("second create: got %v, want ErrAlreadyExists", err)
+	}
+	c, rev, err = s.Claim(ctx, odd)
+	if err != nil || c != first || rev == 0 {
+		t.Fatalf("got %+v rev %d, %v", c, rev, err)
+	}
+	// Another version's claim under the key (or a value that is not one) reads as none,
+	// with the revision that replaces it.
+	kv, err := bus.JetStream().KeyValue(ctx, records.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{`{"version":"other","first_seen":"` + now + `"}`, `not json`} {
+		put, err := kv.Put(ctx, records.ClaimKey(odd), []byte(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, rev, err := s.Claim(ctx, odd); err != nil || c != (records.Claim{}) || rev != put {
+			t.Errorf("claim key holding %s: got %+v rev %d (want %d), %v", v, c, rev, put, err)
+		}
+		if err := s.SetClaim(ctx, first, put); err != nil {
+			t.Errorf("replacing %s: %v", v, err)
+		}
+	}
+}
+
 func TestHeartbeat(t *testing.T) {
 	s, bus := newStore(t)
 	ctx := ctxT(t)
