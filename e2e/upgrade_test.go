@@ -28,7 +28,7 @@ import (
 // ends exactly once, the ones in flight on the old executor, and the ones submitted after
 // the roll on the new one. The new version is deployed the way a new function revision
 // does it (a Deployer of another version over the same store and Ray head); execute's own
-// deployer, of the old version, holds off for RollHold instead of rolling back.
+// and list's deployers, of the old version, defer to the newer one instead of rolling back.
 func TestPayloadUpgradeWhileWorkIsInFlight(t *testing.T) {
 	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
 	if err != nil {
@@ -131,10 +131,23 @@ func TestPayloadUpgradeWhileWorkIsInFlight(t *testing.T) {
 			t.Fatalf("the old executor %s still runs after the roll: %+v %v", old.SubmissionID, j.Status, err)
 		}
 	}
-	// execute's deployer, of the old version, held off: the new executor stays.
-	time.Sleep(3 * time.Second)
+	// execute's and list's deployers, of the old version, defer to the newer one: with its
+	// deploy made to look older than RollHold (as after two minutes of a rollout), they
+	// still do not roll it back, as they did once per RollHold before the deployers' claims.
+	d, rev, err = s.store.Deploy(ctx)
+	if err != nil || d.SubmissionID != newDep.SubmissionID {
+		t.Fatalf("deploy key %+v %v, want the new version's", d, err)
+	}
+	d.At = domain.FormatTime(time.Now().Add(-executor.RollHold - time.Second))
+	if err := s.store.SetDeploy(ctx, d, rev); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(12 * time.Second) // execute checks every 2 s, list every 5 s
 	if d, _, err := s.store.Deploy(ctx); err != nil || d.SubmissionID != newDep.SubmissionID {
-		t.Errorf("deploy key %+v %v, want the new version's to stand (RollHold)", d, err)
+		t.Errorf("deploy key %+v %v, want the new version's to stand: the old version's functions must defer to it", d, err)
+	}
+	if hb, ok, err := s.store.Heartbeat(ctx); err != nil || !ok || hb.SubmissionID != newDep.SubmissionID {
+		t.Errorf("heartbeat %+v %v %v, want the new executor's", hb, ok, err)
 	}
 }
 

@@ -34,6 +34,8 @@ type Store interface {
 	Heartbeat(ctx context.Context) (records.Heartbeat, bool, error)
 	Deploy(ctx context.Context) (records.Deploy, uint64, error)
 	SetDeploy(ctx context.Context, d records.Deploy, rev uint64) error
+	Claim(ctx context.Context, version string) (records.Claim, uint64, error)
+	SetClaim(ctx context.Context, c records.Claim, rev uint64) error
 }
 
 // StartupGrace is how long a submitted executor may take to write its first heartbeat
@@ -55,12 +57,25 @@ const VerifyEvery = 30 * time.Second
 const SubmitGrace = time.Minute
 
 // RollHold is how long a deploy of another version stands before this deployer replaces
-// it. During a rollout old and new function revisions run side by side, each with its own
-// version (payload and settings); without a hold they would replace each other's executor
-// on every check.
-// With it, the executor flips at most once per hold, and once the old revision is gone the
-// new version wins within a hold.
+// it: a deploy of the newer version (below) is never replaced while its deployers run, and
+// one of an older version is replaced once it has stood this long, so that a version
+// whose deployers have all gone cannot be rolled away from and back at once.
 const RollHold = 2 * time.Minute
+
+// ClaimEvery and ClaimStale: every deployer refreshes its version's claim
+// (records.Claim) at most once per ClaimEvery, on its checks; a claim not refreshed for
+// ClaimStale means no function of that version runs any more (a finished rollout, an
+// aborted canary, list's PingSource stopped). During a rollout old and new function
+// revisions run side by side, each deploying its own version (payload and settings); the
+// newer one, the version whose claim appeared last, wins, and the deployers of the older
+// defer to it (StateDeferred) instead of rolling it back. Without that, two revisions would
+// hand the executor back and forth once per RollHold for as long as both run. ClaimStale
+// is how long a version whose functions have all gone keeps its executor before the older
+// version still running takes it back.
+const (
+	ClaimEvery = time.Minute
+	ClaimStale = 5 * time.Minute
+)
 
 // CrashWindow: a generation that ends, or is given up on, within this long of its
 // submission crashed. Crashes in a row back the next submission off (Backoff); a
@@ -98,6 +113,7 @@ const (
 	StateStarting State = "starting" // submitted, no heartbeat yet
 	StateDeployed State = "deployed" // this call submitted it
 	StateHeld     State = "held"     // another version was deployed less than RollHold ago
+	StateDeferred State = "deferred" // a newer version is deployed and its deployers run
 	StateBackoff  State = "backoff"  // it crashed again soon after starting; the next waits
 )
 
@@ -120,6 +136,9 @@ type Deployer struct {
 	mu       sync.Mutex // one Ensure at a time per process
 	verified time.Time  // when the live heartbeat's job was last found running in Ray
 	waiting  string     // the crashed submission whose backoff this process last logged
+	deferred string     // the newer version's submission this process last logged deferring to
+	claimed  time.Time  // when this process last refreshed its version's claim
+	first    time.Time  // when this version's claim appeared (its FirstSeen)
 }
 
 func (d *Deployer) now() time.Time {
@@ -145,6 +164,9 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := d.now()
+	if err := d.claim(ctx, now); err != nil {
+		return "", err
+	}
 	hb, ok, err := d.Store.Heartbeat(ctx)
 	if err != nil {
 		return "", err
@@ -220,6 +242,21 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 			}
 		}
 	} else if dep.Version != "" {
+		newer, theirs, err := d.isNewer(ctx, dep.Version, now)
+		if err != nil {
+			return "", err
+		}
+		if newer {
+			if d.deferred != dep.SubmissionID {
+				d.deferred = dep.SubmissionID
+				d.logger().Info("a newer executor version is deployed and functions of that version run; "+
+					"this function's version defers to it (if the rollout is over and this persists, the functions "+
+					"disagree on the executor's settings: compare their EXECUTOR_*, PAYLOAD_NATS_URL, RETENTION and OTEL_*)",
+					"deployed", dep.Version, "deployed_first_seen", domain.FormatTime(theirs),
+					"this_version", d.Version, "this_first_seen", domain.FormatTime(d.first))
+			}
+			return StateDeferred, nil
+		}
 		if now.Sub(domain.ParseTime(dep.At)) < RollHold {
 			return StateHeld, nil
 		}
@@ -240,6 +277,68 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 	}
 	countDeploy(reason)
 	return StateDeployed, nil
+}
+
+// claim refreshes this version's claim, at most once per ClaimEvery, and learns when the
+// version first appeared: its claim's FirstSeen; when the claim is new or stale, when this
+// process first claimed (it could not refresh, NATS being down), or now (every function of
+// this version had gone). When another deployer of this version wrote the claim first,
+// its fresh claim is taken as it is.
+func (d *Deployer) claim(ctx context.Context, now time.Time) error {
+	if !d.claimed.IsZero() && now.Sub(d.claimed) >= 0 && now.Sub(d.claimed) < ClaimEvery {
+		return nil
+	}
+	for attempt := 0; ; attempt++ {
+		c, rev, err := d.Store.Claim(ctx, d.Version)
+		if err != nil {
+			return err
+		}
+		first := domain.ParseTime(c.FirstSeen)
+		live := !first.IsZero() && claimLive(c, now)
+		if live && attempt > 0 {
+			d.claimed, d.first = now, first
+			return nil
+		}
+		if !live {
+			if first = d.first; first.IsZero() {
+				first = now
+			}
+		}
+		err = d.Store.SetClaim(ctx, records.Claim{Version: d.Version, FirstSeen: domain.FormatTime(first),
+			Seen: domain.FormatTime(now)}, rev)
+		if errors.Is(err, domain.ErrAlreadyExists) && attempt < 3 {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("executor: claim version %s: %w", d.Version, err)
+		}
+		d.claimed, d.first = now, first
+		return nil
+	}
+}
+
+func claimLive(c records.Claim, now time.Time) bool {
+	seen := domain.ParseTime(c.Seen)
+	return !seen.IsZero() && now.Sub(seen) < ClaimStale
+}
+
+// isNewer reports whether version, deployed now, is newer than this deployer's: functions
+// of it still run (its claim is live) and its claim appeared after this version's (on a
+// tie, the greater version string wins, so that exactly one side defers). theirs is its
+// claim's FirstSeen.
+func (d *Deployer) isNewer(ctx context.Context, version string, now time.Time) (newer bool, theirs time.Time, err error) {
+	c, _, err := d.Store.Claim(ctx, version)
+	if err != nil {
+		return false, time.Time{}, err
+	}
+	theirs = domain.ParseTime(c.FirstSeen)
+	if theirs.IsZero() || !claimLive(c, now) {
+		return false, theirs, nil
+	}
+	if theirs.Equal(d.first) {
+		return version > d.Version, theirs, nil
+	}
+	return theirs.After(d.first), theirs, nil
 }
 
 // runsInRay reports whether the heartbeat's job is one Ray runs, or Ray cannot tell (then

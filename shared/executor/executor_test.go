@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -477,8 +478,10 @@ func TestEnsureRollsAnotherVersion(t *testing.T) {
 	ensure(t, e.deployer("old"), StateDeployed)
 	old := e.deploy(t)
 	e.heartbeat(t, "old", old.SubmissionID, e.now)
-	// Another version deployed a moment ago (a rollout, both revisions running): held, so
-	// two revisions never replace each other's executor on every check.
+	// A new revision starts a little later, its version's claim with it. The old version
+	// was deployed a moment ago: held, so that a version whose functions have gone is not
+	// rolled away from and back at once.
+	e.now = e.now.Add(time.Second)
 	ensure(t, e.deployer("new"), StateHeld)
 	if subs, _ := e.jobs.calls(); len(subs) != 1 {
 		t.Fatalf("got %d submits while held, want the old one only", len(subs))
@@ -497,6 +500,182 @@ func TestEnsureRollsAnotherVersion(t *testing.T) {
 	ensure(t, e.deployer("new"), StateStarting)
 	if subs, _ := e.jobs.calls(); len(subs) != 2 {
 		t.Errorf("got %d submits, want no third while the new executor starts", len(subs))
+	}
+}
+
+// During a rollout the old revision's functions go on checking the executor: they defer
+// to the newer version instead of rolling it back once per RollHold, however long both
+// run, and log that once. When the new version's functions are gone (an aborted canary),
+// its claim goes stale and the old version takes the executor back.
+func TestEnsureOlderVersionDefersToTheNewerOne(t *testing.T) {
+	e := newEnv(t)
+	var logs bytes.Buffer
+	old := e.deployer("b-old") // sorts after "a-new": the claims' times decide, not the names
+	old.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	ensure(t, old, StateDeployed)
+	first := e.deploy(t)
+	e.now = e.now.Add(time.Minute)
+	newer := e.deployer("a-new")
+	ensure(t, newer, StateHeld)
+	e.now = e.now.Add(RollHold)
+	before := deployCounts()
+	ensure(t, newer, StateDeployed)
+	rolled := e.deploy(t)
+	if rolled.Version != "a-new" || rolled.Previous != first.SubmissionID {
+		t.Fatalf("deploy key after the roll: %+v", rolled)
+	}
+	checkDeploys(t, before, map[string]int64{ReasonRoll: 1})
+	// An hour side by side, both checking every 5 s, the new executor beating.
+	before = deployCounts()
+	for end := e.now.Add(time.Hour); e.now.Before(end); e.now = e.now.Add(5 * time.Second) {
+		e.heartbeat(t, "a-new", rolled.SubmissionID, e.now)
+		ensure(t, old, StateDeferred)
+		ensure(t, newer, StateLive)
+	}
+	if dep := e.deploy(t); dep.SubmissionID != rolled.SubmissionID {
+		t.Fatalf("the old version took the executor back while the new one's functions ran: %+v", dep)
+	}
+	if n := strings.Count(logs.String(), "defers to it"); n != 1 {
+		t.Errorf("logged deferring %d times, want once:\n%s", n, logs.String())
+	}
+	for _, want := range []string{`"deployed":"a-new"`, `"this_version":"b-old"`, "EXECUTOR_*"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the deferring line lacks %s:\n%s", want, logs.String())
+		}
+	}
+	checkDeploys(t, before, map[string]int64{})
+	// The old function cannot reach NATS for longer than ClaimStale while the new ones
+	// can: its version's claim goes stale, yet it remembers when it first claimed, and
+	// still defers.
+	for end := e.now.Add(ClaimStale + time.Minute); e.now.Before(end); e.now = e.now.Add(5 * time.Second) {
+		e.heartbeat(t, "a-new", rolled.SubmissionID, e.now)
+		ensure(t, newer, StateLive)
+	}
+	ensure(t, old, StateDeferred)
+	// The new version's functions stop (its claim is no longer refreshed) and its executor
+	// stops beating: deferred until the claim is stale, then the old version rolls it back.
+	c, _, err := e.store.Claim(context.Background(), "a-new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.now = domain.ParseTime(c.Seen).Add(ClaimStale - time.Second)
+	ensure(t, old, StateDeferred)
+	e.now = e.now.Add(2 * time.Second)
+	ensure(t, old, StateDeployed)
+	if dep := e.deploy(t); dep.Version != "b-old" || dep.Previous != rolled.SubmissionID {
+		t.Errorf("deploy key after the new version's functions left: %+v", dep)
+	}
+}
+
+// Two versions whose functions start at the same moment: exactly one of them defers.
+func TestEnsureTwoVersionsClaimingTogetherAgree(t *testing.T) {
+	e := newEnv(t)
+	x, y := e.deployer("x"), e.deployer("y")
+	ensure(t, x, StateDeployed)
+	ensure(t, y, StateHeld) // its claim is as old as x's
+	cx, _, errx := e.store.Claim(context.Background(), "x")
+	cy, _, erry := e.store.Claim(context.Background(), "y")
+	if errx != nil || erry != nil || cx.FirstSeen != cy.FirstSeen {
+		t.Fatalf("claims %+v %v, %+v %v: want the same first sighting", cx, errx, cy, erry)
+	}
+	e.now = e.now.Add(RollHold + time.Second)
+	ensure(t, y, StateDeployed) // the greater name wins the tie
+	for i := 0; i < 3; i++ {
+		ensure(t, x, StateDeferred)
+		ensure(t, y, StateStarting)
+		e.now = e.now.Add(30 * time.Second)
+	}
+	if dep := e.deploy(t); dep.Version != "y" || dep.Generation != 2 {
+		t.Errorf("deploy key %+v, want y's second generation", dep)
+	}
+}
+
+// The claim costs a write per ClaimEvery per process, not one per check, and keeps the
+// time its version first appeared while it stays fresh; a version whose functions all
+// left and came back (a rollback after a finished rollout) is new again, and wins.
+func TestEnsureClaimsOncePerInterval(t *testing.T) {
+	e := newEnv(t)
+	d := e.deployer("v1")
+	ensure(t, d, StateDeployed)
+	dep := e.deploy(t)
+	start := e.now
+	claim := func() (records.Claim, uint64) {
+		t.Helper()
+		c, rev, err := e.store.Claim(context.Background(), "v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, rev
+	}
+	c, rev := claim()
+	if c.FirstSeen != domain.FormatTime(start) || c.Seen != c.FirstSeen {
+		t.Fatalf("claim after the first check: %+v", c)
+	}
+	for i := 0; i < 11; i++ {
+		e.now = e.now.Add(5 * time.Second)
+		e.heartbeat(t, "v1", dep.SubmissionID, e.now)
+		ensure(t, d, StateLive)
+	}
+	if c2, rev2 := claim(); rev2 != rev || c2 != c {
+		t.Errorf("claim rewritten within ClaimEvery: %+v (rev %d, was %d)", c2, rev2, rev)
+	}
+	e.now = e.now.Add(5 * time.Second)
+	e.heartbeat(t, "v1", dep.SubmissionID, e.now)
+	ensure(t, d, StateLive)
+	if c2, rev2 := claim(); rev2 == rev || c2.Seen != domain.FormatTime(e.now) || c2.FirstSeen != c.FirstSeen {
+		t.Errorf("claim after ClaimEvery: %+v (rev %d, was %d), want seen now, first seen kept", c2, rev2, rev)
+	}
+	// v2 rolls v1; every v1 function goes; later v1 is deployed again (a rollback): its
+	// stale claim starts afresh, so v1 is now the newer version and v2's functions defer.
+	e.now = e.now.Add(time.Minute)
+	v2 := e.deployer("v2")
+	ensure(t, v2, StateDeployed)
+	rolled := e.deploy(t)
+	e.now = e.now.Add(ClaimStale + time.Minute)
+	e.heartbeat(t, "v2", rolled.SubmissionID, e.now)
+	ensure(t, v2, StateLive)
+	if c2, _ := claim(); c2.FirstSeen != c.FirstSeen {
+		t.Fatalf("v1's stale claim changed before a v1 function came back: %+v", c2)
+	}
+	ensure(t, e.deployer("v1"), StateDeployed)
+	if c2, _ := claim(); c2.FirstSeen != domain.FormatTime(e.now) {
+		t.Errorf("v1 came back with first sighting %s, want now (%s): it would defer to v2", c2.FirstSeen, domain.FormatTime(e.now))
+	}
+	e.now = e.now.Add(records.HeartbeatStale) // v2's executor drained and stopped beating
+	ensure(t, v2, StateDeferred)
+}
+
+// Many functions of one version starting together (a scale-up) all claim without error
+// and agree on when the version first appeared.
+func TestEnsureConcurrentClaimsOfOneVersion(t *testing.T) {
+	e := newEnv(t)
+	ds := make([]*Deployer, 8)
+	errs := make(chan error, len(ds))
+	var wg sync.WaitGroup
+	for i := range ds {
+		ds[i] = e.deployer("v1")
+		wg.Add(1)
+		go func(d *Deployer) {
+			defer wg.Done()
+			_, err := d.Ensure(context.Background())
+			errs <- err
+		}(ds[i])
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("Ensure: %v", err)
+		}
+	}
+	c, _, err := e.store.Claim(context.Background(), "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range ds {
+		if domain.FormatTime(d.first) != c.FirstSeen {
+			t.Errorf("deployer %d took the version as first seen at %s, the claim says %s", i, domain.FormatTime(d.first), c.FirstSeen)
+		}
 	}
 }
 
