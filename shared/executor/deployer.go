@@ -77,6 +77,14 @@ const (
 	ClaimStale = 5 * time.Minute
 )
 
+// DeployRefresh is how often the deployers of the deployed version rewrite the deploy key
+// as it is. The records bucket expires every key not written within RETENTION (at least
+// 1 h), and an executor that runs for longer would otherwise lose its deploy key: the next
+// deploy would start again from generation 1 with no crash count and no earlier jobs to
+// delete, and a deployer of another version would take a missing key for a first deploy,
+// past its deferring and RollHold.
+const DeployRefresh = 10 * time.Minute
+
 // CrashWindow: a generation that ends, or is given up on, within this long of its
 // submission crashed. Crashes in a row back the next submission off (Backoff); a
 // generation that ran longer ends the run of crashes.
@@ -138,6 +146,7 @@ type Deployer struct {
 	waiting  string     // the crashed submission whose backoff this process last logged
 	deferred string     // the newer version's submission this process last logged deferring to
 	claimed  time.Time  // when this process last refreshed its version's claim
+	kept     time.Time  // when this process last rewrote the deploy key (DeployRefresh)
 	first    time.Time  // when this version's claim appeared (its FirstSeen)
 }
 
@@ -165,6 +174,9 @@ func (d *Deployer) Ensure(ctx context.Context) (State, error) {
 	defer d.mu.Unlock()
 	now := d.now()
 	if err := d.claim(ctx, now); err != nil {
+		return "", err
+	}
+	if err := d.keepDeployKey(ctx, now); err != nil {
 		return "", err
 	}
 	hb, ok, err := d.Store.Heartbeat(ctx)
@@ -315,6 +327,26 @@ func (d *Deployer) claim(ctx context.Context, now time.Time) error {
 		d.claimed, d.first = now, first
 		return nil
 	}
+}
+
+// keepDeployKey rewrites the deploy key as it is, at most once per DeployRefresh, when it
+// names this version's executor, so that the bucket's MaxAge never expires it. Losing the
+// compare-and-set to another writer is fine: the key was just written.
+func (d *Deployer) keepDeployKey(ctx context.Context, now time.Time) error {
+	if !d.kept.IsZero() && now.Sub(d.kept) >= 0 && now.Sub(d.kept) < DeployRefresh {
+		return nil
+	}
+	dep, rev, err := d.Store.Deploy(ctx)
+	if err != nil {
+		return err
+	}
+	if rev != 0 && dep.Version == d.Version && dep.SubmissionID != "" {
+		if err := d.Store.SetDeploy(ctx, dep, rev); err != nil && !errors.Is(err, domain.ErrAlreadyExists) {
+			return err
+		}
+	}
+	d.kept = now
+	return nil
 }
 
 func claimLive(c records.Claim, now time.Time) bool {

@@ -679,6 +679,48 @@ func TestEnsureConcurrentClaimsOfOneVersion(t *testing.T) {
 	}
 }
 
+// The deployers of the running version rewrite the deploy key, unchanged, once per
+// DeployRefresh, so that the bucket's MaxAge (RETENTION) never expires it under an
+// executor that runs for days; others leave it alone.
+func TestEnsureKeepsTheDeployKeyWritten(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := e.deployer("v1")
+	ensure(t, d, StateDeployed)
+	dep, rev, err := e.store.Deploy(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(wantRewritten bool) {
+		t.Helper()
+		got, rev2, err := e.store.Deploy(ctx)
+		if err != nil || !reflect.DeepEqual(got, dep) {
+			t.Fatalf("deploy key %+v, %v: want it unchanged, %+v", got, err, dep)
+		}
+		if (rev2 != rev) != wantRewritten {
+			t.Fatalf("deploy key at revision %d, was %d: want rewritten %v", rev2, rev, wantRewritten)
+		}
+		rev = rev2
+	}
+	for end := e.now.Add(DeployRefresh - 10*time.Second); e.now.Before(end); e.now = e.now.Add(5 * time.Second) {
+		e.heartbeat(t, "v1", dep.SubmissionID, e.now)
+		ensure(t, d, StateLive)
+	}
+	check(false)
+	e.now = e.now.Add(10 * time.Second)
+	e.heartbeat(t, "v1", dep.SubmissionID, e.now)
+	ensure(t, d, StateLive)
+	check(true)
+	// Another process of the same version, just started, rewrites it once too; one of
+	// another version does not.
+	ensure(t, e.deployer("v1"), StateLive)
+	check(true)
+	if err := e.deployer("v2").keepDeployKey(ctx, e.now); err != nil {
+		t.Fatal(err)
+	}
+	check(false)
+}
+
 // TestSettingsChangeRollsTheExecutor: the executor reads its settings only when deployed,
 // so functions started with a raised EXECUTOR_MAX_REPLICAS must roll it, as a new payload
 // does, and submit it with the new value; functions with the same settings must not.

@@ -79,3 +79,49 @@ func TestRetentionExpiresFinishedRecordsAndEvents(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// The records bucket's MaxAge applies to the executor's keys too: the deploy key, written
+// only at a deploy, would expire under an executor that runs longer than the retention.
+// Rewritten as it is (executor.Deployer's keepDeployKey), it stays; a claim no one
+// refreshes goes. The retention here is 2 s.
+func TestRetentionExpiresExecutorKeysUnlessRewritten(t *testing.T) {
+	const retention = 2 * time.Second
+	srv, err := natslocal.Start("127.0.0.1:0", filepath.Join(t.TempDir(), "nats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	bus, err := natsbus.Connect(natsbus.Config{URL: srv.URL()}, "retention test", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bus.Close)
+	ctx := ctxT(t)
+	for !bus.Connected() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	s := records.New(bus.Conn(), bus.JetStream(), records.Config{Retention: retention})
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	now := domain.FormatTime(time.Now())
+	dep := records.Deploy{Version: "v1", SubmissionID: "ray-executor-v1-1-00000000", Generation: 1, At: now}
+	if err := s.SetDeploy(ctx, dep, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetClaim(ctx, records.Claim{Version: "v1", FirstSeen: now, Seen: now}, 0); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(2 * retention); time.Now().Before(end); time.Sleep(retention / 4) {
+		got, rev, err := s.Deploy(ctx)
+		if err != nil || rev == 0 || got.SubmissionID != dep.SubmissionID {
+			t.Fatalf("the deploy key, rewritten every %s: %+v rev %d, %v", retention/4, got, rev, err)
+		}
+		if err := s.SetDeploy(ctx, got, rev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, rev, err := s.Claim(ctx, "v1"); err != nil || rev != 0 || c.Version != "" {
+		t.Errorf("the claim, never rewritten, after twice the retention: %+v rev %d, %v; want it expired", c, rev, err)
+	}
+}
